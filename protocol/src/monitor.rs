@@ -1,0 +1,395 @@
+//! The NMS's state machine for one campaign: offers to the first tier, serves chunks as
+//! the root of the tree, checks authentication codes, collects progress and reports, and
+//! knows when the campaign is over.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use crate::chunk::ChunkSet;
+use crate::id::NodeId;
+use crate::keys::{AuthClaim, CampaignSecret, HopToken, verify_auth};
+use crate::manifest::{CampaignId, Manifest, SignedManifest};
+use crate::plan::{Assignment, assignments};
+use crate::serve::{RequestId, ServeAction, Server};
+use crate::wire::{ChunkRequest, Control, ControlKind, InstallOutcome, Offer, Phase, Verdict, clip_reason};
+
+/// Where one addressee stands, as the NMS sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeStatus {
+    /// Not offered yet (its parent has not got to it).
+    Waiting,
+    /// Accepted an offer; bytes verified so far.
+    Receiving,
+    Verifying,
+    /// Authenticated by the NMS; installing.
+    Authenticated,
+    Installed,
+    Failed(String),
+}
+
+impl NodeStatus {
+    pub fn is_final(&self) -> bool {
+        matches!(self, NodeStatus::Installed | NodeStatus::Failed(_))
+    }
+}
+
+/// The NMS's view of one addressee.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub status: NodeStatus,
+    pub verified: u64,
+    pub source: Option<NodeId>,
+    pub parent: Option<NodeId>,
+    /// When the node last reported.
+    pub last_heard: Option<Duration>,
+    /// When it reported its install outcome.
+    pub finished_at: Option<Duration>,
+}
+
+/// Something for the operator's view; changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorNote {
+    Installed(NodeId),
+    Failed(NodeId, String),
+    AuthRefused(NodeId, String),
+    Done,
+}
+
+/// What the NMS shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorAction {
+    Send { to: NodeId, msg: Control },
+    Serve(ServeAction),
+    Note(MonitorNote),
+}
+
+/// Tunables of the NMS's campaign machine.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// How long a request for a chunk is held (the NMS has all chunks, so this rarely matters).
+    pub hold: Duration,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            hold: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The NMS's state in one campaign.
+#[derive(Debug)]
+pub struct CampaignMonitor {
+    manifest: Manifest,
+    signed: SignedManifest,
+    secret: CampaignSecret,
+    root_token: HopToken,
+    addressees: HashSet<NodeId>,
+    nodes: HashMap<NodeId, NodeView>,
+    offered: HashMap<NodeId, Assignment>,
+    server: Server,
+    all: ChunkSet,
+    actions: VecDeque<MonitorAction>,
+    started: Duration,
+    finished_at: Option<Duration>,
+}
+
+impl CampaignMonitor {
+    /// Starts a campaign: offers go to the first tier at once.
+    pub fn start(
+        now: Duration,
+        manifest: Manifest,
+        signed: SignedManifest,
+        secret: CampaignSecret,
+        cfg: MonitorConfig,
+    ) -> Self {
+        let count = manifest.layout().expect("validated manifest").count();
+        let root_token = secret.root_token(&manifest.campaign);
+        let mut server = Server::new(
+            manifest.campaign,
+            Vec::new(),
+            root_token.clone(),
+            manifest.plan.transfer,
+            cfg.hold,
+        );
+        let all = ChunkSet::full(count);
+        server.set_complete(&all, &mut Vec::new());
+        let nodes = manifest
+            .addressees
+            .iter()
+            .map(|n| {
+                (
+                    *n,
+                    NodeView {
+                        status: NodeStatus::Waiting,
+                        verified: 0,
+                        source: None,
+                        parent: None,
+                        last_heard: None,
+                        finished_at: None,
+                    },
+                )
+            })
+            .collect();
+        let mut m = CampaignMonitor {
+            addressees: manifest.addressees.iter().copied().collect(),
+            signed,
+            secret,
+            root_token,
+            nodes,
+            offered: HashMap::new(),
+            server,
+            all,
+            actions: VecDeque::new(),
+            started: now,
+            finished_at: None,
+            manifest,
+        };
+        let first = assignments(&m.manifest.addressees, m.manifest.plan.fanout);
+        for a in first {
+            m.offer(a);
+        }
+        m
+    }
+
+    fn offer(&mut self, a: Assignment) {
+        let offer = Offer {
+            manifest: self.signed.clone(),
+            part: a.part.clone(),
+            path: vec![a.head],
+            token: self.root_token.child(&a.head),
+        };
+        let to = a.head;
+        self.offered.insert(to, a);
+        self.actions.push_back(MonitorAction::Send {
+            to,
+            msg: Control::Offer(Box::new(offer)),
+        });
+    }
+
+    pub fn campaign(&self) -> &CampaignId {
+        &self.manifest.campaign
+    }
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn nodes(&self) -> &HashMap<NodeId, NodeView> {
+        &self.nodes
+    }
+    pub fn started(&self) -> Duration {
+        self.started
+    }
+    /// When the last addressee reached a final state.
+    pub fn finished_at(&self) -> Option<Duration> {
+        self.finished_at
+    }
+    pub fn is_done(&self) -> bool {
+        self.finished_at.is_some()
+    }
+    /// (installed, failed, total).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let installed = self
+            .nodes
+            .values()
+            .filter(|v| v.status == NodeStatus::Installed)
+            .count();
+        let failed = self
+            .nodes
+            .values()
+            .filter(|v| matches!(v.status, NodeStatus::Failed(_)))
+            .count();
+        (installed, failed, self.nodes.len())
+    }
+    /// Chunks the NMS served itself.
+    pub fn served_chunks(&self) -> u64 {
+        self.server.served_chunks
+    }
+
+    pub fn poll_action(&mut self) -> Option<MonitorAction> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.server.next_timeout()
+    }
+
+    pub fn timeout(&mut self, now: Duration) {
+        let mut out = Vec::new();
+        self.server.timeout(now, &mut out);
+        self.push_serve(out);
+    }
+
+    pub fn chunk_request(&mut self, now: Duration, req: RequestId, from: NodeId, r: &ChunkRequest) {
+        let mut out = Vec::new();
+        let addressees = &self.addressees;
+        self.server
+            .request(now, req, from, r, &self.all, |n| addressees.contains(n), &mut out);
+        self.push_serve(out);
+    }
+
+    fn push_serve(&mut self, out: Vec<ServeAction>) {
+        self.actions.extend(out.into_iter().map(MonitorAction::Serve));
+    }
+
+    /// A control request from `from` about this campaign; returns the answer.
+    pub fn request(&mut self, now: Duration, from: NodeId, msg: &Control) -> Control {
+        if !self.addressees.contains(&from) {
+            return Control::Error {
+                reason: format!("{from} is not an addressee of this campaign"),
+            };
+        }
+        if let Some(v) = self.nodes.get_mut(&from) {
+            v.last_heard = Some(now);
+        }
+        match msg {
+            Control::AuthRequest { path, root, code, .. } => {
+                let addressees = &self.addressees;
+                let r = verify_auth(
+                    &self.secret,
+                    &self.manifest.campaign,
+                    &self.manifest.root,
+                    |n| addressees.contains(n),
+                    AuthClaim {
+                        sender: &from,
+                        path,
+                        root,
+                        code,
+                    },
+                );
+                let (ok, reason) = match r {
+                    Ok(()) => {
+                        self.set_status(now, from, NodeStatus::Authenticated);
+                        (true, String::new())
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        self.actions
+                            .push_back(MonitorAction::Note(MonitorNote::AuthRefused(
+                                from,
+                                reason.clone(),
+                            )));
+                        (false, reason)
+                    }
+                };
+                Control::AuthReply {
+                    campaign: self.manifest.campaign,
+                    ok,
+                    reason,
+                }
+            }
+            Control::Progress {
+                phase,
+                verified,
+                source,
+                parent,
+                ..
+            } => {
+                if let Some(v) = self.nodes.get_mut(&from) {
+                    v.verified = (*verified).min(self.manifest.size);
+                    v.source = *source;
+                    v.parent = *parent;
+                }
+                let status = match phase {
+                    Phase::Receiving => Some(NodeStatus::Receiving),
+                    Phase::Verifying => Some(NodeStatus::Verifying),
+                    _ => None,
+                };
+                if let Some(s) = status {
+                    self.set_status(now, from, s);
+                }
+                Control::Ack
+            }
+            Control::InstallReport { outcome, .. } => {
+                let status = match outcome {
+                    InstallOutcome::Installed => NodeStatus::Installed,
+                    InstallOutcome::Failed { reason } => NodeStatus::Failed(reason.clone()),
+                };
+                if status == NodeStatus::Installed
+                    && let Some(v) = self.nodes.get_mut(&from)
+                {
+                    v.verified = self.manifest.size;
+                }
+                self.set_status(now, from, status);
+                Control::Ack
+            }
+            Control::Trouble { node, reason, .. } => {
+                self.set_status(
+                    now,
+                    *node,
+                    NodeStatus::Failed(clip_reason(format!("reported by {from}: {reason}"))),
+                );
+                Control::Ack
+            }
+            other => Control::Error {
+                reason: format!("unexpected {:?} for the NMS", other.kind()),
+            },
+        }
+    }
+
+    /// The answer to a request the NMS sent (offers to the first tier).
+    pub fn response(&mut self, now: Duration, from: NodeId, msg: Control) {
+        if let Control::OfferReply { verdict, .. } = msg {
+            match verdict {
+                Verdict::Accept => {
+                    if self
+                        .nodes
+                        .get(&from)
+                        .is_some_and(|v| v.status == NodeStatus::Waiting)
+                    {
+                        self.set_status(now, from, NodeStatus::Receiving);
+                    }
+                }
+                Verdict::Refuse { reason, detail } => {
+                    self.first_tier_failed(now, from, format!("refused the offer ({reason:?}): {detail}"))
+                }
+            }
+        }
+    }
+
+    /// A request the NMS sent could not be delivered.
+    pub fn send_failed(&mut self, now: Duration, to: NodeId, kind: ControlKind, reason: &str) {
+        if kind == ControlKind::Offer {
+            self.first_tier_failed(now, to, format!("unreachable: {reason}"));
+        }
+    }
+
+    fn first_tier_failed(&mut self, now: Duration, head: NodeId, reason: String) {
+        self.set_status(now, head, NodeStatus::Failed(clip_reason(reason)));
+        if let Some(a) = self.offered.remove(&head) {
+            let rest = &a.part[1..];
+            if let Some(&next) = rest.first() {
+                self.offer(Assignment {
+                    head: next,
+                    part: rest.to_vec(),
+                });
+            }
+        }
+    }
+
+    fn set_status(&mut self, now: Duration, node: NodeId, status: NodeStatus) {
+        let Some(v) = self.nodes.get_mut(&node) else {
+            return;
+        };
+        if v.status.is_final() {
+            return;
+        }
+        match &status {
+            NodeStatus::Installed => self
+                .actions
+                .push_back(MonitorAction::Note(MonitorNote::Installed(node))),
+            NodeStatus::Failed(r) => self
+                .actions
+                .push_back(MonitorAction::Note(MonitorNote::Failed(node, r.clone()))),
+            _ => {}
+        }
+        if status.is_final() {
+            v.finished_at = Some(now);
+        }
+        v.status = status;
+        if self.finished_at.is_none() && self.nodes.values().all(|v| v.status.is_final()) {
+            self.finished_at = Some(now);
+            self.actions.push_back(MonitorAction::Note(MonitorNote::Done));
+        }
+    }
+}
