@@ -1,0 +1,3 @@
+//! baton-nms: the management server.
+
+pub mod watch;

@@ -1,0 +1,736 @@
+//! Watch a drop folder and report package files once they are completely written.
+//!
+//! An operator drops a package file into the watched folder; a campaign must
+//! start only once the file is complete. Debouncing alone cannot tell that, so
+//! a file becomes a *candidate* only when inotify says its writer is done:
+//!
+//! - `Close(Write)`: a writer closed it (`cp`, a slow writer at the very end);
+//! - a rename into the folder (`Modify(Name(To))`, `Modify(Name(Both))`),
+//!   which is all that `mv` within one filesystem produces;
+//! - a `Create` that is not followed by an `Open` before the settle period
+//!   ends (a hard link, a symlink, a FIFO: created already "closed");
+//! - a `Modify(Metadata)` of a file not currently tracked (e.g. a `chmod` that
+//!   makes an unreadable file readable);
+//! - files already present when watching starts (initial scan), and all files
+//!   after an inotify queue overflow (rescan).
+//!
+//! A candidate is reported [`DropEvent::Ready`] once its size and mtime are
+//! unchanged over the settle period; a `Modify(Data)` sends it back to
+//! "being written" until the next `Close(Write)`. The same file (name, size,
+//! mtime) is reported once, even if removed and moved back; a file replaced
+//! with a new size or mtime is reported again. A file deleted before it
+//! settles is dropped silently.
+//!
+//! Ignored: names matching [`is_ignored_name`] and directories. Everything
+//! else that is not a regular file (FIFO, socket, device), cannot be opened
+//! for reading, or is a symlink whose target lies outside the watched folder
+//! yields a [`DropEvent::Error`]. The file type is checked with
+//! `symlink_metadata`/`metadata` before any open, so a FIFO is never opened.
+//! A symlink to a regular file *inside* the folder (subfolders included) is
+//! followed and reported under the link's name; note that its target, if it
+//! sits directly in the folder, is reported under its own name as well.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Default settle period: how long size and mtime must stay unchanged.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(500);
+
+/// Capacity of the channel of [`DropEvent`]s handed to the caller.
+const EVENT_CAPACITY: usize = 64;
+
+/// Name endings of editors' and downloaders' temporary files (compared
+/// ASCII-case-insensitively).
+const TEMP_SUFFIXES: &[&str] = &[
+    "~",
+    ".tmp",
+    ".part",
+    ".partial",
+    ".crdownload",
+    ".swp",
+    ".swx",
+];
+
+/// What the watcher reports about a file in the watched folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DropEvent {
+    /// The file is completely written, stable and readable.
+    Ready { path: PathBuf, size: u64 },
+    /// The entry cannot be used; `message` says what is wrong and what to do.
+    Error { path: PathBuf, message: String },
+}
+
+/// Why watching could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("watched folder {} does not exist: create it or pass another --watch", .dir.display())]
+    Missing { dir: PathBuf },
+    #[error("watched path {} is not a folder: pass a folder to --watch", .dir.display())]
+    NotAFolder { dir: PathBuf },
+    #[error("cannot read watched folder {}: {source}", .dir.display())]
+    Io { dir: PathBuf, source: io::Error },
+    #[error("cannot watch folder {}: {source} (if the inotify limit is reached, raise fs.inotify.max_user_watches / max_user_instances)", .dir.display())]
+    Notify { dir: PathBuf, source: notify::Error },
+    #[error("DropWatcher::start must be called from within a tokio runtime")]
+    NoRuntime,
+}
+
+/// True for names that are never reported: hidden files (leading `.`),
+/// `#autosave#`-style names, and temporary names ending in `~`, `.tmp`,
+/// `.part`, `.partial`, `.crdownload`, `.swp` or `.swx` (any ASCII case).
+pub fn is_ignored_name(name: &str) -> bool {
+    if name.is_empty() || name.starts_with('.') || name.starts_with('#') {
+        return true;
+    }
+    let lower = name.to_ascii_lowercase();
+    TEMP_SUFFIXES.iter().any(|suffix| lower.ends_with(suffix))
+}
+
+/// Watches one folder (non-recursively). Dropping it stops watching.
+pub struct DropWatcher {
+    dir: PathBuf,
+    _watcher: RecommendedWatcher,
+    task: JoinHandle<()>,
+}
+
+impl fmt::Debug for DropWatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DropWatcher")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for DropWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl DropWatcher {
+    /// Starts watching `dir`; files already there are reported too. Must be
+    /// called inside a tokio runtime. Use [`DEFAULT_SETTLE`] unless testing.
+    pub fn start(
+        dir: &Path,
+        settle: Duration,
+    ) -> Result<(DropWatcher, mpsc::Receiver<DropEvent>), WatchError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| WatchError::NoRuntime)?;
+        let io_err = |source| WatchError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let dir = std::path::absolute(dir).map_err(io_err)?;
+        match fs::metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(WatchError::NotAFolder { dir }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(WatchError::Missing { dir });
+            }
+            Err(source) => return Err(WatchError::Io { dir, source }),
+        }
+        let canonical = fs::canonicalize(&dir).map_err(io_err)?;
+
+        let (raw_tx, raw_rx) = mpsc::unbounded_channel();
+        let notify_err = |source| WatchError::Notify {
+            dir: dir.clone(),
+            source,
+        };
+        let mut watcher = notify::recommended_watcher(move |res| {
+            let _ = raw_tx.send(res);
+        })
+        .map_err(notify_err)?;
+        // Watch before scanning so that nothing created meanwhile is missed.
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(notify_err)?;
+
+        let (out_tx, out_rx) = mpsc::channel(EVENT_CAPACITY);
+        let worker = Worker {
+            dir: dir.clone(),
+            canonical,
+            settle,
+            pending: HashMap::new(),
+            reported: HashMap::new(),
+            outbox: Vec::new(),
+            out: out_tx,
+        };
+        let task = runtime.spawn(worker.run(raw_rx));
+        let watcher = DropWatcher {
+            dir,
+            _watcher: watcher,
+            task,
+        };
+        Ok((watcher, out_rx))
+    }
+
+    /// The watched folder (absolute).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Size and mtime: a file is stable while this does not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime: Option<SystemTime>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// A writer has it open: wait for `Close(Write)`.
+    Writing,
+    /// Candidate, checked at `due`. `created` marks a fresh `Create` that an
+    /// `Open` (a writer creating it) turns into `Writing`.
+    Settling {
+        stamp: Option<Stamp>,
+        due: Instant,
+        created: bool,
+    },
+}
+
+/// What a path is, checked without opening it.
+enum Look {
+    Gone,
+    Folder,
+    Problem(String),
+    File(Stamp),
+}
+
+struct Worker {
+    dir: PathBuf,
+    canonical: PathBuf,
+    settle: Duration,
+    pending: HashMap<OsString, Phase>,
+    reported: HashMap<OsString, Stamp>,
+    outbox: Vec<DropEvent>,
+    out: mpsc::Sender<DropEvent>,
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Worker {
+    async fn run(mut self, mut raw: mpsc::UnboundedReceiver<notify::Result<Event>>) {
+        self.scan();
+        let out = self.out.clone();
+        loop {
+            for event in std::mem::take(&mut self.outbox) {
+                tracing::debug!(?event, "drop folder event");
+                if out.send(event).await.is_err() {
+                    return;
+                }
+            }
+            let next_due = self.pending.values().filter_map(|phase| match phase {
+                Phase::Settling { due, .. } => Some(*due),
+                Phase::Writing => None,
+            });
+            tokio::select! {
+                msg = raw.recv() => match msg {
+                    Some(Ok(event)) => self.on_event(event),
+                    Some(Err(e)) => tracing::warn!(dir = %self.dir.display(), "watch error: {e}"),
+                    None => return,
+                },
+                () = sleep_until(next_due.min()) => self.on_due(),
+                () = out.closed() => return,
+            }
+        }
+    }
+
+    /// Makes every entry of the folder that is not tracked yet a candidate.
+    fn scan(&mut self) {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), "cannot list watched folder: {e}");
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !is_ignored_name(&name.to_string_lossy()) && !self.pending.contains_key(&name) {
+                self.candidate(name, false);
+            }
+        }
+    }
+
+    /// The file name of `path` if it is a non-ignored entry of the folder.
+    fn name_of(&self, path: &Path) -> Option<OsString> {
+        let name = path.file_name()?;
+        (path.parent() == Some(self.dir.as_path()) && !is_ignored_name(&name.to_string_lossy()))
+            .then(|| name.to_os_string())
+    }
+
+    fn candidate(&mut self, name: OsString, created: bool) {
+        let stamp = match self.look(&self.dir.join(&name)) {
+            Look::File(stamp) => Some(stamp),
+            _ => None,
+        };
+        let due = Instant::now() + self.settle;
+        let phase = Phase::Settling {
+            stamp,
+            due,
+            created,
+        };
+        self.pending.insert(name, phase);
+    }
+
+    fn on_event(&mut self, event: Event) {
+        tracing::trace!(?event, "notify event");
+        if event.need_rescan() {
+            self.scan();
+        }
+        if matches!(event.kind, EventKind::Remove(_)) && event.paths.iter().any(|p| p == &self.dir)
+        {
+            self.outbox.push(DropEvent::Error {
+                path: self.dir.clone(),
+                message: format!(
+                    "the watched folder {} was removed: recreate it and restart the server",
+                    self.dir.display()
+                ),
+            });
+            return;
+        }
+        if let EventKind::Modify(ModifyKind::Name(RenameMode::Both)) = event.kind {
+            // paths = [from, to]
+            if let Some(name) = event.paths.first().and_then(|p| self.name_of(p)) {
+                self.pending.remove(&name);
+            }
+            if let Some(name) = event.paths.last().and_then(|p| self.name_of(p)) {
+                self.candidate(name, false);
+            }
+            return;
+        }
+        let names: Vec<OsString> = event.paths.iter().filter_map(|p| self.name_of(p)).collect();
+        for name in names {
+            match event.kind {
+                EventKind::Create(_) => match fs::symlink_metadata(self.dir.join(&name)) {
+                    Ok(meta) if meta.is_dir() => {}
+                    // A regular file is expected to be opened by its writer
+                    // right away; anything else is complete on creation.
+                    Ok(meta) => self.candidate(name, meta.is_file()),
+                    Err(_) => {
+                        self.pending.remove(&name);
+                    }
+                },
+                EventKind::Access(AccessKind::Open(_)) => {
+                    if let Some(Phase::Settling { created: true, .. }) = self.pending.get(&name) {
+                        self.pending.insert(name, Phase::Writing);
+                    }
+                }
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                    self.candidate(name, false);
+                }
+                EventKind::Modify(ModifyKind::Data(_)) => {
+                    self.pending.insert(name, Phase::Writing);
+                }
+                EventKind::Modify(ModifyKind::Metadata(_)) if !self.pending.contains_key(&name) => {
+                    self.candidate(name, false);
+                }
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
+                    self.pending.remove(&name);
+                }
+                EventKind::Modify(ModifyKind::Name(_)) => {
+                    if self.dir.join(&name).symlink_metadata().is_ok() {
+                        self.candidate(name, false);
+                    } else {
+                        self.pending.remove(&name);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Checks every candidate whose settle period has ended.
+    fn on_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<OsString> = self
+            .pending
+            .iter()
+            .filter(|(_, phase)| matches!(phase, Phase::Settling { due, .. } if *due <= now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            let path = self.dir.join(&name);
+            let look = self.look(&path);
+            let Some(Phase::Settling { stamp, due, .. }) = self.pending.get_mut(&name) else {
+                continue;
+            };
+            match look {
+                Look::File(now_stamp) if *stamp != Some(now_stamp) => {
+                    // Still changing: watch it for another settle period.
+                    *stamp = Some(now_stamp);
+                    *due = now + self.settle;
+                    continue;
+                }
+                Look::File(now_stamp) => {
+                    self.pending.remove(&name);
+                    self.finish(name, path, now_stamp);
+                }
+                Look::Gone | Look::Folder => {
+                    self.pending.remove(&name);
+                }
+                Look::Problem(message) => {
+                    self.pending.remove(&name);
+                    self.outbox.push(DropEvent::Error { path, message });
+                }
+            }
+        }
+    }
+
+    /// Reports a stable regular file unless already reported as it is.
+    fn finish(&mut self, name: OsString, path: PathBuf, stamp: Stamp) {
+        if self.reported.get(&name) == Some(&stamp) {
+            return;
+        }
+        // The type was checked just before: this open cannot block on a FIFO.
+        match fs::File::open(&path).and_then(|file| file.metadata()) {
+            Ok(meta) if meta.is_file() => {
+                self.reported.insert(name, stamp);
+                self.outbox.push(DropEvent::Ready {
+                    path,
+                    size: stamp.size,
+                });
+            }
+            Ok(_) => {} // replaced by a folder meanwhile: a later event tells
+            Err(e) => {
+                let message = format!(
+                    "{} cannot be opened for reading ({e}): give the server read access \
+                     (e.g. chmod a+r) and it will be picked up",
+                    path.display()
+                );
+                self.outbox.push(DropEvent::Error { path, message });
+            }
+        }
+    }
+
+    /// Classifies `path` without opening it (and without following a symlink
+    /// out of the folder).
+    fn look(&self, path: &Path) -> Look {
+        let shown = path.display();
+        let meta = match fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Look::Gone,
+            Err(e) => {
+                return Look::Problem(format!(
+                    "{shown} cannot be examined ({e}): check the permissions of the watched folder"
+                ));
+            }
+        };
+        let meta = if meta.file_type().is_symlink() {
+            let target = match fs::canonicalize(path) {
+                Ok(target) => target,
+                Err(e) => {
+                    return Look::Problem(format!(
+                        "{shown} is a symlink whose target cannot be resolved ({e}); not followed: \
+                         copy the package file itself into the folder"
+                    ));
+                }
+            };
+            if !target.starts_with(&self.canonical) {
+                return Look::Problem(format!(
+                    "{shown} is a symlink to {} outside the watched folder; not followed: \
+                     copy the package file itself into the folder",
+                    target.display()
+                ));
+            }
+            match fs::metadata(path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Look::Gone,
+                Err(e) => return Look::Problem(format!("{shown} cannot be examined ({e})")),
+            }
+        } else {
+            meta
+        };
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            return Look::Folder;
+        }
+        if !kind.is_file() {
+            let what = if kind.is_fifo() {
+                "a FIFO (named pipe)"
+            } else if kind.is_socket() {
+                "a socket"
+            } else if kind.is_block_device() || kind.is_char_device() {
+                "a device file"
+            } else {
+                "not a regular file"
+            };
+            return Look::Problem(format!(
+                "{shown} is {what}, not a regular file; it is not read: remove it and drop \
+                 a regular package file instead"
+            ));
+        }
+        Look::File(Stamp {
+            size: meta.len(),
+            mtime: meta.modified().ok(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const SETTLE: Duration = Duration::from_millis(100);
+    const ARRIVES: Duration = Duration::from_secs(10);
+    const QUIET: Duration = Duration::from_secs(1);
+
+    async fn next(rx: &mut mpsc::Receiver<DropEvent>, within: Duration) -> Option<DropEvent> {
+        tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+    }
+
+    async fn expect_ready(rx: &mut mpsc::Receiver<DropEvent>, path: &Path, size: u64) {
+        let event = next(rx, ARRIVES).await;
+        let want = DropEvent::Ready {
+            path: path.to_path_buf(),
+            size,
+        };
+        assert_eq!(event, Some(want));
+    }
+
+    async fn expect_quiet(rx: &mut mpsc::Receiver<DropEvent>) {
+        let event = next(rx, QUIET).await;
+        assert_eq!(event, None, "unexpected event");
+    }
+
+    fn setup() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("drop");
+        fs::create_dir(&dir).unwrap();
+        (tmp, dir)
+    }
+
+    #[test]
+    fn ignored_names() {
+        for name in [
+            ".hidden",
+            ".x.pkg",
+            "a~",
+            "a.tmp",
+            "a.TMP",
+            "a.part",
+            "a.partial",
+            "a.crdownload",
+            ".a.swp",
+            "a.swp",
+            "a.swx",
+            "#a#",
+            "",
+        ] {
+            assert!(is_ignored_name(name), "{name:?} should be ignored");
+        }
+        for name in [
+            "pkg.bin",
+            "pkg.toml",
+            "a.tar.gz",
+            "tmp",
+            "part",
+            "a.tmp.pkg",
+            "x#",
+        ] {
+            assert!(!is_ignored_name(name), "{name:?} should not be ignored");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_folder_is_an_error() {
+        let (_tmp, dir) = setup();
+        let missing = dir.join("nope");
+        let err = DropWatcher::start(&missing, SETTLE).unwrap_err();
+        assert!(matches!(err, WatchError::Missing { .. }));
+        assert!(
+            err.to_string()
+                .contains("create it or pass another --watch")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn written_file_is_ready() {
+        let (_tmp, dir) = setup();
+        let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
+        let path = dir.join("a.pkg");
+        fs::write(&path, vec![7u8; 12345]).unwrap();
+        expect_ready(&mut rx, &path, 12345).await;
+        expect_quiet(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_writer_is_ready_only_after_close() {
+        let (_tmp, dir) = setup();
+        let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
+        let path = dir.join("slow.pkg");
+        let mut file = fs::File::create(&path).unwrap();
+        // Created and opened but nothing written yet, then written in chunks.
+        for chunk in 0..5 {
+            tokio::time::sleep(SETTLE * 4).await;
+            assert!(rx.try_recv().is_err(), "reported while still open");
+            if chunk < 4 {
+                file.write_all(&[1u8; 1000]).unwrap();
+                file.flush().unwrap();
+            }
+        }
+        drop(file);
+        expect_ready(&mut rx, &path, 4000).await;
+        expect_quiet(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renamed_into_place_is_ready() {
+        let (tmp, dir) = setup();
+        let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
+        // Hidden temporary name inside the folder, then rename.
+        let hidden = dir.join(".incoming");
+        fs::write(&hidden, b"hello").unwrap();
+        let first = dir.join("first.pkg");
+        fs::rename(&hidden, &first).unwrap();
+        expect_ready(&mut rx, &first, 5).await;
+        expect_quiet(&mut rx).await;
+        // Sibling folder on the same filesystem, then rename.
+        let staging = tmp.path().join("staging.pkg");
+        fs::write(&staging, b"hello world").unwrap();
+        let second = dir.join("second.pkg");
+        fs::rename(&staging, &second).unwrap();
+        expect_ready(&mut rx, &second, 11).await;
+        expect_quiet(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hard_link_into_folder_is_ready() {
+        // A hard link gives only Create: no Open, no Close(Write).
+        let (tmp, dir) = setup();
+        let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
+        let original = tmp.path().join("original.pkg");
+        fs::write(&original, b"linked").unwrap();
+        let link = dir.join("linked.pkg");
+        fs::hard_link(&original, &link).unwrap();
+        expect_ready(&mut rx, &link, 6).await;
+        expect_quiet(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hidden_and_temporary_names_are_ignored() {
+        let (_tmp, dir) = setup();
+        let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
+        for name in [".hidden", "a.tmp", "b.part", "c~", "#d#", "e.crdownload"] {
+            fs::write(dir.join(name), b"x").unwrap();
+        }
+        fs::create_dir(dir.join("sub")).unwrap();
+        let marker = dir.join("marker.pkg");
+        fs::write(&marker, b"m").unwrap();
+        expect_ready(&mut rx, &marker, 1).await;
+        expect_quiet(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn symlink_out_of_folder_is_refused() {
+        let (tmp, dir) = setup();
+        let outside = tmp.path().join("outside.pkg");
+        fs::write(&outside, b"secret").unwrap();
+        let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
+        let link = dir.join("link.pkg");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        match next(&mut rx, ARRIVES).await {
+            Some(DropEvent::Error { path, message }) => {
+                assert_eq!(path, link);
+                assert!(message.contains("outside the watched folder"), "{message}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        expect_quiet(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn symlink_inside_folder_is_ready_under_its_name() {
+        let (_tmp, dir) = setup();
+        fs::create_dir(dir.join("store")).unwrap();
+        let target = dir.join("store").join("real.pkg");
+        fs::write(&target, b"abc").unwrap();
+        let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
+        let link = dir.join("link.pkg");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        expect_ready(&mut rx, &link, 3).await;
+        expect_quiet(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fifo_is_an_error() {
+        let (_tmp, dir) = setup();
+        let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
+        let fifo = dir.join("pipe.pkg");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        match next(&mut rx, ARRIVES).await {
+            Some(DropEvent::Error { path, message }) => {
+                assert_eq!(path, fifo);
+                assert!(message.contains("FIFO"), "{message}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        expect_quiet(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn files_present_at_start_are_ready() {
+        let (_tmp, dir) = setup();
+        let a = dir.join("a.pkg");
+        let b = dir.join("b.pkg");
+        fs::write(&a, b"aa").unwrap();
+        fs::write(&b, b"bbb").unwrap();
+        let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.push(next(&mut rx, ARRIVES).await);
+        }
+        got.sort_by_key(|e| format!("{e:?}"));
+        let ready = |path: &Path, size| {
+            Some(DropEvent::Ready {
+                path: path.to_path_buf(),
+                size,
+            })
+        };
+        assert_eq!(got, vec![ready(&a, 2), ready(&b, 3)]);
+        expect_quiet(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unchanged_file_is_reported_once_and_replacement_again() {
+        let (_tmp, dir) = setup();
+        let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
+        let path = dir.join("same.pkg");
+        fs::write(&path, b"12345").unwrap();
+        expect_ready(&mut rx, &path, 5).await;
+        // Open for writing and close without writing, and chmod: events but
+        // no change in size or mtime.
+        drop(fs::OpenOptions::new().append(true).open(&path).unwrap());
+        let perms = fs::metadata(&path).unwrap().permissions();
+        fs::set_permissions(&path, perms).unwrap();
+        expect_quiet(&mut rx).await;
+        // Replaced with new content: reported again.
+        fs::write(&path, b"1234567").unwrap();
+        expect_ready(&mut rx, &path, 7).await;
+        expect_quiet(&mut rx).await;
+    }
+}

@@ -1,0 +1,3 @@
+//! baton-node: the agent on every machine.
+
+pub mod discovery;
