@@ -1,3 +1,7 @@
-//! baton-nms: the management server.
+//! baton-nms: the management server. Watches a folder, builds and signs campaigns, plans
+//! and offers them, authenticates nodes, and shows the operator what happens.
 
+pub mod campaign;
+pub mod server;
+pub mod ui;
 pub mod watch;

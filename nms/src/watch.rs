@@ -53,15 +53,7 @@ const EVENT_CAPACITY: usize = 64;
 
 /// Name endings of editors' and downloaders' temporary files (compared
 /// ASCII-case-insensitively).
-const TEMP_SUFFIXES: &[&str] = &[
-    "~",
-    ".tmp",
-    ".part",
-    ".partial",
-    ".crdownload",
-    ".swp",
-    ".swx",
-];
+const TEMP_SUFFIXES: &[&str] = &["~", ".tmp", ".part", ".partial", ".crdownload", ".swp", ".swx"];
 
 /// What the watcher reports about a file in the watched folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,11 +275,7 @@ impl Worker {
             _ => None,
         };
         let due = Instant::now() + self.settle;
-        let phase = Phase::Settling {
-            stamp,
-            due,
-            created,
-        };
+        let phase = Phase::Settling { stamp, due, created };
         self.pending.insert(name, phase);
     }
 
@@ -296,8 +284,7 @@ impl Worker {
         if event.need_rescan() {
             self.scan();
         }
-        if matches!(event.kind, EventKind::Remove(_)) && event.paths.iter().any(|p| p == &self.dir)
-        {
+        if matches!(event.kind, EventKind::Remove(_)) && event.paths.iter().any(|p| p == &self.dir) {
             self.outbox.push(DropEvent::Error {
                 path: self.dir.clone(),
                 message: format!(
@@ -558,10 +545,7 @@ mod tests {
         let missing = dir.join("nope");
         let err = DropWatcher::start(&missing, SETTLE).unwrap_err();
         assert!(matches!(err, WatchError::Missing { .. }));
-        assert!(
-            err.to_string()
-                .contains("create it or pass another --watch")
-        );
+        assert!(err.to_string().contains("create it or pass another --watch"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -677,10 +661,7 @@ mod tests {
         let (_tmp, dir) = setup();
         let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
         let fifo = dir.join("pipe.pkg");
-        let status = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
         assert!(status.success());
         match next(&mut rx, ARRIVES).await {
             Some(DropEvent::Error { path, message }) => {

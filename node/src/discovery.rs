@@ -248,8 +248,8 @@ pub fn parse_advert(props: &HashMap<String, String>) -> Result<Advert, AdvertErr
     validate_peer_id(&peer_id)?;
     let role: Role = get(TXT_ROLE)?.parse()?;
     let version_str = get(TXT_VERSION)?;
-    let version = parse_decimal::<u32>(version_str)
-        .ok_or_else(|| AdvertError::InvalidVersion(version_str.clone()))?;
+    let version =
+        parse_decimal::<u32>(version_str).ok_or_else(|| AdvertError::InvalidVersion(version_str.clone()))?;
     let port_str = get(TXT_PORT)?;
     let port = parse_decimal::<u16>(port_str)
         .filter(|p| *p != 0)
@@ -723,10 +723,7 @@ mod tests {
             let mut m = map(&advert(PEER));
             m.remove(key);
             let err = parse_advert(&m).unwrap_err();
-            assert!(
-                matches!(err, AdvertError::Missing(k) if k == key),
-                "{key}: {err}"
-            );
+            assert!(matches!(err, AdvertError::Missing(k) if k == key), "{key}: {err}");
         }
     }
 
@@ -743,10 +740,7 @@ mod tests {
             "ab/c",
         ] {
             let err = parse_advert(&with(&a, "id", bad)).unwrap_err();
-            assert!(
-                matches!(err, AdvertError::InvalidPeerId(_)),
-                "{bad:?}: {err}"
-            );
+            assert!(matches!(err, AdvertError::InvalidPeerId(_)), "{bad:?}: {err}");
         }
         let long = "1".repeat(MAX_PEER_ID_LEN + 1);
         assert!(matches!(
@@ -824,12 +818,7 @@ mod tests {
         assert!(matches!(err, AdvertError::TxtEntryTooLong { ref key, .. } if key == "tags"));
         assert!(parse_advert(&map(&a)).is_err());
         // Exactly 255 bytes: "tags=" + 250.
-        a.tags = vec![
-            "a".repeat(64),
-            "b".repeat(64),
-            "c".repeat(64),
-            "d".repeat(55),
-        ];
+        a.tags = vec!["a".repeat(64), "b".repeat(64), "c".repeat(64), "d".repeat(55)];
         assert_eq!(a.tags.join(",").len(), 250);
         assert_eq!(a.validate(), Ok(()));
         a.tags[3].push('d');
@@ -972,9 +961,7 @@ mod tests {
                 peer_id: OTHER.to_owned()
             }
         );
-        assert!(
-            matches!(&ev[1], DiscoveryEvent::Found { advert, .. } if advert.peer_id == "QmThird")
-        );
+        assert!(matches!(&ev[1], DiscoveryEvent::Found { advert, .. } if advert.peer_id == "QmThird"));
     }
 
     #[test]
@@ -982,10 +969,7 @@ mod tests {
         let mut t = Tracker::new(PEER);
         let m = map(&advert(OTHER));
         for i in 0..MAX_TRACKED_INSTANCES {
-            assert_eq!(
-                t.resolved(&format!("i{i}"), &m, [v4(127, 0, 0, 1)]).len(),
-                1
-            );
+            assert_eq!(t.resolved(&format!("i{i}"), &m, [v4(127, 0, 0, 1)]).len(), 1);
         }
         assert!(t.resolved("one-more", &m, [v4(127, 0, 0, 1)]).is_empty());
         assert_eq!(t.known.len(), MAX_TRACKED_INSTANCES);

@@ -54,7 +54,8 @@ pub const HOST_IFACE: &str = "eth0";
 /// Name of the bridge inside the bridge namespace.
 pub const BRIDGE_IFACE: &str = "br0";
 /// Hint shown when the privileges or tools are missing.
-pub const PRIVILEGE_HINT: &str = "needs root (CAP_NET_ADMIN) and iproute2: run as root or install iproute2 with apt-get install iproute2";
+pub const PRIVILEGE_HINT: &str =
+    "needs root (CAP_NET_ADMIN) and iproute2: run as root or install iproute2 with apt-get install iproute2";
 
 /// The down `ifb` device the BPF loss filter redirects dropped packets to.
 const DROP_IFACE: &str = "drop0";
@@ -184,9 +185,9 @@ impl Net {
             let err = err.context(format!("building test network {}", net.prefix));
             return match net.teardown() {
                 Ok(()) => Err(err),
-                Err(cleanup) => Err(err.context(format!(
-                    "and removing what was made failed too: {cleanup:#}"
-                ))),
+                Err(cleanup) => {
+                    Err(err.context(format!("and removing what was made failed too: {cleanup:#}")))
+                }
             };
         }
         tracing::debug!(prefix = %net.prefix, hosts = net.hosts.len(), "netns: network ready");
@@ -209,9 +210,7 @@ impl Net {
         // is flooded to every port without needing an IGMP querier.
         ip_n(
             &br,
-            &format!(
-                "link add {BRIDGE_IFACE} type bridge stp_state 0 forward_delay 0 mcast_snooping 0"
-            ),
+            &format!("link add {BRIDGE_IFACE} type bridge stp_state 0 forward_delay 0 mcast_snooping 0"),
         )?;
         ip_n(&br, &format!("link set {BRIDGE_IFACE} up"))?;
         for (i, rate) in plan.rates.iter().enumerate() {
@@ -267,10 +266,7 @@ impl Net {
         }
         // Host ingress = egress of the bridge-side peer.
         if let Some(bps) = rate_bps {
-            tc_n(
-                br,
-                &format!("qdisc add dev {peer} root handle 1: {}", tbf(bps)),
-            )?;
+            tc_n(br, &format!("qdisc add dev {peer} root handle 1: {}", tbf(bps)))?;
         }
         self.hosts.push(Host {
             index: i,
@@ -359,15 +355,9 @@ impl Net {
     pub fn tc_stats(&self, i: usize) -> Result<String> {
         let host = self.host(i);
         let egress = tc_n(&host.netns, &format!("-s qdisc show dev {HOST_IFACE}"))?;
-        let filters = tc_n(
-            &host.netns,
-            &format!("-s filter show dev {HOST_IFACE} egress"),
-        )
-        .unwrap_or_default();
-        let ingress = tc_n(
-            &self.bridge_netns,
-            &format!("-s qdisc show dev {}", host.peer),
-        )?;
+        let filters =
+            tc_n(&host.netns, &format!("-s filter show dev {HOST_IFACE} egress")).unwrap_or_default();
+        let ingress = tc_n(&self.bridge_netns, &format!("-s qdisc show dev {}", host.peer))?;
         Ok(format!(
             "egress ({} {HOST_IFACE}):\n{egress}{filters}ingress ({} {}):\n{ingress}",
             host.netns, self.bridge_netns, host.peer
@@ -383,8 +373,7 @@ impl Net {
             return Ok(());
         }
         let leftover = remove_namespaces(&self.live);
-        self.live
-            .retain(|ns| leftover.iter().any(|(name, _)| name == ns));
+        self.live.retain(|ns| leftover.iter().any(|(name, _)| name == ns));
         if leftover.is_empty() {
             tracing::debug!(prefix = %self.prefix, "netns: network removed");
             return Ok(());
@@ -485,14 +474,11 @@ fn missing_capabilities() -> Option<String> {
         .find_map(|line| line.strip_prefix("CapEff:"))?
         .trim();
     let eff = u64::from_str_radix(hex, 16).ok()?;
-    let missing: Vec<&str> = [
-        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
-        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
-    ]
-    .into_iter()
-    .filter(|(bit, _)| eff & (1 << bit) == 0)
-    .map(|(_, name)| name)
-    .collect();
+    let missing: Vec<&str> = [(CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")]
+        .into_iter()
+        .filter(|(bit, _)| eff & (1 << bit) == 0)
+        .map(|(_, name)| name)
+        .collect();
     if missing.is_empty() {
         None
     } else {
@@ -589,9 +575,9 @@ pub fn parse_rate(rate: &str) -> Result<u64> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().with_context(|| {
-        format!("rate {rate:?}: expected a number followed by a unit like mbit")
-    })?;
+    let value: f64 = num
+        .parse()
+        .with_context(|| format!("rate {rate:?}: expected a number followed by a unit like mbit"))?;
     let unit = unit.trim().to_ascii_lowercase();
     let (prefix, bytes) = if let Some(p) = unit.strip_suffix("bit") {
         (p, false)
@@ -600,9 +586,7 @@ pub fn parse_rate(rate: &str) -> Result<u64> {
     } else if unit.is_empty() {
         ("", false)
     } else {
-        bail!(
-            "rate {rate:?}: unknown unit {unit:?} (use bit, kbit, mbit, gbit, or bps, kbps, mbps)"
-        );
+        bail!("rate {rate:?}: unknown unit {unit:?} (use bit, kbit, mbit, gbit, or bps, kbps, mbps)");
     };
     let scale: f64 = match prefix {
         "" => 1.0,
@@ -677,13 +661,9 @@ fn add_bpf_loss(ns: &str, threshold: u32) -> Result<()> {
     tc_n(ns, &format!("qdisc add dev {HOST_IFACE} clsact"))?;
     // The bytecode is one argument (it has spaces), hence no `tc_n`.
     run(tc_in(ns)
-        .args(words(&format!(
-            "filter add dev {HOST_IFACE} egress bpf bytecode"
-        )))
+        .args(words(&format!("filter add dev {HOST_IFACE} egress bpf bytecode")))
         .arg(loss_bytecode(threshold))
-        .args(words(&format!(
-            "action mirred egress redirect dev {DROP_IFACE}"
-        ))))?;
+        .args(words(&format!("action mirred egress redirect dev {DROP_IFACE}"))))?;
     Ok(())
 }
 
@@ -1036,15 +1016,7 @@ for i in range(int(sys.argv[3])):
         let sent = net.exec(
             from,
             "timeout",
-            [
-                "30",
-                python(),
-                "-c",
-                SENDER,
-                &addr,
-                "7000",
-                &bytes.to_string(),
-            ],
+            ["30", python(), "-c", SENDER, &addr, "7000", &bytes.to_string()],
         );
         let mut rest = String::new();
         out.read_to_string(&mut rest)?;
@@ -1076,10 +1048,7 @@ for i in range(int(sys.argv[3])):
         assert_eq!(host_addr(MAX_HOSTS - 1), Ipv4Addr::new(198, 18, 3, 250));
         for i in [0, MAX_HOSTS - 1] {
             let a = host_addr(i).octets();
-            assert!(
-                a[0] == 198 && (a[1] & 0xfe) == 18,
-                "{a:?} outside 198.18.0.0/15"
-            );
+            assert!(a[0] == 198 && (a[1] & 0xfe) == 18, "{a:?} outside 198.18.0.0/15");
         }
         // Interface names fit IFNAMSIZ - 1.
         for name in [
@@ -1200,10 +1169,7 @@ for i in range(int(sys.argv[3])):
         let addrs = net
             .exec(1, "ip", ["-4", "-o", "addr", "show", "dev", "eth0"])
             .unwrap();
-        assert!(
-            addrs.contains("198.18.0.2/15 brd 198.19.255.255"),
-            "{addrs}"
-        );
+        assert!(addrs.contains("198.18.0.2/15 brd 198.19.255.255"), "{addrs}");
         let routes = net.exec(1, "ip", ["route", "show"]).unwrap();
         assert!(!routes.contains("default"), "{routes}");
         assert!(routes.contains("224.0.0.0/4 dev eth0"), "{routes}");
@@ -1285,10 +1251,7 @@ for i in range(int(sys.argv[3])):
         let names = std::sync::Mutex::new(Vec::new());
         let result = std::panic::catch_unwind(|| {
             let net = Net::create(&NetSpec::with_hosts(2)).unwrap();
-            names
-                .lock()
-                .unwrap()
-                .extend(net.netns_names().iter().cloned());
+            names.lock().unwrap().extend(net.netns_names().iter().cloned());
             panic!("test panics with a net alive");
         });
         assert!(result.is_err());
@@ -1366,10 +1329,7 @@ for i in range(int(sys.argv[3])):
         let got = net.rx_packets(1).unwrap() - before;
         let stats = net.tc_stats(0).unwrap();
         eprintln!("30% loss: {got} of {N} datagrams arrived\n{stats}");
-        assert!(
-            (1200..=1600).contains(&got),
-            "{got} of {N} arrived\n{stats}"
-        );
+        assert!((1200..=1600).contains(&got), "{got} of {N} arrived\n{stats}");
     }
 
     #[test]
@@ -1396,11 +1356,7 @@ for i in range(int(sys.argv[3])):
         );
         let t = transfer(&net, 0, 1, 1000).unwrap();
         // SYN and SYN-ACK are each delayed once.
-        assert!(
-            t.connect_seconds >= 0.19,
-            "connect took {}s",
-            t.connect_seconds
-        );
+        assert!(t.connect_seconds >= 0.19, "connect took {}s", t.connect_seconds);
     }
 
     #[test]
@@ -1450,9 +1406,6 @@ for i in range(int(sys.argv[3])):
         assert!(left.contains(&live) && left.contains(&foreign), "{left:?}");
         drop(made);
         let left = existing();
-        assert!(
-            !left.contains(&live) && !left.contains(&foreign),
-            "{left:?}"
-        );
+        assert!(!left.contains(&live) && !left.contains(&foreign), "{left:?}");
     }
 }

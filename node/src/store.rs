@@ -1,0 +1,340 @@
+//! The node's package store on disk.
+//!
+//! ```text
+//! <data>/partial/<campaign hex>/offer.cbor     the offer (manifest, part, path, token), 0600
+//! <data>/partial/<campaign hex>/data           the package as it arrives (chunks at their offsets)
+//! <data>/packages/<name>/<sequence>/<file>     installed versions
+//! <data>/packages/<name>/<sequence>/.baton.json
+//! <data>/packages/<name>/current -> <sequence> switched atomically (symlink + rename)
+//! ```
+//!
+//! Names come from a validated manifest (plain file names); every join re-checks that the
+//! component is one plain path component, so a package name never escapes the store.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use baton_protocol::chunk::{ChunkSet, hash_chunk};
+use baton_protocol::manifest::is_plain_file_name;
+use baton_protocol::wire::{decode_control, encode_control};
+use baton_protocol::{CampaignId, Control, Hash, Manifest, Offer};
+use serde::{Deserialize, Serialize};
+
+/// The package store of one node.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// What `.baton.json` records of an installed version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstalledMeta {
+    pub campaign: String,
+    pub name: String,
+    pub version: String,
+    pub sequence: u64,
+    pub file: String,
+    pub root: String,
+    pub size: u64,
+}
+
+/// How to run the owner's install command.
+#[derive(Debug, Clone)]
+pub struct InstallCmd {
+    pub command: String,
+    pub timeout: Duration,
+}
+
+fn component(name: &str) -> Result<&str> {
+    let mut comps = Path::new(name).components();
+    match (comps.next(), comps.next()) {
+        (Some(Component::Normal(_)), None) if is_plain_file_name(name) => Ok(name),
+        _ => bail!("`{name}` is not a plain file name; refusing to use it as a path in the store"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+impl Store {
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        let s = Store {
+            root: data_dir.to_path_buf(),
+        };
+        for d in ["partial", "packages"] {
+            fs::create_dir_all(s.root.join(d))
+                .with_context(|| format!("cannot create {}", s.root.join(d).display()))?;
+        }
+        Ok(s)
+    }
+
+    pub fn partial_dir(&self, campaign: &CampaignId) -> PathBuf {
+        self.root.join("partial").join(hex(campaign))
+    }
+
+    /// The file chunks are written to and served from.
+    pub fn data_file(&self, campaign: &CampaignId) -> PathBuf {
+        self.partial_dir(campaign).join("data")
+    }
+
+    fn package_dir(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.root.join("packages").join(component(name)?))
+    }
+
+    /// The installed (sequence, root hash) of a package, if any.
+    pub fn installed(&self, name: &str) -> Option<(u64, Hash)> {
+        let meta = self.current_meta(name)?;
+        let mut root = [0u8; 32];
+        hex::decode_to_slice(&meta.root, &mut root).ok()?;
+        Some((meta.sequence, root))
+    }
+
+    /// The metadata of the current version of a package.
+    pub fn current_meta(&self, name: &str) -> Option<InstalledMeta> {
+        let dir = self.package_dir(name).ok()?.join("current");
+        let text = fs::read_to_string(dir.join(".baton.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Path of the current version's file.
+    pub fn current_file(&self, name: &str) -> Option<PathBuf> {
+        let meta = self.current_meta(name)?;
+        Some(self.package_dir(name).ok()?.join("current").join(meta.file))
+    }
+
+    /// Makes room for a campaign and returns the chunks already verified on disk
+    /// (resume after a restart).
+    pub fn prepare(&self, offer: &Offer, manifest: &Manifest) -> Result<ChunkSet> {
+        let dir = self.partial_dir(&manifest.campaign);
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let offer_path = dir.join("offer.cbor");
+        let tmp = dir.join(".offer.cbor.tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&encode_control(&Control::Offer(Box::new(offer.clone()))))?;
+        f.sync_all()?;
+        fs::rename(&tmp, &offer_path)?;
+        let layout = manifest.layout()?;
+        let path = self.data_file(&manifest.campaign);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let existing = file.metadata()?.len();
+        file.set_len(manifest.size)?;
+        let mut have = ChunkSet::new(layout.count());
+        if existing > 0 {
+            let mut buf = vec![0u8; manifest.chunk_size as usize];
+            for i in 0..layout.count() {
+                if layout.offset(i) >= existing {
+                    break;
+                }
+                let n = layout.len(i) as usize;
+                file.read_exact_at(&mut buf[..n], layout.offset(i))?;
+                if hash_chunk(&buf[..n]) == manifest.chunk_hashes.0[i as usize] {
+                    have.insert(i);
+                }
+            }
+        }
+        Ok(have)
+    }
+
+    /// Offers saved by earlier runs, for campaigns not finished (resume).
+    pub fn saved_offers(&self) -> Vec<(PathBuf, Result<Offer>)> {
+        let Ok(rd) = fs::read_dir(self.root.join("partial")) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .map(|e| {
+                let p = e.path().join("offer.cbor");
+                let r = fs::read(&p).map_err(anyhow::Error::from).and_then(|b| {
+                    if b.len() > baton_protocol::limits::MAX_CONTROL_MESSAGE {
+                        bail!("too large");
+                    }
+                    match decode_control(&b)? {
+                        Control::Offer(o) => Ok(*o),
+                        _ => bail!("not an offer"),
+                    }
+                });
+                (e.path(), r)
+            })
+            .collect()
+    }
+
+    /// Writes a verified chunk at its offset.
+    pub fn write_chunk(&self, manifest: &Manifest, index: u32, data: &[u8]) -> Result<()> {
+        let layout = manifest.layout()?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(self.data_file(&manifest.campaign))?;
+        f.write_all_at(data, layout.offset(index))?;
+        Ok(())
+    }
+
+    /// BLAKE3 of the whole data file.
+    pub fn hash_file(path: &Path) -> Result<Hash> {
+        let mut f = File::open(path)?;
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(*h.finalize().as_bytes())
+    }
+
+    /// Removes a campaign's working files.
+    pub fn forget(&self, campaign: &CampaignId) {
+        let _ = fs::remove_dir_all(self.partial_dir(campaign));
+    }
+
+    /// Installs a verified package: places it at `packages/<name>/<sequence>/<file>`, runs
+    /// the install command if any, then switches `current` atomically. On any failure the
+    /// new version is removed and the previous one stays current. Returns the failure
+    /// reason for the report.
+    pub async fn install(&self, manifest: &Manifest, cmd: Option<&InstallCmd>) -> Result<(), String> {
+        let r = self
+            .place(manifest)
+            .map_err(|e| format!("could not place the package: {e:#}"));
+        let (dir, file) = r?;
+        if let Some(cmd) = cmd
+            && let Err(e) = run_install_cmd(cmd, manifest, &file).await
+        {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        self.switch_current(manifest).map_err(|e| {
+            let _ = fs::remove_dir_all(&dir);
+            format!("could not switch `current`: {e:#}")
+        })
+    }
+
+    fn place(&self, m: &Manifest) -> Result<(PathBuf, PathBuf)> {
+        let pkg = self.package_dir(&m.name)?;
+        fs::create_dir_all(&pkg)?;
+        let seq = m.sequence.to_string();
+        let dir = pkg.join(&seq);
+        let file_name = component(&m.file)?;
+        let meta = InstalledMeta {
+            campaign: hex(&m.campaign),
+            name: m.name.clone(),
+            version: m.version.clone(),
+            sequence: m.sequence,
+            file: file_name.to_string(),
+            root: hex(&m.root),
+            size: m.size,
+        };
+        if dir.exists() {
+            let same = fs::read_to_string(dir.join(".baton.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<InstalledMeta>(&t).ok())
+                .is_some_and(|old| old == meta);
+            if same {
+                return Ok((dir.clone(), dir.join(file_name)));
+            }
+            fs::remove_dir_all(&dir)?;
+        }
+        let tmp = pkg.join(format!(".{seq}.tmp-{}", hex(&m.campaign)));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp)?;
+        let src = self.data_file(&m.campaign);
+        if fs::hard_link(&src, tmp.join(file_name)).is_err() {
+            fs::copy(&src, tmp.join(file_name))?;
+        }
+        fs::write(tmp.join(".baton.json"), serde_json::to_string_pretty(&meta)?)?;
+        fs::rename(&tmp, &dir)?;
+        Ok((dir.clone(), dir.join(file_name)))
+    }
+
+    fn switch_current(&self, m: &Manifest) -> Result<()> {
+        let pkg = self.package_dir(&m.name)?;
+        let tmp = pkg.join(".current.tmp");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(m.sequence.to_string(), &tmp)?;
+        fs::rename(&tmp, pkg.join("current"))?;
+        Ok(())
+    }
+}
+
+/// Runs the owner's install command with the package in its environment; keeps the tail
+/// of its output for the report.
+async fn run_install_cmd(cmd: &InstallCmd, m: &Manifest, file: &Path) -> Result<(), String> {
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&cmd.command)
+        .env("BATON_PACKAGE", file)
+        .env("BATON_PACKAGE_DIR", file.parent().unwrap_or(file))
+        .env("BATON_NAME", &m.name)
+        .env("BATON_VERSION", &m.version)
+        .env("BATON_SEQUENCE", m.sequence.to_string())
+        .env("BATON_CAMPAIGN", hex(&m.campaign))
+        .env("BATON_ROOT_HASH", hex(&m.root))
+        .env("BATON_SELF_UPDATE", if m.self_update { "1" } else { "0" })
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("could not start install command `{}`: {e}", cmd.command))?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let collect = async {
+        use tokio::io::AsyncReadExt;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let _ = tokio::join!(out.read_to_end(&mut a), err.read_to_end(&mut b));
+        a.extend_from_slice(&b);
+        a
+    };
+    let res = tokio::time::timeout(cmd.timeout, async { tokio::join!(child.wait(), collect) }).await;
+    let tail = |o: &[u8]| {
+        let s = String::from_utf8_lossy(&o[o.len().saturating_sub(2000)..])
+            .trim()
+            .to_string();
+        if s.is_empty() {
+            String::new()
+        } else {
+            format!("; output tail: {s}")
+        }
+    };
+    match res {
+        Err(_) => Err(format!(
+            "install command `{}` did not finish within {:?} and was killed",
+            cmd.command, cmd.timeout
+        )),
+        Ok((Err(e), _)) => Err(format!("install command `{}` failed to run: {e}", cmd.command)),
+        Ok((Ok(status), output)) if !status.success() => Err(format!(
+            "install command `{}` exited with {status}{}",
+            cmd.command,
+            tail(&output)
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_never_escape() {
+        for bad in ["..", "../x", "a/b", "/etc", ".", ""] {
+            assert!(component(bad).is_err(), "{bad}");
+        }
+        assert!(component("frob-1.0.tgz").is_ok());
+    }
+}
