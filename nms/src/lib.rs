@@ -2,6 +2,7 @@
 //! and offers them, authenticates nodes, and shows the operator what happens.
 
 pub mod campaign;
+pub mod cli;
 pub mod server;
 pub mod ui;
 pub mod watch;

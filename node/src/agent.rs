@@ -41,6 +41,8 @@ pub struct NodeOptions {
     pub install: Option<InstallCmd>,
     /// Exit once a campaign is installed and relayed.
     pub once: bool,
+    /// Testing only: corrupt every chunk served (a faulty relay).
+    pub corrupt_served: bool,
     pub protocol: NodeConfig,
 }
 
@@ -543,8 +545,12 @@ impl Agent {
                 }
                 NodeAction::Serve(ServeAction::SendChunk { req, index, key, .. }) => {
                     let tx = self.internal.clone();
+                    let corrupt = self.opts.corrupt_served;
                     tokio::task::spawn_blocking(move || {
-                        let resp = read_and_seal(&file, &manifest, index, &key);
+                        let mut resp = read_and_seal(&file, &manifest, index, &key);
+                        if corrupt && let Some(b) = resp.data.first_mut() {
+                            *b ^= 0x40;
+                        }
                         let _ = tx.send(Internal::ChunkReady(c, req, resp));
                     });
                 }
@@ -572,6 +578,7 @@ impl Agent {
             r.reported_done = true;
             info!(
                 served_chunks = r.machine.served_chunks(),
+                fetched_chunks = r.machine.fetched_chunks(),
                 faults = r.machine.total_faults(),
                 "campaign {} finished here: installed and relayed",
                 hex::encode(c)

@@ -2,6 +2,7 @@
 //! `baton-nms` (identity, transport, discovery).
 
 pub mod agent;
+pub mod cli;
 pub mod discovery;
 pub mod identity;
 pub mod net;

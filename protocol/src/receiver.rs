@@ -216,6 +216,7 @@ pub struct NodeCampaign {
     source: usize,
     faults: u32,
     total_faults: u32,
+    fetched: u32,
     have: ChunkSet,
     cursor: u32,
     in_flight: BTreeMap<u32, (NodeId, Duration)>,
@@ -278,6 +279,7 @@ impl NodeCampaign {
             source: 0,
             faults: 0,
             total_faults: 0,
+            fetched: 0,
             have,
             cursor: 0,
             in_flight: BTreeMap::new(),
@@ -325,6 +327,10 @@ impl NodeCampaign {
     /// Faults seen from sources (bad seals, bad hashes, timeouts).
     pub fn total_faults(&self) -> u32 {
         self.total_faults
+    }
+    /// Chunks received and verified in this run (not counting those found on disk).
+    pub fn fetched_chunks(&self) -> u32 {
+        self.fetched
     }
     /// When the whole package was verified.
     pub fn completed_at(&self) -> Option<Duration> {
@@ -442,6 +448,7 @@ impl NodeCampaign {
                 {
                     self.fault(from, i, "chunk does not match the manifest's hash");
                 } else if self.have.insert(i) {
+                    self.fetched += 1;
                     if from == self.current_source() {
                         self.faults = 0;
                     }

@@ -1,1 +1,47 @@
-fn main() {}
+//! `baton-testbed`: the demo, benchmarks, and (hidden) the daemons and helpers it runs
+//! inside its namespaces.
+
+use anyhow::Result;
+use baton_testbed::bench::{self, BenchArgs};
+use baton_testbed::demo::{self, DemoArgs};
+use clap::{Parser, Subcommand};
+
+/// Many Baton hosts on one machine: network namespaces on an isolated bridge.
+#[derive(Parser, Debug)]
+#[command(name = "baton-testbed", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// A whole campaign on this machine: 1 NMS + N nodes, a dropped package, the summary.
+    Demo(DemoArgs),
+    /// Baton against the physical limit and existing tools, on shaped links.
+    Bench(BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    // the daemons and helpers this binary runs inside its namespaces
+    match args.get(1).map(String::as_str) {
+        Some("node") => {
+            return baton_node::cli::main_from(
+                std::iter::once("baton-node".to_string()).chain(args[2..].iter().cloned()),
+            );
+        }
+        Some("nms") => {
+            return baton_nms::cli::main_from(
+                std::iter::once("baton-nms".to_string()).chain(args[2..].iter().cloned()),
+            );
+        }
+        Some("http-serve" | "http-fetch") => return bench::http::helper_main(&args[1..]),
+        _ => {}
+    }
+    baton_node::cli::init_tracing();
+    match Cli::parse().cmd {
+        Cmd::Demo(a) => demo::run(&a),
+        Cmd::Bench(a) => bench::run(&a, Vec::new()),
+    }
+}

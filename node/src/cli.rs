@@ -1,0 +1,176 @@
+//! The `baton-node` command line: flags, config file, and the process entry point.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::agent::{NodeOptions, run};
+use crate::discovery::Interfaces;
+use crate::store::InstallCmd;
+use anyhow::{Context, Result, bail};
+use baton_protocol::{NodeConfig, NodeId};
+use clap::Parser;
+use serde::Deserialize;
+
+/// Receives, verifies, installs and relays packages distributed by a Baton NMS.
+#[derive(Parser, Debug)]
+#[command(name = "baton-node", version)]
+pub struct Cli {
+    /// Data directory (identity key, package store). Default: /var/lib/baton-node as
+    /// root, else ~/.local/share/baton-node.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML config file with the same settings (`trust`, `trust_first`, `peers`, `tags`,
+    /// `install_cmd`, `install_timeout_secs`, `interfaces`, `data_dir`, `port`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// TCP port to listen on (0 = any free port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Trust campaigns signed by this NMS (its peer id). Repeatable.
+    #[arg(long = "trust", value_name = "NMS_PEER_ID")]
+    trust: Vec<NodeId>,
+    /// Pin the first NMS heard (trust on first use). For home labs.
+    #[arg(long)]
+    trust_first: bool,
+    /// A peer to reach without mDNS, e.g. /ip4/10.0.0.5/tcp/4100/p2p/12D3Koo... Repeatable.
+    #[arg(long = "peer", value_name = "MULTIADDR")]
+    peers: Vec<libp2p::Multiaddr>,
+    /// A tag the NMS can select nodes by. Repeatable.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Do not use mDNS (use --peer).
+    #[arg(long)]
+    no_mdns: bool,
+    /// Restrict mDNS to these interfaces. Repeatable. Default: all.
+    #[arg(long = "interface")]
+    interfaces: Vec<String>,
+    /// Command run to install a package (through /bin/sh), with BATON_PACKAGE, BATON_NAME,
+    /// BATON_VERSION, BATON_SEQUENCE, BATON_CAMPAIGN and BATON_ROOT_HASH set.
+    #[arg(long)]
+    install_cmd: Option<String>,
+    /// Seconds the install command may run.
+    #[arg(long)]
+    install_timeout: Option<u64>,
+    /// Exit after a campaign is installed and relayed.
+    #[arg(long)]
+    once: bool,
+    /// Chunk requests in flight.
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+    /// Testing only: flip a bit in every chunk this node serves (a faulty relay).
+    #[arg(long, hide = true)]
+    test_corrupt_served: bool,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    port: Option<u16>,
+    #[serde(default)]
+    trust: Vec<String>,
+    #[serde(default)]
+    trust_first: bool,
+    #[serde(default)]
+    peers: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    install_cmd: Option<String>,
+    install_timeout_secs: Option<u64>,
+    #[serde(default)]
+    interfaces: Vec<String>,
+}
+
+fn default_data_dir() -> PathBuf {
+    if std::env::var("USER").as_deref() == Ok("root") || std::env::var("HOME").as_deref() == Ok("/root") {
+        PathBuf::from("/var/lib/baton-node")
+    } else if let Some(home) = std::env::var_os("HOME") {
+        PathBuf::from(home).join(".local/share/baton-node")
+    } else {
+        PathBuf::from("baton-node-data")
+    }
+}
+
+pub fn options(cli: Cli) -> Result<NodeOptions> {
+    let file: FileConfig = match &cli.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("config {} is not valid", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let mut trust = cli.trust;
+    for t in &file.trust {
+        trust.push(
+            t.parse::<NodeId>()
+                .map_err(anyhow::Error::msg)
+                .context("in config `trust`")?,
+        );
+    }
+    let mut peers = cli.peers;
+    for p in &file.peers {
+        peers.push(
+            p.parse()
+                .with_context(|| format!("config `peers`: `{p}` is not a multiaddr"))?,
+        );
+    }
+    let mut tags = cli.tags;
+    tags.extend(file.tags);
+    let mut ifaces = cli.interfaces;
+    ifaces.extend(file.interfaces);
+    let port = cli.port.or(file.port).unwrap_or(0);
+    if cli.window == 0 || cli.window > 256 {
+        bail!("--window must be between 1 and 256");
+    }
+    let install = cli.install_cmd.or(file.install_cmd).map(|command| InstallCmd {
+        command,
+        timeout: Duration::from_secs(cli.install_timeout.or(file.install_timeout_secs).unwrap_or(600)),
+    });
+    Ok(NodeOptions {
+        data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir),
+        listen: format!("/ip4/0.0.0.0/tcp/{port}").parse()?,
+        trust,
+        trust_first: cli.trust_first || file.trust_first,
+        peers,
+        tags,
+        mdns: !cli.no_mdns,
+        interfaces: if ifaces.is_empty() {
+            Interfaces::All
+        } else {
+            Interfaces::Only(ifaces)
+        },
+        install,
+        once: cli.once,
+        corrupt_served: cli.test_corrupt_served,
+        protocol: NodeConfig {
+            window: cli.window,
+            ..NodeConfig::default()
+        },
+    })
+}
+
+/// Installs the log subscriber (stderr; `RUST_LOG` overrides the default filter).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,libp2p=warn,mdns_sd=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Parses `args` (the program name first) and runs the node to its end.
+pub fn main_from<I, T>(args: I) -> Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    init_tracing();
+    let opts = options(Cli::parse_from(args))?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(opts))
+}

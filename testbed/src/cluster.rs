@@ -1,0 +1,322 @@
+//! A Baton fleet in namespaces: one NMS host and N node hosts on a [`Net`], each running
+//! the real daemons (this binary re-executed as `baton-testbed nms ...` / `node ...`), with
+//! their data directories under one work directory. Used by the demo and the integration
+//! tests. Dropping a `Cluster` stops every process it started (by PID) and removes the
+//! network and the work directory.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use baton_protocol::NodeId;
+
+use crate::netns::{Net, NetSpec};
+
+/// A process the cluster started.
+#[derive(Debug)]
+pub struct Proc {
+    pub label: String,
+    pub child: Child,
+    pub log: Option<PathBuf>,
+}
+
+/// The fleet.
+#[derive(Debug)]
+pub struct Cluster {
+    pub net: Net,
+    pub dir: PathBuf,
+    pub nms_id: NodeId,
+    /// Node ids, index 0 = host 1.
+    pub node_ids: Vec<NodeId>,
+    exe: PathBuf,
+    procs: Vec<Option<Proc>>,
+    keep_dir: bool,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Index of a started process.
+pub type ProcIdx = usize;
+
+impl Cluster {
+    /// Creates the network (host 0 = NMS, hosts 1..=nodes) and the identities.
+    pub fn create(spec: &NetSpec, exe: PathBuf) -> Result<Cluster> {
+        let dir = std::env::temp_dir().join(format!(
+            "baton-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("watch"))?;
+        fs::create_dir_all(dir.join("staging"))?;
+        let ids = (|| -> Result<(NodeId, Vec<NodeId>)> {
+            let nms = NodeId::of(&baton_node::identity::load_or_create(&dir.join("nms"))?);
+            let nodes = (1..spec.hosts)
+                .map(|i| {
+                    Ok(NodeId::of(&baton_node::identity::load_or_create(
+                        &dir.join(format!("node-{i}")),
+                    )?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((nms, nodes))
+        })();
+        let (nms_id, node_ids) = match ids {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let net = match Net::create(spec) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        Ok(Cluster {
+            net,
+            dir,
+            nms_id,
+            node_ids,
+            exe,
+            procs: Vec::new(),
+            keep_dir: false,
+        })
+    }
+
+    /// Leave the work directory in place when dropped (for inspection).
+    pub fn keep_dir(&mut self) {
+        self.keep_dir = true;
+    }
+
+    pub fn watch_dir(&self) -> PathBuf {
+        self.dir.join("watch")
+    }
+    pub fn nms_dir(&self) -> PathBuf {
+        self.dir.join("nms")
+    }
+    /// Data directory of node `i` (1-based, = its host index).
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("node-{i}"))
+    }
+    pub fn nodes(&self) -> usize {
+        self.node_ids.len()
+    }
+
+    fn spawn(
+        &mut self,
+        host: usize,
+        label: String,
+        args: Vec<String>,
+        log: Option<PathBuf>,
+        env: &[(&str, &str)],
+    ) -> Result<ProcIdx> {
+        let mut cmd: Command = self.net.command(host, &self.exe);
+        cmd.args(&args).stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(log) = &log {
+            let f = fs::File::create(log)?;
+            cmd.stdout(f.try_clone()?).stderr(f);
+        }
+        let child = cmd.spawn().with_context(|| format!("cannot start {label}"))?;
+        self.procs.push(Some(Proc { label, child, log }));
+        Ok(self.procs.len() - 1)
+    }
+
+    /// Starts the NMS on host 0 (`--watch` and `--data-dir` are set). With `log = false`
+    /// its output goes to this process's terminal.
+    pub fn start_nms(&mut self, extra: &[String], log: bool, env: &[(&str, &str)]) -> Result<ProcIdx> {
+        let mut args = vec![
+            "nms".to_string(),
+            "--watch".into(),
+            self.watch_dir().display().to_string(),
+            "--data-dir".into(),
+            self.nms_dir().display().to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        let log = log.then(|| self.dir.join("nms.log"));
+        self.spawn(0, "baton-nms".into(), args, log, env)
+    }
+
+    /// Starts node `i` (1-based) trusting the cluster's NMS, logging to `node-i.log`.
+    pub fn start_node(&mut self, i: usize, extra: &[String]) -> Result<ProcIdx> {
+        let mut args = vec![
+            "node".to_string(),
+            "--data-dir".into(),
+            self.node_dir(i).display().to_string(),
+            "--trust".into(),
+            self.nms_id.to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        let log = self.dir.join(format!("node-{i}.log"));
+        self.spawn(i, format!("baton-node {i}"), args, Some(log), &[])
+    }
+
+    /// Starts node `i` with exactly these arguments after `node --data-dir <dir>`.
+    pub fn start_node_raw(&mut self, i: usize, extra: &[String]) -> Result<ProcIdx> {
+        let mut args = vec![
+            "node".to_string(),
+            "--data-dir".into(),
+            self.node_dir(i).display().to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        let log = self.dir.join(format!("node-{i}.log"));
+        self.spawn(i, format!("baton-node {i}"), args, Some(log), &[])
+    }
+
+    /// The text logged so far by node `i` (or "nms").
+    pub fn log(&self, who: &str) -> String {
+        fs::read_to_string(self.dir.join(format!("{who}.log"))).unwrap_or_default()
+    }
+
+    /// Waits for a process to exit, up to `timeout`; `stop` is polled to give up early.
+    pub fn wait(
+        &mut self,
+        p: ProcIdx,
+        timeout: Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if stop() {
+                bail!("interrupted");
+            }
+            let Some(proc_) = self.procs[p].as_mut() else {
+                return Ok(None);
+            };
+            if let Some(st) = proc_.child.try_wait()? {
+                return Ok(Some(st));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(None)
+    }
+
+    /// Waits until `cond` holds, up to `timeout`.
+    pub fn wait_until(&self, timeout: Duration, mut cond: impl FnMut(&Self) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if cond(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cond(self)
+    }
+
+    /// Stops a process: SIGTERM, then SIGKILL after 3 s.
+    pub fn stop(&mut self, p: ProcIdx) {
+        if let Some(mut proc_) = self.procs[p].take() {
+            stop_child(&mut proc_.child);
+        }
+    }
+
+    /// Kills a process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self, p: ProcIdx) {
+        if let Some(mut proc_) = self.procs[p].take() {
+            let _ = proc_.child.kill();
+            let _ = proc_.child.wait();
+        }
+    }
+
+    /// Writes a package of `size` pseudo-random bytes (from `seed`) in a staging folder and
+    /// renames it into the watched folder. Returns its BLAKE3 hash.
+    pub fn drop_package(&self, file_name: &str, size: u64, seed: u64) -> Result<[u8; 32]> {
+        let staged = self.dir.join("staging").join(file_name);
+        let hash = write_pseudo_random(&staged, size, seed)?;
+        fs::rename(&staged, self.watch_dir().join(file_name))?;
+        Ok(hash)
+    }
+
+    /// BLAKE3 of the current installed version of `package` on node `i`.
+    pub fn installed_hash(&self, i: usize, package: &str) -> Option<[u8; 32]> {
+        let cur = self.node_dir(i).join("packages").join(package).join("current");
+        let meta: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(cur.join(".baton.json")).ok()?).ok()?;
+        let file = meta.get("file")?.as_str()?;
+        baton_node::store::Store::hash_file(&cur.join(file)).ok()
+    }
+
+    /// The summaries the NMS wrote, newest last.
+    pub fn summaries(&self) -> Vec<serde_json::Value> {
+        let mut out: Vec<(std::time::SystemTime, serde_json::Value)> =
+            fs::read_dir(self.nms_dir().join("campaigns"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let p = e.path().join("summary.json");
+                    let t = fs::metadata(&p).ok()?.modified().ok()?;
+                    Some((t, serde_json::from_str(&fs::read_to_string(&p).ok()?).ok()?))
+                })
+                .collect();
+        out.sort_by_key(|(t, _)| *t);
+        out.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Stops every process and removes the network (and the work directory unless kept).
+    pub fn teardown(&mut self) {
+        for p in 0..self.procs.len() {
+            self.stop(p);
+        }
+        let _ = self.net.teardown();
+        if !self.keep_dir {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+fn stop_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Writes `size` pseudo-random bytes derived from `seed` (BLAKE3 XOF) to `path`; returns
+/// the BLAKE3 hash of the content.
+pub fn write_pseudo_random(path: &Path, size: u64, seed: u64) -> Result<[u8; 32]> {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut xof = blake3::Hasher::new_keyed(&key).finalize_xof();
+    let mut f = std::io::BufWriter::new(
+        fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+    );
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        xof.fill(&mut buf[..n]);
+        h.update(&buf[..n]);
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(*h.finalize().as_bytes())
+}
