@@ -158,6 +158,7 @@ pub fn init_tracing() {
                 .unwrap_or_else(|_| "info,libp2p=warn,mdns_sd=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
