@@ -486,6 +486,12 @@ impl NodeCampaign {
         }
         if root != self.manifest.root {
             // every chunk matched its hash, so the store itself is failing
+            // every chunk matched its hash, so the store itself is failing; the children
+            // verify what they get and fall back to other sources, so they still get offers
+            if !self.offering {
+                self.offering = true;
+                self.offer_children();
+            }
             self.finish(InstallOutcome::Failed {
                 reason: "the stored package does not hash to the manifest's root (disk fault?)".into(),
             });
@@ -563,6 +569,10 @@ impl NodeCampaign {
                         reason: clip_reason(format!("the NMS refused the authentication code: {reason}")),
                     });
                 }
+            }
+            Control::Error { reason } if from == self.manifest.nms && self.phase == Phase::Authenticating => {
+                // e.g. an NMS that restarted and lost the campaign: retry, then give up
+                self.send_failed(now, from, ControlKind::AuthRequest, &reason);
             }
             _ => {}
         }

@@ -128,6 +128,10 @@ impl Server {
         let key = match self.keys.get(suffix) {
             Some(k) => k.clone(),
             None => {
+                // bounded: a peer inventing path suffixes cannot grow the cache forever
+                if self.keys.len() >= 4096 {
+                    self.keys.clear();
+                }
                 let k = self.my_token.along(suffix).chunk_key();
                 self.keys.insert(suffix.to_vec(), k.clone());
                 k

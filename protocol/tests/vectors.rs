@@ -59,6 +59,13 @@ fn test_identities() {
             B_ID,
             "12D3KooWENGLgK294KsoR1LteERN6CjQSxjzJfGBiAaNjAAwUTfx",
         ),
+        (
+            100, // the NMS of the manifest vector
+            "5bc0297a42f7adc213d39d10b8fc2cf7e47cbea40f3ad34315fe0aa8181583eb",
+            "03fdfc8817f41dc6d9c63ec49704f41b8861b42607cbcd64a40408706bd6be82",
+            "00240801122003fdfc8817f41dc6d9c63ec49704f41b8861b42607cbcd64a40408706bd6be82",
+            "12D3KooWA5x23XX4s8GEtUUu5aehwmbmdDe5D8nwFP7Gk2KXVaWD",
+        ),
     ] {
         // the ed25519 secret key: derive_key over seed (u64 LE) || 0xba || 23 zero bytes
         let mut input = [0u8; 32];

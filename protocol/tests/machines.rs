@@ -1,0 +1,769 @@
+//! The node and NMS state machines driven by hand, one event at a time, without the
+//! simulator: each test feeds a few events and checks the exact actions.
+//!
+//! The node under test is `N`, third tier: path `[A, B, N]`, part `[N, P, Q]` (so with
+//! fanout 2 its children are `P` and `Q`), chunk sources `B`, then `A`, then the NMS.
+
+use std::time::Duration;
+
+use baton_protocol::chunk::{ChunkSet, PackageHasher};
+use baton_protocol::id::{NodeId, fake_id, keypair_from_seed};
+use baton_protocol::keys::{CampaignSecret, HopToken};
+use baton_protocol::manifest::{
+    HashList, MANIFEST_FORMAT, Manifest, PlanParams, RelayPolicy, SignedManifest, Transfer, VerifyContext,
+};
+use baton_protocol::monitor::{CampaignMonitor, MonitorAction, MonitorConfig, MonitorNote, NodeStatus};
+use baton_protocol::receiver::{NodeAction, NodeCampaign, NodeConfig, Note, check_offer};
+use baton_protocol::serve::{RequestId, ServeAction};
+use baton_protocol::wire::{
+    ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, InstallOutcome, Offer, Phase,
+    RefuseReason, Verdict,
+};
+
+const A: u64 = 1;
+const B: u64 = 2;
+const N: u64 = 3;
+const P: u64 = 4;
+const Q: u64 = 5;
+const CHUNK: u32 = 4096;
+const SIZE: usize = 2 * CHUNK as usize + 100; // three chunks, the last one short
+
+fn id(n: u64) -> NodeId {
+    fake_id(n)
+}
+
+fn t(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+struct World {
+    nms: NodeId,
+    trusted: Vec<NodeId>,
+    secret: CampaignSecret,
+    manifest: Manifest,
+    signed: SignedManifest,
+    data: Vec<u8>,
+}
+
+fn world(addressees: &[u64], transfer: Transfer, offline_install: bool) -> World {
+    let key = keypair_from_seed(100);
+    let nms = NodeId::of(&key);
+    let data: Vec<u8> = (0..SIZE).map(|i| (i * 7 % 251) as u8).collect();
+    let mut h = PackageHasher::new(CHUNK);
+    h.update(&data);
+    let (size, hashes, root) = h.finish();
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        campaign: [0xc0; 16],
+        nms,
+        name: "frobnicator".into(),
+        version: "2.4.1".into(),
+        file: "frobnicator-2.4.1.tar.gz".into(),
+        sequence: 7,
+        size,
+        chunk_size: CHUNK,
+        chunk_hashes: HashList(hashes),
+        root,
+        created_at: 1000,
+        expires_at: 2000,
+        relay: RelayPolicy::default(),
+        plan: PlanParams { fanout: 2, transfer },
+        offline_install,
+        self_update: false,
+        addressees: addressees.iter().copied().map(id).collect(),
+    };
+    let signed = SignedManifest::sign(&manifest, &key).unwrap();
+    World {
+        nms,
+        trusted: vec![nms],
+        secret: CampaignSecret([0x5e; 32]),
+        manifest,
+        signed,
+        data,
+    }
+}
+
+fn node_world() -> World {
+    world(&[A, B, N, P, Q], Transfer::CutThrough, false)
+}
+
+impl World {
+    fn campaign(&self) -> [u8; 16] {
+        self.manifest.campaign
+    }
+
+    fn token(&self, path: &[NodeId]) -> HopToken {
+        self.secret.root_token(&self.campaign()).along(path)
+    }
+
+    fn offer(&self, path: &[u64], part: &[u64]) -> Offer {
+        let path: Vec<NodeId> = path.iter().copied().map(id).collect();
+        Offer {
+            manifest: self.signed.clone(),
+            part: part.iter().copied().map(id).collect(),
+            token: self.token(&path),
+            path,
+        }
+    }
+
+    fn ctx(&self, me: u64) -> VerifyContext<'_> {
+        VerifyContext {
+            trusted: &self.trusted,
+            unix_now: 1500,
+            installed: None,
+            me: Some(id(me)),
+        }
+    }
+
+    fn plain(&self, index: u32) -> Vec<u8> {
+        let l = self.manifest.layout().unwrap();
+        let s = l.offset(index) as usize;
+        self.data[s..s + l.len(index) as usize].to_vec()
+    }
+
+    /// Chunk `index` sealed for the node at the end of `path`.
+    fn sealed(&self, path: &[u64], index: u32) -> ChunkResponse {
+        let path: Vec<NodeId> = path.iter().copied().map(id).collect();
+        let mut data = self.plain(index);
+        self.token(&path)
+            .chunk_key()
+            .seal(&self.campaign(), index, &mut data);
+        ChunkResponse {
+            campaign: self.campaign(),
+            index,
+            status: ChunkStatus::Ok,
+            data,
+        }
+    }
+
+    fn request(&self, path: &[u64], index: u32) -> ChunkRequest {
+        ChunkRequest {
+            campaign: self.campaign(),
+            index,
+            path: path.iter().copied().map(id).collect(),
+        }
+    }
+}
+
+fn cfg() -> NodeConfig {
+    NodeConfig {
+        window: 2,
+        max_faults: 2,
+        auth_attempts: 2,
+        progress_interval: t(1000),
+        ..NodeConfig::default()
+    }
+}
+
+/// `N` accepts the offer from `B` (after `check_offer`), at time 0.
+fn node_n(w: &World) -> NodeCampaign {
+    let offer = w.offer(&[A, B, N], &[N, P, Q]);
+    let m = check_offer(&offer, &id(B), &w.ctx(N)).expect("a good offer");
+    let count = m.layout().unwrap().count();
+    NodeCampaign::accept(t(0), id(N), offer, m, cfg(), ChunkSet::new(count))
+}
+
+fn drain(c: &mut NodeCampaign) -> Vec<NodeAction> {
+    std::iter::from_fn(|| c.poll_action()).collect()
+}
+
+fn drain_monitor(m: &mut CampaignMonitor) -> Vec<MonitorAction> {
+    std::iter::from_fn(|| m.poll_action()).collect()
+}
+
+fn send(to: NodeId, msg: Control) -> NodeAction {
+    NodeAction::Send { to, msg }
+}
+
+/// `N` asks `to` for chunk `index`.
+fn ask_from(w: &World, to: NodeId, index: u32) -> NodeAction {
+    NodeAction::RequestChunk {
+        to,
+        req: w.request(&[A, B, N], index),
+    }
+}
+
+fn ask(w: &World, to: u64, index: u32) -> NodeAction {
+    ask_from(w, id(to), index)
+}
+
+/// `N` receives every chunk from `B`, then is told its file hashes right.
+fn receive_and_hash(w: &World, c: &mut NodeCampaign) -> Vec<NodeAction> {
+    drain(c);
+    for i in 0..3 {
+        c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], i));
+    }
+    let actions = drain(c);
+    assert_eq!(actions.last(), Some(&NodeAction::HashFile));
+    assert_eq!(c.phase(), Phase::Verifying);
+    c.file_hashed(t(2), w.manifest.root);
+    drain(c)
+}
+
+// ---------- the node ----------
+
+#[test]
+fn accept_offers_children_reports_and_fills_the_window() {
+    let w = node_world();
+    let mut c = node_n(&w);
+    let child_offer = |k: u64| {
+        let o = w.offer(&[A, B, N, k], &[k]);
+        assert_eq!(o.token, w.token(&[id(A), id(B), id(N)]).child(&id(k)));
+        send(id(k), Control::Offer(Box::new(o)))
+    };
+    assert_eq!(
+        drain(&mut c),
+        vec![
+            child_offer(P),
+            child_offer(Q),
+            send(
+                w.nms,
+                Control::Progress {
+                    campaign: w.campaign(),
+                    phase: Phase::Receiving,
+                    verified: 0,
+                    source: Some(id(B)),
+                    parent: Some(id(B)),
+                }
+            ),
+            ask(&w, B, 0),
+            ask(&w, B, 1),
+        ]
+    );
+    assert_eq!(
+        (c.phase(), c.parent(), c.current_source()),
+        (Phase::Receiving, Some(id(B)), id(B))
+    );
+}
+
+#[test]
+fn a_good_chunk_is_stored_and_releases_a_held_child_request() {
+    let w = node_world();
+    let mut c = node_n(&w);
+    drain(&mut c);
+    // P asks for chunk 0 before N has it: held (long poll), nothing to do yet
+    c.chunk_request(t(1), RequestId(1), id(P), &w.request(&[A, B, N, P], 0));
+    assert_eq!(drain(&mut c), vec![]);
+    c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], 0));
+    let p_key = w.token(&[id(A), id(B), id(N), id(P)]).chunk_key();
+    assert_eq!(
+        drain(&mut c),
+        vec![
+            NodeAction::Store {
+                index: 0,
+                data: w.plain(0)
+            },
+            NodeAction::Serve(ServeAction::SendChunk {
+                req: RequestId(1),
+                to: id(P),
+                index: 0,
+                key: p_key.clone(),
+            }),
+            ask(&w, B, 2),
+        ]
+    );
+    // a chunk N has is served at once; a path that does not end with the sender is refused
+    c.chunk_request(t(1), RequestId(2), id(P), &w.request(&[A, B, N, P], 0));
+    c.chunk_request(t(1), RequestId(3), id(Q), &w.request(&[A, B, N, P], 0));
+    assert_eq!(
+        drain(&mut c),
+        vec![
+            NodeAction::Serve(ServeAction::SendChunk {
+                req: RequestId(2),
+                to: id(P),
+                index: 0,
+                key: p_key,
+            }),
+            NodeAction::Serve(ServeAction::Answer {
+                req: RequestId(3),
+                status: ChunkStatus::Refused
+            }),
+        ]
+    );
+    assert_eq!(c.verified_bytes(), u64::from(CHUNK));
+}
+
+#[test]
+fn a_chunk_sealed_with_the_wrong_key_is_a_fault_and_is_asked_again() {
+    let w = node_world();
+    let mut c = node_n(&w);
+    drain(&mut c);
+    // sealed for B (its own hop key), not for N
+    c.chunk_response(t(1), id(B), w.sealed(&[A, B], 0));
+    let actions = drain(&mut c);
+    assert!(
+        matches!(&actions[..], [
+            NodeAction::Note(Note::SourceFault { source, index: 0, reason }),
+            NodeAction::RequestChunk { to, req },
+        ] if *source == id(B) && reason.contains("authentication") && *to == id(B) && req.index == 0),
+        "{actions:?}"
+    );
+    assert_eq!((c.total_faults(), c.have().count()), (1, 0));
+}
+
+#[test]
+fn after_max_faults_the_source_moves_up_to_the_grandparent_then_the_nms() {
+    let w = node_world();
+    let mut c = node_n(&w);
+    drain(&mut c);
+    for _ in 0..2 {
+        c.chunk_response(t(1), id(B), w.sealed(&[A, B], 0));
+    }
+    let actions = drain(&mut c);
+    assert_eq!(
+        actions[actions.len() - 3..],
+        [
+            NodeAction::Note(Note::SwitchedSource {
+                from: id(B),
+                to: id(A)
+            }),
+            ask(&w, A, 0),
+            ask(&w, A, 1),
+        ]
+    );
+    // A does not answer: both requests time out, two faults, on to the NMS
+    c.timeout(t(1) + cfg().request_timeout);
+    let actions = drain(&mut c);
+    assert!(actions.contains(&NodeAction::Note(Note::SwitchedSource {
+        from: id(A),
+        to: w.nms
+    })));
+    assert_eq!(
+        actions[actions.len() - 2..],
+        [ask_from(&w, w.nms, 0), ask_from(&w, w.nms, 1)]
+    );
+    assert_eq!(c.current_source(), w.nms);
+    // the NMS seals with N's key too (it derives N's token from its own), and N takes it
+    c.chunk_response(t(70), w.nms, w.sealed(&[A, B, N], 0));
+    assert!(matches!(drain(&mut c)[0], NodeAction::Store { index: 0, .. }));
+}
+
+#[test]
+fn store_and_forward_offers_children_only_once_the_file_is_hashed() {
+    let w = world(&[A, B, N, P, Q], Transfer::StoreAndForward, false);
+    let mut c = node_n(&w);
+    let first = drain(&mut c);
+    assert!(
+        !first.iter().any(|a| matches!(
+            a,
+            NodeAction::Send {
+                msg: Control::Offer(_),
+                ..
+            }
+        )),
+        "{first:?}"
+    );
+    assert_eq!(first[1..], [ask(&w, B, 0), ask(&w, B, 1)]);
+    // a child's request for a chunk N holds is still held until the whole file is verified
+    c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], 0));
+    c.chunk_request(t(1), RequestId(9), id(P), &w.request(&[A, B, N, P], 0));
+    assert!(!drain(&mut c).iter().any(|a| matches!(a, NodeAction::Serve(_))));
+
+    let after = receive_and_hash(&w, &mut c);
+    let n_path = vec![id(A), id(B), id(N)];
+    let campaign = w.campaign();
+    let root = w.manifest.root;
+    assert_eq!(
+        after,
+        vec![
+            NodeAction::Note(Note::Verified),
+            NodeAction::Serve(ServeAction::SendChunk {
+                req: RequestId(9),
+                to: id(P),
+                index: 0,
+                key: w.token(&[id(A), id(B), id(N), id(P)]).chunk_key(),
+            }),
+            send(id(P), Control::Offer(Box::new(w.offer(&[A, B, N, P], &[P])))),
+            send(id(Q), Control::Offer(Box::new(w.offer(&[A, B, N, Q], &[Q])))),
+            send(id(B), Control::Receipt { campaign, root }),
+            send(
+                w.nms,
+                Control::Progress {
+                    campaign,
+                    phase: Phase::Authenticating,
+                    verified: SIZE as u64,
+                    source: Some(id(B)),
+                    parent: Some(id(B)),
+                }
+            ),
+            send(
+                w.nms,
+                Control::AuthRequest {
+                    campaign,
+                    path: n_path.clone(),
+                    root,
+                    code: w.token(&n_path).auth_code(&campaign, &root),
+                }
+            ),
+        ]
+    );
+    assert_eq!(c.phase(), Phase::Authenticating);
+}
+
+#[test]
+fn a_file_that_hashes_wrong_fails_the_install() {
+    let w = node_world();
+    let mut c = node_n(&w);
+    drain(&mut c);
+    for i in 0..3 {
+        c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], i));
+    }
+    drain(&mut c);
+    c.file_hashed(t(2), [0; 32]);
+    assert!(matches!(
+        &drain(&mut c)[..],
+        [NodeAction::Send {
+            msg: Control::InstallReport {
+                outcome: InstallOutcome::Failed { .. },
+                ..
+            },
+            ..
+        }]
+    ));
+    assert_eq!(c.phase(), Phase::Failed);
+}
+
+#[test]
+fn an_auth_reply_ok_installs() {
+    let w = node_world();
+    let mut c = node_n(&w);
+    receive_and_hash(&w, &mut c);
+    let reply = |ok| Control::AuthReply {
+        campaign: w.campaign(),
+        ok,
+        reason: String::new(),
+    };
+    // only the NMS can acknowledge
+    c.response(t(3), id(B), reply(true));
+    assert_eq!(drain(&mut c), vec![]);
+    c.response(t(3), w.nms, reply(true));
+    assert_eq!(
+        drain(&mut c),
+        vec![NodeAction::Note(Note::Authenticated), NodeAction::Install]
+    );
+    assert_eq!(c.phase(), Phase::Installing);
+    c.install_done(t(4), InstallOutcome::Installed);
+    assert_eq!(
+        drain(&mut c),
+        vec![send(
+            w.nms,
+            Control::InstallReport {
+                campaign: w.campaign(),
+                outcome: InstallOutcome::Installed
+            }
+        )]
+    );
+    assert_eq!(c.phase(), Phase::Installed);
+    assert_eq!(c.outcome(), Some(&InstallOutcome::Installed));
+}
+
+#[test]
+fn an_auth_reply_refused_fails_without_installing() {
+    let w = node_world();
+    let mut c = node_n(&w);
+    receive_and_hash(&w, &mut c);
+    c.response(
+        t(3),
+        w.nms,
+        Control::AuthReply {
+            campaign: w.campaign(),
+            ok: false,
+            reason: "forged".into(),
+        },
+    );
+    let actions = drain(&mut c);
+    assert!(
+        matches!(&actions[..], [NodeAction::Send { to, msg: Control::InstallReport { outcome: InstallOutcome::Failed { reason }, .. } }]
+            if *to == w.nms && reason.contains("forged")),
+        "{actions:?}"
+    );
+    assert_eq!(c.phase(), Phase::Failed);
+}
+
+#[test]
+fn an_unreachable_nms_is_retried_then_fails_or_installs_offline() {
+    for offline in [false, true] {
+        let w = world(&[A, B, N, P, Q], Transfer::CutThrough, offline);
+        let mut c = node_n(&w);
+        receive_and_hash(&w, &mut c); // first attempt
+        c.send_failed(t(3), w.nms, ControlKind::AuthRequest, "connection refused");
+        assert_eq!(drain(&mut c), vec![]);
+        let retry_at = t(3) + cfg().auth_retry;
+        assert_eq!(c.poll_timeout(), Some(retry_at));
+        c.timeout(retry_at);
+        assert!(matches!(
+            &drain(&mut c)[..],
+            [NodeAction::Send {
+                msg: Control::AuthRequest { .. },
+                ..
+            }]
+        ));
+        // the second (last) attempt fails too
+        c.send_failed(retry_at, w.nms, ControlKind::AuthRequest, "connection refused");
+        let actions = drain(&mut c);
+        if offline {
+            assert_eq!(actions, vec![NodeAction::Install]);
+            assert_eq!(c.phase(), Phase::Installing);
+        } else {
+            assert!(
+                matches!(&actions[..], [NodeAction::Send { msg: Control::InstallReport { outcome: InstallOutcome::Failed { reason }, .. }, .. }]
+                    if reason.contains("offline")),
+                "{actions:?}"
+            );
+            assert_eq!(c.phase(), Phase::Failed);
+        }
+    }
+}
+
+#[test]
+fn receipts_from_children_are_checked_against_the_root() {
+    let w = node_world();
+    let mut c = node_n(&w);
+    let receipt = |root| Control::Receipt {
+        campaign: w.campaign(),
+        root,
+    };
+    let ack = |matches| Control::ReceiptAck {
+        campaign: w.campaign(),
+        matches,
+    };
+    assert_eq!(c.request(t(1), id(P), &receipt([0; 32])), ack(false));
+    assert_eq!(c.request(t(1), id(P), &receipt(w.manifest.root)), ack(true));
+}
+
+// ---------- offers ----------
+
+#[test]
+fn check_offer_refuses_with_the_right_reason() {
+    let w = node_world();
+    let good = w.offer(&[A, B, N], &[N, P, Q]);
+    let refuse =
+        |o: &Offer, from: u64, ctx: &VerifyContext<'_>| check_offer(o, &id(from), ctx).unwrap_err().reason;
+    let ctx = w.ctx(N);
+    assert!(check_offer(&good, &id(B), &ctx).is_ok());
+
+    assert_eq!(
+        refuse(&w.offer(&[A, B, N], &[P, N]), B, &ctx),
+        RefuseReason::BadOffer
+    );
+    assert_eq!(
+        refuse(&w.offer(&[A, N, B], &[N]), N, &ctx),
+        RefuseReason::BadOffer
+    );
+    let mut no_path = good.clone();
+    no_path.path.clear();
+    assert_eq!(refuse(&no_path, B, &ctx), RefuseReason::BadOffer);
+    // only the parent on the path may offer; a first-tier offer comes from the NMS
+    assert_eq!(refuse(&good, A, &ctx), RefuseReason::BadOffer);
+    let first_tier = w.offer(&[N], &[N]);
+    assert_eq!(refuse(&first_tier, B, &ctx), RefuseReason::BadOffer);
+    assert!(check_offer(&first_tier, &w.nms, &ctx).is_ok());
+    // everybody in the part and on the path must be an addressee
+    let mut stranger = good.clone();
+    stranger.part.push(id(99));
+    assert_eq!(refuse(&stranger, B, &ctx), RefuseReason::BadOffer);
+
+    let untrusted = VerifyContext {
+        trusted: &[],
+        ..w.ctx(N)
+    };
+    let r = check_offer(&good, &id(B), &untrusted).unwrap_err();
+    assert_eq!(r.reason, RefuseReason::Untrusted);
+    assert!(r.detail.contains(&format!("--trust {}", w.nms)), "{}", r.detail);
+    let expired = VerifyContext {
+        unix_now: w.manifest.expires_at,
+        ..w.ctx(N)
+    };
+    assert_eq!(refuse(&good, B, &expired), RefuseReason::Expired);
+    let newer_installed = VerifyContext {
+        installed: Some((w.manifest.sequence + 1, [0; 32])),
+        ..w.ctx(N)
+    };
+    assert_eq!(refuse(&good, B, &newer_installed), RefuseReason::Rollback);
+    assert_eq!(
+        refuse(&w.offer(&[A, B, 99], &[99]), B, &w.ctx(99)),
+        RefuseReason::NotAddressee
+    );
+    let mut forged = good.clone();
+    forged.manifest.signature[0] ^= 1;
+    assert_eq!(refuse(&forged, B, &ctx), RefuseReason::BadManifest);
+}
+
+// ---------- the NMS ----------
+
+fn monitor(w: &World) -> CampaignMonitor {
+    CampaignMonitor::start(
+        t(0),
+        w.manifest.clone(),
+        w.signed.clone(),
+        w.secret.clone(),
+        MonitorConfig::default(),
+    )
+}
+
+fn first_tier_offer(w: &World, part: &[u64]) -> MonitorAction {
+    MonitorAction::Send {
+        to: id(part[0]),
+        msg: Control::Offer(Box::new(w.offer(&part[..1], part))),
+    }
+}
+
+#[test]
+fn the_nms_offers_each_part_to_its_head() {
+    let w = world(&[A, B, N, P, Q], Transfer::CutThrough, false);
+    let mut m = monitor(&w);
+    assert_eq!(
+        drain_monitor(&mut m),
+        vec![first_tier_offer(&w, &[A, B, N]), first_tier_offer(&w, &[P, Q])]
+    );
+    assert!(m.nodes().values().all(|v| v.status == NodeStatus::Waiting));
+}
+
+#[test]
+fn a_refused_first_tier_offer_is_replanned_to_the_next_head() {
+    let w = world(&[A, B, N, P, Q], Transfer::CutThrough, false);
+    let mut m = monitor(&w);
+    drain_monitor(&mut m);
+    m.response(
+        t(1),
+        id(A),
+        Control::OfferReply {
+            campaign: w.campaign(),
+            verdict: Verdict::Refuse {
+                reason: RefuseReason::Untrusted,
+                detail: "no".into(),
+            },
+        },
+    );
+    let actions = drain_monitor(&mut m);
+    assert!(matches!(&actions[0], MonitorAction::Note(MonitorNote::Failed(n, _)) if *n == id(A)));
+    assert_eq!(actions[1..], [first_tier_offer(&w, &[B, N])]);
+    assert!(matches!(m.nodes()[&id(A)].status, NodeStatus::Failed(_)));
+    // an unreachable head is re-planned the same way
+    m.send_failed(t(1), id(P), ControlKind::Offer, "connection refused");
+    assert_eq!(drain_monitor(&mut m)[1..], [first_tier_offer(&w, &[Q])]);
+}
+
+#[test]
+fn the_nms_checks_auth_codes() {
+    let w = world(&[A, B, N], Transfer::CutThrough, false);
+    let mut m = monitor(&w);
+    drain_monitor(&mut m);
+    let path = vec![id(A), id(B)];
+    let root = w.manifest.root;
+    let campaign = w.campaign();
+    let auth = |code| Control::AuthRequest {
+        campaign,
+        path: path.clone(),
+        root,
+        code,
+    };
+    let forged = m.request(t(1), id(B), &auth([0; 32]));
+    assert!(
+        matches!(&forged, Control::AuthReply { ok: false, reason, .. } if reason.contains("does not match"))
+    );
+    assert!(matches!(
+        &drain_monitor(&mut m)[..],
+        [MonitorAction::Note(MonitorNote::AuthRefused(n, _))] if *n == id(B)
+    ));
+    // the right code, but claimed by another sender than the end of the path
+    let code = w.token(&path).auth_code(&campaign, &root);
+    assert!(matches!(
+        m.request(t(1), id(A), &auth(code)),
+        Control::AuthReply { ok: false, .. }
+    ));
+    assert_eq!(
+        m.request(t(1), id(B), &auth(code)),
+        Control::AuthReply {
+            campaign,
+            ok: true,
+            reason: String::new()
+        }
+    );
+    assert_eq!(m.nodes()[&id(B)].status, NodeStatus::Authenticated);
+    // strangers get an error, not a verdict
+    assert!(matches!(
+        m.request(t(1), id(99), &auth(code)),
+        Control::Error { .. }
+    ));
+}
+
+#[test]
+fn the_nms_serves_any_addressee_with_the_key_of_its_path() {
+    let w = world(&[A, B, N], Transfer::CutThrough, false);
+    let mut m = monitor(&w);
+    drain_monitor(&mut m);
+    m.chunk_request(t(1), RequestId(1), id(N), &w.request(&[A, B, N], 2));
+    m.chunk_request(t(1), RequestId(2), id(B), &w.request(&[A, B, N], 2));
+    m.chunk_request(t(1), RequestId(3), id(N), &w.request(&[A, 99, N], 2));
+    let mut other = w.request(&[A, B, N], 2);
+    other.campaign = [0; 16];
+    m.chunk_request(t(1), RequestId(4), id(N), &other);
+    m.chunk_request(t(1), RequestId(5), id(N), &w.request(&[A, B, N], 3));
+    let refused = |r| {
+        MonitorAction::Serve(ServeAction::Answer {
+            req: RequestId(r),
+            status: ChunkStatus::Refused,
+        })
+    };
+    assert_eq!(
+        drain_monitor(&mut m),
+        vec![
+            MonitorAction::Serve(ServeAction::SendChunk {
+                req: RequestId(1),
+                to: id(N),
+                index: 2,
+                key: w.token(&[id(A), id(B), id(N)]).chunk_key(),
+            }),
+            refused(2),
+            refused(3),
+            MonitorAction::Serve(ServeAction::Answer {
+                req: RequestId(4),
+                status: ChunkStatus::UnknownCampaign
+            }),
+            refused(5), // past the last chunk
+        ]
+    );
+}
+
+#[test]
+fn the_campaign_is_done_when_every_addressee_is_final() {
+    let w = world(&[A, B], Transfer::CutThrough, false);
+    let mut m = monitor(&w);
+    drain_monitor(&mut m);
+    let report = |outcome| Control::InstallReport {
+        campaign: w.campaign(),
+        outcome,
+    };
+    let progress = Control::Progress {
+        campaign: w.campaign(),
+        phase: Phase::Receiving,
+        verified: 10,
+        source: Some(w.nms),
+        parent: None,
+    };
+    assert_eq!(m.request(t(1), id(B), &progress), Control::Ack);
+    assert_eq!(m.nodes()[&id(B)].status, NodeStatus::Receiving);
+    assert_eq!(
+        m.request(t(2), id(A), &report(InstallOutcome::Installed)),
+        Control::Ack
+    );
+    assert_eq!(
+        drain_monitor(&mut m),
+        vec![MonitorAction::Note(MonitorNote::Installed(id(A)))]
+    );
+    assert!(!m.is_done());
+    let failed = InstallOutcome::Failed {
+        reason: "disk full".into(),
+    };
+    m.request(t(3), id(B), &report(failed));
+    assert_eq!(
+        drain_monitor(&mut m),
+        vec![
+            MonitorAction::Note(MonitorNote::Failed(id(B), "disk full".into())),
+            MonitorAction::Note(MonitorNote::Done),
+        ]
+    );
+    assert!(m.is_done());
+    assert_eq!((m.finished_at(), m.counts()), (Some(t(3)), (1, 1, 2)));
+}
