@@ -46,10 +46,12 @@ pub struct Cli {
     /// Only nodes advertising all these tags get the package. Repeatable.
     #[arg(long = "tag")]
     tags: Vec<String>,
-    /// How many parts each sender splits its list into (1 = chain, 2 = binary tree).
-    #[arg(long, default_value_t = 2)]
+    /// How many parts each sender splits its list into (1 = chain, 2 = the seed's binary
+    /// tree). A chain is the default: with cut-through every link carries the package once
+    /// at full rate, so completion is close to one copy's time (see docs/benchmarks.md).
+    #[arg(long, default_value_t = 1)]
     fanout: u8,
-    /// Chunk size in bytes.
+    /// Chunk size in bytes. Smaller chunks shorten the pipeline delay per hop.
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
     chunk_size: u32,
     /// Relay only whole packages (the seed's literal flow) instead of cut-through.

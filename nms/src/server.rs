@@ -279,7 +279,14 @@ impl Nms {
                 );
                 if new {
                     self.last_change = Instant::now();
-                    info!("node {peer} discovered ({} known)", self.eligible().len());
+                    let known = self.eligible().len();
+                    info!("node {peer} discovered ({known} known)");
+                    if self.opts.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"event": "node-discovered", "node": peer.to_string(), "known": known})
+                        );
+                    }
                 }
             }
             DiscoveryEvent::Lost { peer_id } => {

@@ -41,7 +41,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
-            window: 8,
+            window: 4,
             request_timeout: Duration::from_secs(60),
             hold: Duration::from_secs(15),
             progress_interval: Duration::from_secs(1),

@@ -324,7 +324,10 @@ pub struct ChunkResponse {
 impl ChunkRequest {
     /// `BTCQ` | version u8 | campaign [16] | index u32 BE | n u8 | n × (len u8 | peer id bytes)
     pub fn encode(&self) -> Vec<u8> {
-        assert!(self.path.len() <= u8::MAX as usize, "a chunk request path cannot exceed 255 entries");
+        assert!(
+            self.path.len() <= u8::MAX as usize,
+            "a chunk request path cannot exceed 255 entries"
+        );
         let mut out = Vec::with_capacity(26 + self.path.len() * 40);
         out.extend_from_slice(REQ_MAGIC);
         out.push(FRAME_VERSION);

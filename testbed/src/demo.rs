@@ -25,8 +25,14 @@ pub struct DemoArgs {
     #[arg(long)]
     pub rate: Option<String>,
     /// How many parts each sender splits its list into (1 = chain, 2 = binary tree).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     pub fanout: u8,
+    /// Chunk size in bytes (default: the NMS's).
+    #[arg(long)]
+    pub chunk_size: Option<u32>,
+    /// Chunk requests each node keeps in flight (default: the node's).
+    #[arg(long)]
+    pub window: Option<usize>,
     /// Relay whole packages only (the seed's literal flow).
     #[arg(long)]
     pub store_and_forward: bool,
@@ -76,8 +82,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     };
     let mut c = Cluster::create(&spec, exe)?;
     println!("NMS {}\n  work directory {}", c.nms_id, c.dir.display());
+    let node_args: Vec<String> = args
+        .window
+        .iter()
+        .flat_map(|w| ["--window".to_string(), w.to_string()])
+        .collect();
     for i in 1..=args.nodes {
-        c.start_node(i, &[])?;
+        c.start_node(i, &node_args)?;
     }
     let mut nms_args = vec![
         "--once".to_string(),
@@ -90,6 +101,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     ];
     if args.store_and_forward {
         nms_args.push("--store-and-forward".into());
+    }
+    if let Some(cs) = args.chunk_size {
+        nms_args.extend(["--chunk-size".to_string(), cs.to_string()]);
     }
     // the NMS draws its live view on this terminal; its logs stay quiet unless asked for
     let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,mdns_sd=error".into());
@@ -131,7 +145,6 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         }
     }
     if args.keep {
-        c.keep_dir();
         println!("\n--keep: the network and the nodes stay up until Ctrl-C. Namespaces:");
         for h in c.net.hosts() {
             println!("  {} ({})", h.netns, h.addr);

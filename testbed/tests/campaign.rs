@@ -53,7 +53,7 @@ fn never() -> bool {
 fn tree(c: &Cluster) -> (Vec<NodeId>, Tree) {
     let mut ids = c.node_ids.clone();
     ids.sort();
-    let t = Tree::plan(&ids, 2);
+    let t = Tree::plan(&ids, 1); // the NMS default: a chain
     (ids, t)
 }
 
@@ -187,7 +187,9 @@ fn a_node_restarted_mid_transfer_resumes_without_refetching_verified_chunks() {
     for i in 1..=3 {
         procs.push(c.start_node(i, &["--window".into(), "4".into()]).unwrap());
     }
-    let nms = c.start_nms(&nms_args(3), true, &[]).unwrap();
+    let mut args = nms_args(3);
+    args.extend(["--chunk-size".to_string(), (1u32 << 20).to_string()]);
+    let nms = c.start_nms(&args, true, &[]).unwrap();
     let size = 16u64 << 20;
     let hash = c.drop_package("frob-1.0.tar.gz", size, 4).unwrap();
     let name = format!("node-{h}");
