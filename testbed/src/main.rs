@@ -42,6 +42,6 @@ fn main() -> Result<()> {
     baton_node::cli::init_tracing();
     match Cli::parse().cmd {
         Cmd::Demo(a) => demo::run(&a),
-        Cmd::Bench(a) => bench::run(&a, Vec::new()),
+        Cmd::Bench(a) => bench::run(&a, baton_testbed::baton_bench::methods()),
     }
 }
