@@ -158,7 +158,8 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             _ = term.recv() => { info!("terminated; stopping"); break; }
         }
         agent.drive_all();
-        if opts.once && agent.finished_any && agent.campaigns.values().all(|r| r.machine.relay_done()) {
+        let now = agent.now();
+        if opts.once && agent.finished_any && agent.campaigns.values().all(|r| r.machine.relay_done(now)) {
             info!("--once: campaign installed and relayed; exiting");
             break;
         }
@@ -202,7 +203,8 @@ impl Agent {
     }
 
     fn next_deadline(&self) -> Instant {
-        let far = self.now() + Duration::from_secs(3600);
+        // with --once, look at the relay state every second
+        let far = self.now() + Duration::from_secs(if self.opts.once { 1 } else { 3600 });
         let t = self
             .campaigns
             .values()
@@ -568,13 +570,14 @@ impl Agent {
                 NodeAction::Note(n) => log_note(&n),
             }
         }
+        let now = self.now();
         let Some(r) = self.campaigns.get_mut(&c) else {
             return;
         };
         if matches!(r.machine.phase(), Phase::Installed | Phase::Failed) {
             self.finished_any = true;
         }
-        if r.machine.relay_done() && !r.reported_done {
+        if r.machine.relay_done(now) && !r.reported_done {
             r.reported_done = true;
             info!(
                 served_chunks = r.machine.served_chunks(),

@@ -19,6 +19,9 @@ use crate::wire::{
     RefuseReason, Verdict, clip_reason,
 };
 
+/// How long a finished node keeps serving when a child went silent without a receipt.
+pub const RELAY_LINGER: Duration = Duration::from_secs(30);
+
 /// Tunables of a node's campaign machine.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -353,14 +356,21 @@ impl NodeCampaign {
     pub fn served_chunks(&self) -> u64 {
         self.server.served_chunks
     }
-    /// True once installed (or failed) and every child has its package or was re-planned.
-    pub fn relay_done(&self) -> bool {
+    /// True once installed (or failed) and every child has its package or was re-planned,
+    /// or, for a child that accepted and then went silent, once nobody asked this node
+    /// for a chunk during `RELAY_LINGER`.
+    pub fn relay_done(&self, now: Duration) -> bool {
+        let children_done = self
+            .children
+            .iter()
+            .all(|c| matches!(c.state, ChildState::Receipted | ChildState::Failed));
+        let idle = self
+            .server
+            .last_request()
+            .is_none_or(|t| now.saturating_sub(t) >= RELAY_LINGER);
         matches!(self.phase, Phase::Installed | Phase::Failed)
-            && self
-                .children
-                .iter()
-                .all(|c| matches!(c.state, ChildState::Receipted | ChildState::Failed))
             && self.server.held_count() == 0
+            && (children_done || idle)
     }
 
     pub fn poll_action(&mut self) -> Option<NodeAction> {

@@ -52,6 +52,7 @@ pub struct Server {
     held: Vec<Held>,
     keys: HashMap<Vec<NodeId>, ChunkKey>,
     gated: bool,
+    last_request: Option<Duration>,
     /// Chunks served (count) and bytes, for reports.
     pub served_chunks: u64,
 }
@@ -75,6 +76,7 @@ impl Server {
             held: Vec::new(),
             keys: HashMap::new(),
             gated: false,
+            last_request: None,
             served_chunks: 0,
         }
     }
@@ -105,6 +107,7 @@ impl Server {
         is_addressee: impl Fn(&NodeId) -> bool,
         out: &mut Vec<ServeAction>,
     ) {
+        self.last_request = Some(now);
         let answer = |status| ServeAction::Answer { req, status };
         if r.campaign != self.campaign {
             out.push(answer(ChunkStatus::UnknownCampaign));
@@ -211,6 +214,11 @@ impl Server {
     /// When the next held request times out.
     pub fn next_timeout(&self) -> Option<Duration> {
         self.held.iter().map(|h| h.since + self.hold).min()
+    }
+
+    /// When the last chunk request arrived.
+    pub fn last_request(&self) -> Option<Duration> {
+        self.last_request
     }
 
     /// The requests still held (for tests and status).
