@@ -413,6 +413,18 @@ pub struct BenchConfig {
 /// files) is removed at the end, also on error or Ctrl-C. Returns an error
 /// when not root, when a method failed, or when interrupted.
 pub fn run(args: &BenchArgs, extra: Vec<Box<dyn Method>>) -> Result<()> {
+    run_inner(args, extra, true).map(drop)
+}
+
+/// [`run`]; `clean_stale` says whether to remove other processes' leftovers
+/// first (the unit tests must not: other tests of the same process are
+/// checking `clean_stale` with stale namespaces of their own). Returns the
+/// names of the namespaces it used.
+pub(crate) fn run_inner(
+    args: &BenchArgs,
+    extra: Vec<Box<dyn Method>>,
+    clean_stale: bool,
+) -> Result<Vec<String>> {
     let mut all = builtin_methods();
     for m in extra {
         if all.iter().any(|b| b.name() == m.name()) {
@@ -437,11 +449,13 @@ pub fn run(args: &BenchArgs, extra: Vec<Box<dyn Method>>) -> Result<()> {
     }
     netns::check_privileges().map_err(|why| anyhow::anyhow!("bench {why}"))?;
     procs::install_interrupt_handler();
-    let removed = netns::clean_stale()?;
-    if !removed.is_empty() {
-        eprintln!("bench: removed stale namespaces {}", removed.join(", "));
+    if clean_stale {
+        let removed = netns::clean_stale()?;
+        if !removed.is_empty() {
+            eprintln!("bench: removed stale namespaces {}", removed.join(", "));
+        }
+        procs::clean_stale_tempdirs();
     }
-    procs::clean_stale_tempdirs();
 
     let started = utc_now();
     let out = args
@@ -458,6 +472,7 @@ pub fn run(args: &BenchArgs, extra: Vec<Box<dyn Method>>) -> Result<()> {
     spec.loss = args.loss.clone();
     spec.delay = args.delay.clone();
     let net = Net::create(&spec)?;
+    let netns_names = net.netns_names().to_vec();
     let tmp = TempDir::new()?;
     check_interrupted()?;
 
@@ -496,6 +511,11 @@ pub fn run(args: &BenchArgs, extra: Vec<Box<dyn Method>>) -> Result<()> {
             if interrupted() {
                 break 'runs;
             }
+            if let Err(err) = net_intact(&net) {
+                eprintln!("bench: {err:#}");
+                failed += 1;
+                break 'runs;
+            }
             let workdir = tmp.path().join(format!("run{}-{}", run_no + 1, m.name()));
             let ctx = BenchCtx {
                 net: &net,
@@ -520,7 +540,7 @@ pub fn run(args: &BenchArgs, extra: Vec<Box<dyn Method>>) -> Result<()> {
             }
             if bad {
                 failed += 1;
-                if !args.keep_going {
+                if !args.keep_going && !interrupted() {
                     eprintln!("bench: stopping at the first failure (--keep-going runs the rest)");
                     break 'runs;
                 }
@@ -565,6 +585,34 @@ pub fn run(args: &BenchArgs, extra: Vec<Box<dyn Method>>) -> Result<()> {
         bail!(
             "{failed} method run(s) failed; see {}",
             out.join("results.md").display()
+        );
+    }
+    Ok(netns_names)
+}
+
+/// Fails when a namespace of `net` has disappeared (removed by another
+/// process), so that the remaining methods are not run into the void.
+fn net_intact(net: &Net) -> Result<()> {
+    let ip = find_tool("ip").unwrap_or_else(|| PathBuf::from("ip"));
+    let out = std::process::Command::new(ip)
+        .args(["netns", "list"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("cannot run `ip netns list`")?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let present: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let missing: Vec<&String> = net
+        .netns_names()
+        .iter()
+        .filter(|n| !present.contains(&n.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the test network was removed from outside this process (missing {}); stopping",
+            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
     Ok(())
