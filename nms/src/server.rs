@@ -306,6 +306,7 @@ impl Nms {
             DropEvent::Ready { path, size } => {
                 info!("dropped: {} ({size} bytes)", path.display());
                 self.pending.push_back((path, Instant::now()));
+                self.start_pending();
             }
             DropEvent::Error { path, message } => {
                 error!("{}: {message}; no campaign started", path.display());
@@ -324,6 +325,10 @@ impl Nms {
         for r in self.campaigns.values_mut() {
             r.ui.update(&r.monitor);
         }
+        self.start_pending();
+    }
+
+    fn start_pending(&mut self) {
         if self.preparing {
             return;
         }
@@ -360,7 +365,9 @@ impl Nms {
             self.internal.clone(),
         );
         tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
             let r = prepare(&data, &path, &kp, nodes, &settings);
+            info!("copied, hashed and signed in {} ms", t.elapsed().as_millis());
             let _ = tx.send(Internal::Prepared(path, dropped_at, Box::new(r)));
         });
     }
@@ -373,6 +380,7 @@ impl Nms {
                     Ok(p) => self.start_campaign(p, dropped_at),
                     Err(e) => error!("{}: {e:#}; no campaign started", path.display()),
                 }
+                self.start_pending();
             }
             Internal::ChunkReady(c, rid, resp) => {
                 if let Some(ch) = self.in_chunk.remove(&(c, rid)) {

@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Default settle period: how long size and mtime must stay unchanged.
-pub const DEFAULT_SETTLE: Duration = Duration::from_millis(250);
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(150);
 
 /// Capacity of the channel of [`DropEvent`]s handed to the caller.
 const EVENT_CAPACITY: usize = 64;

@@ -55,7 +55,7 @@ pub struct Cli {
     #[arg(long)]
     once: bool,
     /// Chunk requests in flight.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 3)]
     window: usize,
     /// Testing only: flip a bit in every chunk this node serves (a faulty relay).
     #[arg(long, hide = true)]

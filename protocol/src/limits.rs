@@ -11,7 +11,7 @@ pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 /// Smallest chunk, in bytes.
 pub const MIN_CHUNK_SIZE: u32 = 4 * 1024;
 /// Default chunk size.
-pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
+pub const DEFAULT_CHUNK_SIZE: u32 = 128 * 1024;
 /// Most chunks one package may have (8 MiB of hashes in a manifest).
 pub const MAX_CHUNKS: u64 = 1 << 18;
 /// Most addressees in one campaign.

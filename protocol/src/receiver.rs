@@ -44,7 +44,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
-            window: 4,
+            window: 3,
             request_timeout: Duration::from_secs(60),
             hold: Duration::from_secs(15),
             progress_interval: Duration::from_secs(1),

@@ -25,7 +25,7 @@ pub fn methods() -> Vec<Box<dyn Method>> {
     vec![
         Box::new(Baton {
             name: "baton",
-            describe: "Baton, default mode: cut-through chain, 256 KiB chunks",
+            describe: "Baton, default mode: cut-through chain, 128 KiB chunks",
             nms_args: &[],
         }),
         Box::new(Baton {
@@ -39,6 +39,12 @@ pub fn methods() -> Vec<Box<dyn Method>> {
             nms_args: &["--fanout", "2", "--store-and-forward", "--chunk-size", "1048576"],
         }),
     ]
+}
+
+/// Extra daemon flags from the environment, for tuning experiments (e.g.
+/// `BATON_NMS_ARGS="--chunk-size 131072" BATON_NODE_ARGS="--window 2"`).
+fn extra_args(var: &str) -> Vec<String> {
+    std::env::var(var).unwrap_or_default().split_whitespace().map(String::from).collect()
 }
 
 impl Method for Baton {
@@ -63,12 +69,9 @@ impl Method for Baton {
         let mut procs = Procs::new(ctx.net);
         for i in 1..=ctx.nodes {
             let dir = ctx.node_dir(i)?.display().to_string();
-            procs.spawn(
-                i,
-                &format!("baton-node {i}"),
-                &exe,
-                ["node", "--data-dir", &dir, "--trust", &nms_id.to_string()],
-            )?;
+            let mut args = vec!["node".to_string(), "--data-dir".into(), dir, "--trust".into(), nms_id.to_string()];
+            args.extend(extra_args("BATON_NODE_ARGS"));
+            procs.spawn(i, &format!("baton-node {i}"), &exe, args)?;
         }
         let nodes = ctx.nodes.to_string();
         let (w, d) = (watch.display().to_string(), nms_dir.display().to_string());
@@ -87,7 +90,7 @@ impl Method for Baton {
         ];
         args.extend_from_slice(self.nms_args);
         let mut cmd = ctx.net.command(0, &exe);
-        cmd.args(&args).env("RUST_LOG", "warn");
+        cmd.args(&args).args(extra_args("BATON_NMS_ARGS")).env("RUST_LOG", "warn");
         let nms = procs.spawn_command("baton-nms", cmd)?;
         // every node discovered before the clock starts
         let needle = format!("\"known\":{}", ctx.nodes);

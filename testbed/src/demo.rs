@@ -95,7 +95,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         "--min-nodes".into(),
         args.nodes.to_string(),
         "--settle".into(),
-        "1".into(),
+        "0".into(),
         "--fanout".into(),
         args.fanout.to_string(),
     ];
