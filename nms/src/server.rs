@@ -91,7 +91,8 @@ enum Internal {
 struct Running {
     monitor: CampaignMonitor,
     manifest: Arc<Manifest>,
-    file: PathBuf,
+    /// The NMS's copy of the package, kept open.
+    data: Arc<std::fs::File>,
     dir: PathBuf,
     dropped_at: Instant,
     bytes_sent: u64,
@@ -413,6 +414,16 @@ impl Nms {
                     "version": m.version, "sequence": m.sequence, "size": m.size, "nodes": m.addressees.len()})
             );
         }
+        let data = match std::fs::File::open(&p.file) {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                error!(
+                    "cannot open the campaign's copy {}: {e}; no campaign started",
+                    p.file.display()
+                );
+                return;
+            }
+        };
         let monitor = CampaignMonitor::start(
             self.now(),
             p.manifest.clone(),
@@ -426,7 +437,7 @@ impl Nms {
             Running {
                 monitor,
                 manifest: Arc::new(p.manifest),
-                file: p.file,
+                data,
                 dir: p.dir,
                 dropped_at,
                 bytes_sent: 0,
@@ -545,7 +556,7 @@ impl Nms {
                     self.out_control.insert(id, (c, to, kind));
                 }
                 MonitorAction::Serve(ServeAction::SendChunk { req, index, key, .. }) => {
-                    let (tx, file, manifest) = (self.internal.clone(), r.file.clone(), r.manifest.clone());
+                    let (tx, file, manifest) = (self.internal.clone(), r.data.clone(), r.manifest.clone());
                     tokio::task::spawn_blocking(move || {
                         let resp = read_and_seal(&file, &manifest, index, &key);
                         let _ = tx.send(Internal::ChunkReady(c, req, resp));

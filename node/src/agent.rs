@@ -58,6 +58,8 @@ enum Internal {
 struct Running {
     machine: NodeCampaign,
     manifest: Arc<Manifest>,
+    /// The package file, kept open: chunks are written and served by offset.
+    data: Arc<std::fs::File>,
     file: PathBuf,
     reported_done: bool,
 }
@@ -313,6 +315,15 @@ impl Agent {
         );
         let campaign = manifest.campaign;
         let file = self.store.data_file(&campaign);
+        let data = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+            .map(Arc::new)
+            .map_err(|e| Refusal {
+                reason: RefuseReason::Busy,
+                detail: format!("cannot open the package file {}: {e}", file.display()),
+            })?;
         let machine = NodeCampaign::accept(
             self.now(),
             self.me,
@@ -326,6 +337,7 @@ impl Agent {
             Running {
                 machine,
                 manifest: Arc::new(manifest),
+                data,
                 file,
                 reported_done: false,
             },
@@ -510,6 +522,7 @@ impl Agent {
             };
             let manifest = r.manifest.clone();
             let file = r.file.clone();
+            let data_file = r.data.clone();
             match action {
                 NodeAction::Send { to, msg } => {
                     let kind = msg.kind();
@@ -522,7 +535,7 @@ impl Agent {
                     self.out_chunk.insert(id, (c, to, index));
                 }
                 NodeAction::Store { index, data } => {
-                    if let Err(e) = self.store.write_chunk(&manifest, index, &data) {
+                    if let Err(e) = Store::write_chunk(&data_file, &manifest, index, &data) {
                         error!("cannot write chunk {index}: {e:#}");
                     }
                 }
@@ -549,7 +562,7 @@ impl Agent {
                     let tx = self.internal.clone();
                     let corrupt = self.opts.corrupt_served;
                     tokio::task::spawn_blocking(move || {
-                        let mut resp = read_and_seal(&file, &manifest, index, &key);
+                        let mut resp = read_and_seal(&data_file, &manifest, index, &key);
                         if corrupt && let Some(b) = resp.data.first_mut() {
                             *b ^= 0x40;
                         }
@@ -592,7 +605,7 @@ impl Agent {
 
 /// Reads chunk `index` of the package file and seals it for the requester.
 pub fn read_and_seal(
-    file: &std::path::Path,
+    file: &std::fs::File,
     m: &Manifest,
     index: u32,
     key: &baton_protocol::ChunkKey,
@@ -600,7 +613,7 @@ pub fn read_and_seal(
     use std::os::unix::fs::FileExt;
     let layout = m.layout().expect("validated manifest");
     let mut data = vec![0u8; layout.len(index) as usize];
-    let r = std::fs::File::open(file).and_then(|f| f.read_exact_at(&mut data, layout.offset(index)));
+    let r = file.read_exact_at(&mut data, layout.offset(index));
     match r {
         Ok(()) => {
             key.seal(&m.campaign, index, &mut data);
@@ -612,7 +625,7 @@ pub fn read_and_seal(
             }
         }
         Err(e) => {
-            error!("cannot read chunk {index} from {}: {e}", file.display());
+            error!("cannot read chunk {index} of the package: {e}");
             ChunkResponse {
                 campaign: m.campaign,
                 index,

@@ -174,12 +174,9 @@ impl Store {
     }
 
     /// Writes a verified chunk at its offset.
-    pub fn write_chunk(&self, manifest: &Manifest, index: u32, data: &[u8]) -> Result<()> {
+    pub fn write_chunk(file: &File, manifest: &Manifest, index: u32, data: &[u8]) -> Result<()> {
         let layout = manifest.layout()?;
-        let f = OpenOptions::new()
-            .write(true)
-            .open(self.data_file(&manifest.campaign))?;
-        f.write_all_at(data, layout.offset(index))?;
+        file.write_all_at(data, layout.offset(index))?;
         Ok(())
     }
 
