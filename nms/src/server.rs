@@ -85,7 +85,6 @@ pub struct NodeResult {
 
 enum Internal {
     Prepared(PathBuf, Instant, Box<Result<Prepared>>),
-    ChunkReady(CampaignId, RequestId, ChunkResponse),
 }
 
 struct Running {
@@ -383,14 +382,6 @@ impl Nms {
                 }
                 self.start_pending();
             }
-            Internal::ChunkReady(c, rid, resp) => {
-                if let Some(ch) = self.in_chunk.remove(&(c, rid)) {
-                    if let Some(r) = self.campaigns.get_mut(&c) {
-                        r.bytes_sent += (resp.data.len() + ChunkResponse::HEADER_LEN + 4) as u64;
-                    }
-                    let _ = self.swarm.behaviour_mut().chunk.send_response(ch, resp);
-                }
-            }
         }
     }
 
@@ -556,11 +547,11 @@ impl Nms {
                     self.out_control.insert(id, (c, to, kind));
                 }
                 MonitorAction::Serve(ServeAction::SendChunk { req, index, key, .. }) => {
-                    let (tx, file, manifest) = (self.internal.clone(), r.data.clone(), r.manifest.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let resp = read_and_seal(&file, &manifest, index, &key);
-                        let _ = tx.send(Internal::ChunkReady(c, req, resp));
-                    });
+                    let resp = read_and_seal(&r.data, &r.manifest, index, &key);
+                    if let Some(ch) = self.in_chunk.remove(&(c, req)) {
+                        r.bytes_sent += (resp.data.len() + ChunkResponse::HEADER_LEN + 4) as u64;
+                        let _ = self.swarm.behaviour_mut().chunk.send_response(ch, resp);
+                    }
                 }
                 MonitorAction::Serve(ServeAction::Answer { req, status }) => {
                     if let Some(ch) = self.in_chunk.remove(&(c, req)) {

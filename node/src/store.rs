@@ -334,4 +334,97 @@ mod tests {
         }
         assert!(component("frob-1.0.tgz").is_ok());
     }
+
+    use baton_protocol::manifest::{HashList, MANIFEST_FORMAT, PlanParams, RelayPolicy};
+    use baton_protocol::{HopToken, Keypair, NodeId, PackageHasher, SignedManifest};
+
+    fn campaign(store: &Store, nms: &Keypair, me: NodeId, seq: u64, content: &[u8]) -> Manifest {
+        let mut h = PackageHasher::new(4096);
+        h.update(content);
+        let (size, hashes, root) = h.finish();
+        let m = Manifest {
+            format: MANIFEST_FORMAT,
+            campaign: [seq as u8; 16],
+            nms: NodeId::of(nms),
+            name: "frob".into(),
+            version: format!("1.{seq}"),
+            file: "frob.tgz".into(),
+            sequence: seq,
+            size,
+            chunk_size: 4096,
+            chunk_hashes: HashList(hashes),
+            root,
+            created_at: 1,
+            expires_at: u64::MAX,
+            relay: RelayPolicy::default(),
+            plan: PlanParams::default(),
+            offline_install: false,
+            self_update: false,
+            addressees: vec![me],
+        };
+        let offer = Offer {
+            manifest: SignedManifest::sign(&m, nms).unwrap(),
+            part: vec![me],
+            path: vec![me],
+            token: HopToken([0; 32]),
+        };
+        let have = store.prepare(&offer, &m).unwrap();
+        assert_eq!(have.count(), 0);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(store.data_file(&m.campaign))
+            .unwrap();
+        for (i, c) in content.chunks(4096).enumerate() {
+            Store::write_chunk(&f, &m, i as u32, c).unwrap();
+        }
+        // a restart finds every chunk verified on disk
+        assert!(store.prepare(&offer, &m).unwrap().is_full());
+        m
+    }
+
+    fn cmd(c: &str, ms: u64) -> InstallCmd {
+        InstallCmd {
+            command: c.into(),
+            timeout: Duration::from_millis(ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_install_leaves_the_previous_version_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let nms = Keypair::generate_ed25519();
+        let me = NodeId::of(&Keypair::generate_ed25519());
+        let m1 = campaign(&store, &nms, me, 1, &[1u8; 10_000]);
+        store.install(&m1, None).await.unwrap();
+        assert_eq!(store.installed("frob"), Some((1, m1.root)));
+        assert_eq!(
+            fs::read(store.current_file("frob").unwrap()).unwrap(),
+            vec![1u8; 10_000]
+        );
+
+        let m2 = campaign(&store, &nms, me, 2, &[2u8; 5_000]);
+        let e = store
+            .install(&m2, Some(&cmd("echo boom; exit 3", 10_000)))
+            .await
+            .unwrap_err();
+        assert!(e.contains("exited with") && e.contains("boom"), "{e}");
+        assert_eq!(store.installed("frob"), Some((1, m1.root)));
+        assert!(
+            !dir.path().join("packages/frob/2").exists(),
+            "a half-installed version was left"
+        );
+
+        let e = store.install(&m2, Some(&cmd("sleep 5", 200))).await.unwrap_err();
+        assert!(e.contains("did not finish"), "{e}");
+        assert_eq!(store.installed("frob"), Some((1, m1.root)));
+
+        let ok = r#"test "$BATON_NAME" = frob && test "$BATON_SEQUENCE" = 2 && cmp -s "$BATON_PACKAGE" "$BATON_PACKAGE_DIR/frob.tgz""#;
+        store.install(&m2, Some(&cmd(ok, 10_000))).await.unwrap();
+        assert_eq!(store.installed("frob"), Some((2, m2.root)));
+        assert_eq!(
+            fs::read(store.current_file("frob").unwrap()).unwrap(),
+            vec![2u8; 5_000]
+        );
+    }
 }

@@ -44,7 +44,11 @@ pub fn methods() -> Vec<Box<dyn Method>> {
 /// Extra daemon flags from the environment, for tuning experiments (e.g.
 /// `BATON_NMS_ARGS="--chunk-size 131072" BATON_NODE_ARGS="--window 2"`).
 fn extra_args(var: &str) -> Vec<String> {
-    std::env::var(var).unwrap_or_default().split_whitespace().map(String::from).collect()
+    std::env::var(var)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
 }
 
 impl Method for Baton {
@@ -69,7 +73,13 @@ impl Method for Baton {
         let mut procs = Procs::new(ctx.net);
         for i in 1..=ctx.nodes {
             let dir = ctx.node_dir(i)?.display().to_string();
-            let mut args = vec!["node".to_string(), "--data-dir".into(), dir, "--trust".into(), nms_id.to_string()];
+            let mut args = vec![
+                "node".to_string(),
+                "--data-dir".into(),
+                dir,
+                "--trust".into(),
+                nms_id.to_string(),
+            ];
             args.extend(extra_args("BATON_NODE_ARGS"));
             procs.spawn(i, &format!("baton-node {i}"), &exe, args)?;
         }
@@ -90,7 +100,9 @@ impl Method for Baton {
         ];
         args.extend_from_slice(self.nms_args);
         let mut cmd = ctx.net.command(0, &exe);
-        cmd.args(&args).args(extra_args("BATON_NMS_ARGS")).env("RUST_LOG", "warn");
+        cmd.args(&args)
+            .args(extra_args("BATON_NMS_ARGS"))
+            .env("RUST_LOG", "warn");
         let nms = procs.spawn_command("baton-nms", cmd)?;
         // every node discovered before the clock starts
         let needle = format!("\"known\":{}", ctx.nodes);

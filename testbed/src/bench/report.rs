@@ -469,10 +469,10 @@ pub fn render_svg(c: &BenchConfig, summary: &[Summary]) -> String {
     let _ = writeln!(
         svg,
         r##"<line x1="{0}" x2="{1}" y1="{2}" y2="{2}" stroke="#000" stroke-dasharray="5,4"/><text x="{3}" y="{4}">T1: one copy to one node</text>"##,
-        LEFT + 516.0,
-        LEFT + 546.0,
+        LEFT + 566.0,
+        LEFT + 596.0,
         ly - 4.0,
-        LEFT + 552.0,
+        LEFT + 602.0,
         ly
     );
     let _ = writeln!(svg, "</g>");
