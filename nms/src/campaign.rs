@@ -88,6 +88,17 @@ pub fn prepare(
     if addressees.is_empty() {
         bail!("no nodes to send {file_name} to");
     }
+    let mut plan = settings.plan;
+    plan.fanout = baton_protocol::plan::fanout_for(addressees.len(), plan.fanout);
+    if plan.fanout != settings.plan.fanout {
+        tracing::warn!(
+            "{} nodes with fanout {} would make paths longer than {} hops; using fanout {}",
+            addressees.len(),
+            settings.plan.fanout,
+            baton_protocol::limits::MAX_PATH,
+            plan.fanout
+        );
+    }
     let campaign = random_bytes::<16>()?;
     let dir = data_dir.join("campaigns").join(hex::encode(campaign));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -126,7 +137,7 @@ pub fn prepare(
         created_at: now,
         expires_at: now + settings.expiry_secs,
         relay: settings.relay,
-        plan: settings.plan,
+        plan,
         offline_install: settings.offline_install,
         self_update: false,
         addressees,

@@ -256,6 +256,15 @@ impl Manifest {
                 self.plan.fanout
             )));
         }
+        let depth = crate::plan::expected_depth(self.addressees.len(), self.plan.fanout);
+        if depth > crate::limits::MAX_PATH {
+            return Err(ManifestError::Limit(format!(
+                "fanout {} gives paths of {depth} hops for {} addressees, over {}; use a larger fanout",
+                self.plan.fanout,
+                self.addressees.len(),
+                crate::limits::MAX_PATH
+            )));
+        }
         if self.expires_at <= self.created_at {
             return Err(ManifestError::Inconsistent(
                 "expires before it was created".into(),
@@ -520,6 +529,14 @@ pub(crate) mod tests {
             SignedManifest::sign(&bad, &nms),
             Err(ManifestError::Layout(_))
         ));
+        let mut long_chain = m.clone();
+        long_chain.addressees = (0..65).map(crate::id::fake_id).collect();
+        long_chain.plan.fanout = 1;
+        let e = SignedManifest::sign(&long_chain, &nms).unwrap_err();
+        assert!(
+            matches!(e, ManifestError::Limit(_)) && e.to_string().contains("larger fanout"),
+            "{e}"
+        );
         let mut bad = m;
         bad.plan.fanout = 0;
         assert!(matches!(

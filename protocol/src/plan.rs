@@ -110,6 +110,16 @@ pub fn expected_depth(n: usize, fanout: u8) -> usize {
     part_depth(n.div_ceil(f), f)
 }
 
+/// The smallest fanout at or above `wanted` whose plan for `n` addressees stays within
+/// [`crate::limits::MAX_PATH`] hops (a chain of 1000 nodes would not).
+pub fn fanout_for(n: usize, wanted: u8) -> u8 {
+    let mut f = wanted.max(1);
+    while f < crate::limits::MAX_FANOUT && expected_depth(n, f) > crate::limits::MAX_PATH {
+        f += 1;
+    }
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +170,17 @@ mod tests {
             if let (Some(max), Some(min)) = (parts.iter().map(|p| p.len()).max(), parts.iter().map(|p| p.len()).min()) {
                 prop_assert!(max - min <= 1 && min >= 1);
             }
+        }
+    }
+
+    #[test]
+    fn long_chains_are_widened_to_fit_the_path_limit() {
+        assert_eq!(fanout_for(64, 1), 1);
+        assert_eq!(fanout_for(65, 1), 2);
+        assert_eq!(fanout_for(100_000, 1), 2);
+        assert_eq!(fanout_for(10, 3), 3);
+        for n in [1, 64, 65, 1000, 100_000] {
+            assert!(expected_depth(n, fanout_for(n, 1)) <= crate::limits::MAX_PATH);
         }
     }
 

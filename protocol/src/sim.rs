@@ -193,7 +193,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         expires_at: 1_000_000,
         relay: RelayPolicy::default(),
         plan: PlanParams {
-            fanout: cfg.fanout,
+            fanout: crate::plan::fanout_for(cfg.nodes, cfg.fanout),
             transfer: cfg.transfer,
         },
         offline_install: false,
