@@ -126,7 +126,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
     let me = NodeId::of(&keypair);
     let (watcher, mut drops) = DropWatcher::start(&opts.watch, crate::watch::DEFAULT_SETTLE)?;
     let mut swarm = net::build_swarm(keypair.clone(), opts.listen.clone())?;
-    let port = wait_for_port(&mut swarm).await?;
+    let port = net::wait_for_port(&mut swarm).await?;
     info!(peer_id = %me, port, watch = %opts.watch.display(), "baton-nms started");
     eprintln!(
         "baton-nms {me}\n  watching {}\n  nodes must trust it: baton-node --trust {me}",
@@ -204,25 +204,6 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         d.shutdown_async().await;
     }
     Ok(nms.summaries)
-}
-
-async fn wait_for_port(swarm: &mut Swarm<Behaviour>) -> Result<u16> {
-    let deadline = tokio::time::sleep(Duration::from_secs(10));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            ev = swarm.select_next_some() => {
-                if let SwarmEvent::NewListenAddr { address, .. } = ev {
-                    for p in address.iter() {
-                        if let libp2p::multiaddr::Protocol::Tcp(port) = p {
-                            return Ok(port);
-                        }
-                    }
-                }
-            }
-            _ = &mut deadline => anyhow::bail!("the listener did not come up within 10 s; check --port"),
-        }
-    }
 }
 
 impl Nms {

@@ -105,7 +105,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         );
     }
     let mut swarm = net::build_swarm(keypair, opts.listen.clone())?;
-    let port = wait_for_port(&mut swarm).await?;
+    let port = net::wait_for_port(&mut swarm).await?;
     info!(peer_id = %me, port, data = %opts.data_dir.display(), "baton-node started");
     println!("baton-node {me} listening on port {port}");
     let (itx, mut irx) = mpsc::unbounded_channel();
@@ -169,25 +169,6 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         d.shutdown_async().await;
     }
     Ok(())
-}
-
-async fn wait_for_port(swarm: &mut Swarm<Behaviour>) -> Result<u16> {
-    let deadline = tokio::time::sleep(Duration::from_secs(10));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            ev = swarm.select_next_some() => {
-                if let SwarmEvent::NewListenAddr { address, .. } = ev {
-                    for p in address.iter() {
-                        if let libp2p::multiaddr::Protocol::Tcp(port) = p {
-                            return Ok(port);
-                        }
-                    }
-                }
-            }
-            _ = &mut deadline => anyhow::bail!("the listener did not come up within 10 s; check --listen"),
-        }
-    }
 }
 
 fn read_pinned(dir: &std::path::Path) -> Vec<NodeId> {

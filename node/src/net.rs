@@ -193,3 +193,23 @@ pub fn peer_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
         _ => None,
     })
 }
+
+/// Drives the swarm until its listener is up; returns the TCP port it listens on.
+pub async fn wait_for_port(swarm: &mut Swarm<Behaviour>) -> anyhow::Result<u16> {
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            ev = swarm.select_next_some() => {
+                if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } = ev {
+                    for p in address.iter() {
+                        if let libp2p::multiaddr::Protocol::Tcp(port) = p {
+                            return Ok(port);
+                        }
+                    }
+                }
+            }
+            _ = &mut deadline => anyhow::bail!("the listener did not come up within 10 s; check the port setting"),
+        }
+    }
+}

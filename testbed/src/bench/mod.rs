@@ -268,17 +268,7 @@ pub fn verify_copies(ctx: &BenchCtx<'_>, paths: &[PathBuf]) -> usize {
 
 /// BLAKE3 of a file.
 pub fn hash_file(path: &Path) -> Result<[u8; 32]> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(*h.finalize().as_bytes())
+    baton_node::store::Store::hash_file(path).with_context(|| format!("cannot hash {}", path.display()))
 }
 
 /// Parses a size: bytes, or a number with B, KiB, MiB, GiB, TiB (powers of
