@@ -357,17 +357,16 @@ impl NodeCampaign {
         self.server.served_chunks
     }
     /// True once installed (or failed) and every child has its package or was re-planned,
-    /// or, for a child that accepted and then went silent, once nobody asked this node
-    /// for a chunk during `RELAY_LINGER`.
+    /// or, for a child that went silent without a receipt, once nobody asked this node
+    /// for a chunk during [`RELAY_LINGER`] since the package was complete here.
     pub fn relay_done(&self, now: Duration) -> bool {
         let children_done = self
             .children
             .iter()
             .all(|c| matches!(c.state, ChildState::Receipted | ChildState::Failed));
-        let idle = self
-            .server
-            .last_request()
-            .is_none_or(|t| now.saturating_sub(t) >= RELAY_LINGER);
+        // quiet since the later of: the package was complete here, the last chunk request
+        let since = self.server.last_request().max(self.completed_at);
+        let idle = since.is_none_or(|t| now.saturating_sub(t) >= RELAY_LINGER);
         matches!(self.phase, Phase::Installed | Phase::Failed)
             && self.server.held_count() == 0
             && (children_done || idle)

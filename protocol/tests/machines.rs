@@ -531,6 +531,56 @@ fn receipts_from_children_are_checked_against_the_root() {
     assert_eq!(c.request(t(1), id(P), &receipt(w.manifest.root)), ack(true));
 }
 
+#[test]
+fn relaying_is_done_on_receipts_or_after_a_silent_child_lingered() {
+    use baton_protocol::receiver::RELAY_LINGER;
+    let w = node_world();
+    let install = |c: &mut NodeCampaign| {
+        receive_and_hash(&w, c);
+        c.response(
+            t(3),
+            w.nms,
+            Control::AuthReply {
+                campaign: w.campaign(),
+                ok: true,
+                reason: String::new(),
+            },
+        );
+        c.install_done(t(4), InstallOutcome::Installed);
+        drain(c);
+    };
+    // N's children are P and Q (fanout 2); the receipts of both end its relaying
+    let mut c = node_n(&w);
+    install(&mut c);
+    assert!(!c.relay_done(t(5)), "children still pulling");
+    for child in [P, Q] {
+        c.response(
+            t(5),
+            id(child),
+            Control::OfferReply {
+                campaign: w.campaign(),
+                verdict: baton_protocol::wire::Verdict::Accept,
+            },
+        );
+        c.request(
+            t(5),
+            id(child),
+            &Control::Receipt {
+                campaign: w.campaign(),
+                root: w.manifest.root,
+            },
+        );
+    }
+    assert!(c.relay_done(t(5)));
+    // a child that asked for a chunk and then went silent: done once it lingered
+    let mut c = node_n(&w);
+    install(&mut c);
+    c.chunk_request(t(6), RequestId(1), id(P), &w.request(&[A, B, N, P], 0));
+    drain(&mut c);
+    assert!(!c.relay_done(t(6) + RELAY_LINGER / 2));
+    assert!(c.relay_done(t(6) + RELAY_LINGER));
+}
+
 // ---------- offers ----------
 
 #[test]
