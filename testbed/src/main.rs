@@ -22,7 +22,14 @@ enum Cmd {
     Bench(BenchArgs),
 }
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn real_main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     // the daemons and helpers this binary runs inside its namespaces
     match args.get(1).map(String::as_str) {
