@@ -126,7 +126,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .filter(|&i| c.installed_hash(i, PACKAGE) == Some(expected))
         .count();
     println!(
-        "\nDemo: {exact}/{} nodes hold exactly the dropped bytes (BLAKE3 {}); {:.2} s from the drop, NMS exit {status}",
+        "\nDemo: {exact}/{} nodes hold exactly the dropped bytes (BLAKE3 {}); {:.2} s from the drop (NMS {status})",
         args.nodes,
         &hex::encode(expected)[..16],
         elapsed.as_secs_f64()
