@@ -17,7 +17,6 @@ pub struct Ui {
     overall: ProgressBar,
     bars: HashMap<NodeId, ProgressBar>,
     size: u64,
-    nodes: u64,
 }
 
 impl Ui {
@@ -55,7 +54,6 @@ impl Ui {
             overall,
             bars,
             size: m.size.max(1),
-            nodes,
         }
     }
 
@@ -125,6 +123,5 @@ impl Ui {
         for b in self.bars.values() {
             b.finish();
         }
-        let _ = self.nodes;
     }
 }
