@@ -10,6 +10,7 @@
 //! [`monitor::CampaignMonitor`] (the NMS in one campaign). Time is a [`std::time::Duration`]
 //! since an origin the shell picks.
 
+pub mod admission;
 pub mod chunk;
 pub mod id;
 pub mod keys;
@@ -22,6 +23,7 @@ pub mod serve;
 pub mod sim;
 pub mod wire;
 
+pub use admission::{AdmissionContext, Admitted, OpenedOffer, admit, open_offer};
 pub use chunk::{ChunkSet, Hash, Layout, PackageHasher};
 pub use id::{Keypair, NodeId, PeerId};
 pub use keys::{CampaignSecret, ChunkKey, HopToken};

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use crate::admission::{AdmissionContext, admit, open_offer};
 use crate::chunk::{ChunkSet, Layout, hash_chunk};
 use crate::id::NodeId;
 use crate::keys::{ChunkKey, HopToken};
@@ -130,7 +131,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(reason: RefuseReason, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: RefuseReason, detail: impl Into<String>) -> Self {
         Refusal {
             reason,
             detail: clip_reason(detail.into()),
@@ -157,48 +158,27 @@ impl From<ManifestError> for Refusal {
     }
 }
 
-/// The checks a node makes on an offer from `from` before accepting it.
+/// The checks a node makes on an offer from `from` before accepting it: [`open_offer`]
+/// then [`admit`] with the pins in `ctx` (no trust on first use). A convenience for tools
+/// and the simulator; the node runs the two steps apart (see [`crate::admission`]).
 pub fn check_offer(offer: &Offer, from: &NodeId, ctx: &VerifyContext<'_>) -> Result<Manifest, Refusal> {
     let me = ctx
         .me
         .ok_or_else(|| Refusal::new(RefuseReason::BadOffer, "no node id to check against"))?;
-    let m = offer.manifest.verify(ctx)?;
-    if offer.part.first() != Some(&me) {
-        return Err(Refusal::new(
-            RefuseReason::BadOffer,
-            "the offered part does not start with this node",
-        ));
-    }
-    if offer.path.last() != Some(&me) || offer.path.is_empty() || offer.path.len() > crate::limits::MAX_PATH {
-        return Err(Refusal::new(
-            RefuseReason::BadOffer,
-            "the offered path does not end with this node",
-        ));
-    }
-    let expected_sender = if offer.path.len() >= 2 {
-        offer.path[offer.path.len() - 2]
-    } else {
-        m.nms
-    };
-    if *from != expected_sender {
-        return Err(Refusal::new(
-            RefuseReason::BadOffer,
-            format!("the offer came from {from}, not from the parent on its path ({expected_sender})"),
-        ));
-    }
-    let addressees: HashSet<&NodeId> = m.addressees.iter().collect();
-    if let Some(bad) = offer
-        .part
-        .iter()
-        .chain(&offer.path)
-        .find(|n| !addressees.contains(n))
-    {
-        return Err(Refusal::new(
-            RefuseReason::BadOffer,
-            format!("{bad} in the offer is not an addressee"),
-        ));
-    }
-    Ok(m)
+    let opened = open_offer(offer.clone(), *from, me)?;
+    let nobody = HashSet::new();
+    admit(
+        &opened,
+        &AdmissionContext {
+            trusted: ctx.trusted,
+            trust_first: false,
+            advertised_nms: &nobody,
+            unix_now: ctx.unix_now,
+            installed: ctx.installed,
+            held: false,
+        },
+    )?;
+    Ok(opened.manifest)
 }
 
 /// A node's state in one campaign.
