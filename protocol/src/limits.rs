@@ -6,6 +6,12 @@
 /// Largest control message (CBOR) accepted on the wire, in bytes. A manifest with the
 /// maximum addressee list and chunk count fits with room to spare.
 pub const MAX_CONTROL_MESSAGE: usize = 24 * 1024 * 1024;
+/// Largest control message other than an offer, in bytes. Only an offer carries a
+/// manifest; every other message is a few hundred bytes, so a peer cannot make a node
+/// hold megabytes by announcing a large non-offer frame.
+pub const MAX_SMALL_CONTROL: usize = 64 * 1024;
+/// Largest chunk request frame, in bytes (a path of [`MAX_PATH`] peer ids fits).
+pub const MAX_CHUNK_REQUEST: usize = 8 * 1024;
 /// Largest chunk, in bytes.
 pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 /// Smallest chunk, in bytes.

@@ -271,6 +271,23 @@ pub fn decode_control(bytes: &[u8]) -> Result<Control, WireError> {
     Ok(msg)
 }
 
+/// The first bytes of every encoded [`Control::Offer`]: a CBOR map of one entry whose key
+/// is the text `Offer`.
+pub const OFFER_PREFIX: &[u8] = &[0xa1, 0x65, b'O', b'f', b'f', b'e', b'r'];
+
+/// The largest control frame of `len` bytes whose first bytes are `prefix` that a reader
+/// should accept: offers may be up to [`MAX_CONTROL_MESSAGE`], everything else up to
+/// [`crate::limits::MAX_SMALL_CONTROL`]. A reader that has at least
+/// `OFFER_PREFIX.len()` bytes (or the whole frame, if shorter) can decide before
+/// buffering the rest.
+pub fn control_frame_limit(prefix: &[u8]) -> usize {
+    if prefix.starts_with(OFFER_PREFIX) {
+        MAX_CONTROL_MESSAGE
+    } else {
+        crate::limits::MAX_SMALL_CONTROL
+    }
+}
+
 /// Truncates a free-text reason to the wire limit (on a char boundary).
 pub fn clip_reason(mut s: String) -> String {
     if s.len() > MAX_REASON {

@@ -263,7 +263,15 @@ proptest! {
     fn every_control_message_round_trips(msg in control()) {
         let bytes = encode_control(&msg);
         prop_assert!(bytes.len() <= MAX_CONTROL_MESSAGE);
-        prop_assert_eq!(decode_control(&bytes), Ok(msg));
+        prop_assert_eq!(decode_control(&bytes), Ok(msg.clone()));
+        // a reader decides the frame limit from the first bytes: only offers may be large
+        let limit = baton_protocol::wire::control_frame_limit(&bytes[..bytes.len().min(8)]);
+        if matches!(msg, Control::Offer(_)) {
+            prop_assert_eq!(limit, MAX_CONTROL_MESSAGE);
+        } else {
+            prop_assert_eq!(limit, baton_protocol::limits::MAX_SMALL_CONTROL);
+            prop_assert!(bytes.len() <= limit);
+        }
     }
 
     #[test]
