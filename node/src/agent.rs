@@ -12,9 +12,9 @@ use anyhow::{Context, Result};
 use baton_protocol::receiver::Refusal;
 use baton_protocol::wire::{PROTOCOL_VERSION, RefuseReason, Verdict};
 use baton_protocol::{
-    CampaignId, ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, InstallOutcome, Manifest,
-    NodeAction, NodeCampaign, NodeConfig, NodeId, Note, Offer, Phase, RequestId, ServeAction, VerifyContext,
-    check_offer,
+    AdmissionContext, Admitted, CampaignId, ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind,
+    InstallOutcome, Manifest, NodeAction, NodeCampaign, NodeConfig, NodeId, Note, Offer, OpenedOffer, Phase,
+    RequestId, ServeAction, admit, open_offer,
 };
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
@@ -48,10 +48,21 @@ pub struct NodeOptions {
 
 /// File in the data directory holding NMS ids pinned by `--trust-first`.
 pub const PINNED_FILE: &str = "trusted-nms.txt";
+/// The identify agent version prefix of an NMS.
+pub const NMS_AGENT_PREFIX: &str = "baton-nms/";
+/// Offers from one peer being verified at once; more are answered `Busy`.
+pub const MAX_VERIFYING_PER_PEER: usize = 2;
+/// Offers being verified at once in total; more are answered `Busy`.
+pub const MAX_VERIFYING: usize = 8;
 
 enum Internal {
     Hashed(CampaignId, std::io::Result<[u8; 32]>),
     Installed(CampaignId, InstallOutcome),
+    /// An offer was opened (decoded, signature checked) off the event loop.
+    Opened {
+        ticket: u64,
+        result: Box<Result<OpenedOffer, Refusal>>,
+    },
 }
 
 struct Running {
@@ -77,6 +88,12 @@ struct Agent {
     next_req: u64,
     internal: mpsc::UnboundedSender<Internal>,
     known: HashSet<PeerId>,
+    /// Peers that advertise themselves as an NMS (mDNS role or identify agent).
+    advertised_nms: HashSet<NodeId>,
+    /// Offers being opened off the loop, by ticket: who sent it and where to answer.
+    verifying: HashMap<u64, (PeerId, ResponseChannel<Control>)>,
+    next_ticket: u64,
+    failures: net::FailureLog,
     finished_any: bool,
 }
 
@@ -89,11 +106,12 @@ fn unix_now() -> u64 {
 
 /// Runs the node until Ctrl-C / SIGTERM (or, with `--once`, until its campaign is done).
 pub async fn run(opts: NodeOptions) -> Result<()> {
+    let _lock = crate::identity::lock_data_dir(&opts.data_dir, "baton-node")?;
     let keypair = crate::identity::load_or_create(&opts.data_dir)?;
     let me = NodeId::of(&keypair);
     let store = Store::open(&opts.data_dir)?;
     let mut trusted = opts.trust.clone();
-    let pinned = read_pinned(&opts.data_dir);
+    let pinned = read_pinned(&opts.data_dir)?;
     for p in pinned {
         if !trusted.contains(&p) {
             trusted.push(p);
@@ -104,7 +122,12 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             "this node trusts no NMS yet and will refuse every campaign: pass `--trust <NMS peer id>` (printed by baton-nms at start) or `--trust-first`"
         );
     }
-    let mut swarm = net::build_swarm(keypair, opts.listen.clone())?;
+    let mut swarm = net::build_swarm(
+        keypair,
+        opts.listen.clone(),
+        &format!("baton-node/{}", env!("CARGO_PKG_VERSION")),
+        net::Limits::node(),
+    )?;
     let port = net::wait_for_port(&mut swarm).await?;
     info!(peer_id = %me, port, data = %opts.data_dir.display(), "baton-node started");
     println!("baton-node {me} listening on port {port}");
@@ -123,6 +146,10 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         next_req: 0,
         internal: itx,
         known: HashSet::new(),
+        advertised_nms: HashSet::new(),
+        verifying: HashMap::new(),
+        next_ticket: 0,
+        failures: net::FailureLog::default(),
         finished_any: false,
     };
     for p in &opts.peers {
@@ -171,12 +198,42 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
     Ok(())
 }
 
-fn read_pinned(dir: &std::path::Path) -> Vec<NodeId> {
-    std::fs::read_to_string(dir.join(PINNED_FILE))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
+/// The NMS ids pinned by trust on first use, from `dir/trusted-nms.txt` (one per line;
+/// blank lines and `#` comments ignored).
+pub fn read_pinned(dir: &std::path::Path) -> Result<Vec<NodeId>> {
+    let path = dir.join(PINNED_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            l.parse::<NodeId>().map_err(|e| {
+                anyhow::anyhow!(
+                    "{} holds `{l}`, which is not a peer id ({e}); fix the line or forget it with `baton-node trust forget`",
+                    path.display()
+                )
+            })
+        })
         .collect()
+}
+
+/// Writes the pinned NMS ids (atomically: a temporary file renamed into place).
+pub fn write_pinned(dir: &std::path::Path, pins: &[NodeId]) -> Result<()> {
+    let path = dir.join(PINNED_FILE);
+    let tmp = dir.join(format!(".{PINNED_FILE}.tmp"));
+    let mut text =
+        String::from("# NMS peer ids pinned by --trust-first; `baton-node trust forget <id>` removes one\n");
+    for p in pins {
+        text.push_str(&format!("{p}\n"));
+    }
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 impl Agent {
@@ -197,17 +254,22 @@ impl Agent {
         self.start + t
     }
 
-    fn pin(&mut self, nms: NodeId, how: &str) {
-        if !self.opts.trust_first || !self.trusted.is_empty() {
-            return;
-        }
+    /// Pins `nms` (trust on first use), after admission decided so.
+    fn pin(&mut self, nms: NodeId) {
         warn!(
-            "TRUST ON FIRST USE: pinning NMS {nms} ({how}); this node will install what it signs. Remove {} to undo.",
-            self.opts.data_dir.join(PINNED_FILE).display()
+            "TRUST ON FIRST USE: pinning NMS {nms}, which sent this node a valid offer signed by itself; from now on this node installs only what {nms} signs. To undo: `baton-node trust forget {nms}`"
         );
         self.trusted.push(nms);
-        if let Err(e) = std::fs::write(self.opts.data_dir.join(PINNED_FILE), format!("{nms}\n")) {
-            error!("could not save the pinned NMS: {e}");
+        if let Err(e) = write_pinned(&self.opts.data_dir, &self.trusted) {
+            error!("could not save the pinned NMS: {e:#}");
+        }
+    }
+
+    /// A peer claims to be an NMS (its mDNS advert or identify agent). This alone trusts
+    /// nothing: it only makes the peer a candidate for trust on first use.
+    fn heard_nms(&mut self, peer: PeerId, how: &str) {
+        if self.advertised_nms.insert(NodeId(peer)) {
+            info!("{peer} advertises itself as an NMS ({how})");
         }
     }
 
@@ -231,7 +293,7 @@ impl Agent {
                     info!(role = %advert.role, "discovered {peer}");
                 }
                 if advert.role == Role::Nms {
-                    self.pin(NodeId(peer), "first NMS heard on mDNS");
+                    self.heard_nms(peer, "mDNS");
                 }
             }
             DiscoveryEvent::Lost { peer_id } => info!("{peer_id} left"),
@@ -255,7 +317,8 @@ impl Agent {
                     Err(_) => continue,
                 }
             };
-            match self.accept(from, offer) {
+            // a campaign resumes only under a trust already held: no pinning here
+            match open_offer(offer, from, self.me).and_then(|o| self.admit_and_start(o, false)) {
                 Ok(c) => info!("resumed campaign {} from disk", hex::encode(c)),
                 Err(r) => {
                     info!("not resuming the campaign in {}: {}", dir.display(), r.detail);
@@ -265,21 +328,28 @@ impl Agent {
         }
     }
 
-    /// Checks an offer and starts (or confirms) the campaign.
-    fn accept(&mut self, from: NodeId, offer: Offer) -> Result<CampaignId, Refusal> {
-        let peek = offer.manifest.open_unchecked().map_err(Refusal::from)?;
-        if self.campaigns.contains_key(&peek.campaign) {
-            return Ok(peek.campaign);
-        }
-        self.pin(peek.nms, "first NMS that sent an offer");
-        let installed = self.store.installed(&peek.name);
-        let ctx = VerifyContext {
+    /// Admits an opened offer (trust, expiry, rollback, duplicates) and starts the campaign,
+    /// pinning its NMS if trust on first use says so and `may_pin`.
+    fn admit_and_start(&mut self, opened: OpenedOffer, may_pin: bool) -> Result<CampaignId, Refusal> {
+        let campaign = opened.manifest.campaign;
+        let ctx = AdmissionContext {
             trusted: &self.trusted,
+            trust_first: self.opts.trust_first && may_pin,
+            advertised_nms: &self.advertised_nms,
             unix_now: unix_now(),
-            installed,
-            me: Some(self.me),
+            installed: self.store.installed(&opened.manifest.name),
+            held: self.campaigns.contains_key(&campaign),
         };
-        let manifest = check_offer(&offer, &from, &ctx)?;
+        match admit(&opened, &ctx)? {
+            Admitted::AlreadyHeld => return Ok(campaign),
+            Admitted::Start { pin: Some(nms) } => self.pin(nms),
+            Admitted::Start { pin: None } => {}
+        }
+        let OpenedOffer {
+            offer,
+            manifest,
+            from,
+        } = opened;
         let have = self.store.prepare(&offer, &manifest).map_err(|e| Refusal {
             reason: RefuseReason::Busy,
             detail: format!("cannot store the package: {e:#}"),
@@ -293,7 +363,6 @@ impl Agent {
             size = manifest.size, part = offer.part.len(), "accepted campaign {} from {from}",
             hex::encode(manifest.campaign)
         );
-        let campaign = manifest.campaign;
         let file = self.store.data_file(&campaign);
         let data = std::fs::OpenOptions::new()
             .read(true)
@@ -329,6 +398,11 @@ impl Agent {
         match ev {
             SwarmEvent::Behaviour(BehaviourEvent::Control(e)) => self.on_control(e),
             SwarmEvent::Behaviour(BehaviourEvent::Chunk(e)) => self.on_chunk(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(libp2p::identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if info.agent_version.starts_with(NMS_AGENT_PREFIX) => self.heard_nms(peer_id, "identify"),
             SwarmEvent::NewListenAddr { address, .. } => info!("listening on {address}"),
             _ => {}
         }
@@ -338,11 +412,13 @@ impl Agent {
         let now = self.now();
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    let from = NodeId(peer);
-                    let answer = self.answer(from, request);
-                    let _ = self.swarm.behaviour_mut().control.send_response(channel, answer);
-                }
+                request_response::Message::Request { request, channel, .. } => match request {
+                    Control::Offer(offer) => self.on_offer(peer, *offer, channel),
+                    other => {
+                        let answer = self.answer(NodeId(peer), other);
+                        let _ = self.swarm.behaviour_mut().control.send_response(channel, answer);
+                    }
+                },
                 request_response::Message::Response { request_id, response } => {
                     if let Some((c, to, _)) = self.out_control.remove(&request_id)
                         && let Some(r) = self.campaigns.get_mut(&c)
@@ -351,6 +427,9 @@ impl Agent {
                     }
                 }
             },
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                self.failures.inbound(peer, "control", &error)
+            }
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => {
@@ -365,27 +444,80 @@ impl Agent {
         }
     }
 
+    /// An offer arrived: open it (decode, check the signature) off the event loop, at most
+    /// [`MAX_VERIFYING_PER_PEER`] per peer and [`MAX_VERIFYING`] in all; more are `Busy`.
+    fn on_offer(&mut self, peer: PeerId, offer: Offer, channel: ResponseChannel<Control>) {
+        let from_peer = self.verifying.values().filter(|(p, _)| *p == peer).count();
+        if from_peer >= MAX_VERIFYING_PER_PEER || self.verifying.len() >= MAX_VERIFYING {
+            let verdict = Verdict::Refuse {
+                reason: RefuseReason::Busy,
+                detail: "too many offers being checked; try again later".into(),
+            };
+            let reply = Control::OfferReply {
+                campaign: CampaignId::default(),
+                verdict,
+            };
+            if let Some(line) = self.failures.record(
+                Instant::now(),
+                peer,
+                "offer",
+                &"refused as busy: too many offers being checked",
+            ) {
+                warn!("{line}");
+            }
+            let _ = self.swarm.behaviour_mut().control.send_response(channel, reply);
+            return;
+        }
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        self.verifying.insert(ticket, (peer, channel));
+        let tx = self.internal.clone();
+        let me = self.me;
+        tokio::task::spawn_blocking(move || {
+            let result = Box::new(open_offer(offer, NodeId(peer), me));
+            let _ = tx.send(Internal::Opened { ticket, result });
+        });
+    }
+
+    /// An offer was opened off the loop: admit it and answer its sender.
+    fn on_opened(&mut self, ticket: u64, result: Result<OpenedOffer, Refusal>) {
+        let Some((peer, channel)) = self.verifying.remove(&ticket) else {
+            return;
+        };
+        let (campaign, signer) = match &result {
+            Ok(o) => (o.manifest.campaign, Some(o.manifest.nms)),
+            Err(_) => (CampaignId::default(), None),
+        };
+        let verdict = match result.and_then(|o| self.admit_and_start(o, true)) {
+            Ok(_) => Verdict::Accept,
+            Err(r) => {
+                self.log_refusal(peer, signer, &r);
+                r.verdict()
+            }
+        };
+        let reply = Control::OfferReply { campaign, verdict };
+        let _ = self.swarm.behaviour_mut().control.send_response(channel, reply);
+    }
+
+    fn log_refusal(&mut self, peer: PeerId, signer: Option<NodeId>, r: &Refusal) {
+        match (r.reason, signer) {
+            (RefuseReason::Untrusted, Some(nms)) => error!(
+                "refused an offer from {peer} carrying a manifest signed by {nms}: {}. Trust only an NMS that you run yourself: if {nms} is yours (baton-nms prints its id at start), restart this node with `--trust {nms}`; otherwise someone on the network is offering packages, and refusing them is right.",
+                r.detail
+            ),
+            _ => {
+                if let Some(line) =
+                    self.failures
+                        .record(Instant::now(), peer, "offer", &format!("refused: {}", r.detail))
+                {
+                    warn!("{line}");
+                }
+            }
+        }
+    }
+
     fn answer(&mut self, from: NodeId, request: Control) -> Control {
         match request {
-            Control::Offer(offer) => {
-                let campaign = offer
-                    .manifest
-                    .open_unchecked()
-                    .map(|m| m.campaign)
-                    .unwrap_or_default();
-                let verdict = match self.accept(from, *offer) {
-                    Ok(_) => Verdict::Accept,
-                    Err(r) => {
-                        if r.reason == RefuseReason::Untrusted {
-                            error!("refused an offer: {}", r.detail);
-                        } else {
-                            warn!("refused an offer from {from}: {}", r.detail);
-                        }
-                        r.verdict()
-                    }
-                };
-                Control::OfferReply { campaign, verdict }
-            }
             Control::Probe { nonce } => Control::ProbeReply { nonce },
             other => {
                 let now = self.now();
@@ -440,6 +572,9 @@ impl Agent {
                     r.machine.chunk_failed(now, from, index, &error.to_string());
                 }
             }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                self.failures.inbound(peer, "chunk", &error)
+            }
             _ => {}
         }
     }
@@ -455,6 +590,7 @@ impl Agent {
                     }
                 }
             }
+            Internal::Opened { ticket, result } => self.on_opened(ticket, *result),
             Internal::Installed(c, outcome) => {
                 if let Some(r) = self.campaigns.get_mut(&c) {
                     match &outcome {

@@ -8,16 +8,18 @@ use crate::discovery::Interfaces;
 use crate::store::InstallCmd;
 use anyhow::{Context, Result, bail};
 use baton_protocol::{NodeConfig, NodeId};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
 /// Receives, verifies, installs and relays packages distributed by a Baton NMS.
 #[derive(Parser, Debug)]
 #[command(name = "baton-node", version)]
 pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Data directory (identity key, package store). Default: /var/lib/baton-node as
     /// root, else ~/.local/share/baton-node.
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// TOML config file with the same settings (`trust`, `trust_first`, `peers`, `tags`,
     /// `install_cmd`, `install_timeout_secs`, `interfaces`, `data_dir`, `port`).
@@ -62,6 +64,27 @@ pub struct Cli {
     test_corrupt_served: bool,
 }
 
+/// What to do instead of running the node.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show or forget the NMS keys this node trusts.
+    Trust {
+        #[command(subcommand)]
+        action: TrustAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TrustAction {
+    /// List the NMS ids this node trusts: pinned by --trust-first, and from the config file.
+    List,
+    /// Forget an NMS pinned by --trust-first (the node then trusts it no more).
+    Forget {
+        /// The NMS peer id to forget.
+        nms: NodeId,
+    },
+}
+
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
@@ -91,16 +114,25 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
-pub fn options(cli: Cli) -> Result<NodeOptions> {
-    let file: FileConfig = match &cli.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("config {} is not valid", p.display()))?
-        }
-        None => FileConfig::default(),
-    };
-    let mut trust = cli.trust;
+/// The settings of a config file, parsed and checked: `trust` holds peer ids, `peers`
+/// multiaddrs. Settings the file leaves out are empty or `None`.
+#[derive(Debug, Default)]
+pub struct ConfigFile {
+    pub data_dir: Option<PathBuf>,
+    pub port: Option<u16>,
+    pub trust: Vec<NodeId>,
+    pub trust_first: bool,
+    pub peers: Vec<libp2p::Multiaddr>,
+    pub tags: Vec<String>,
+    pub install_cmd: Option<String>,
+    pub install_timeout_secs: Option<u64>,
+    pub interfaces: Vec<String>,
+}
+
+/// Parses the text of a config file (TOML) and checks its `trust` and `peers` entries.
+pub fn parse_config(text: &str) -> Result<ConfigFile> {
+    let file: FileConfig = toml::from_str(text)?;
+    let mut trust = Vec::with_capacity(file.trust.len());
     for t in &file.trust {
         trust.push(
             t.parse::<NodeId>()
@@ -108,13 +140,39 @@ pub fn options(cli: Cli) -> Result<NodeOptions> {
                 .context("in config `trust`")?,
         );
     }
-    let mut peers = cli.peers;
+    let mut peers = Vec::with_capacity(file.peers.len());
     for p in &file.peers {
         peers.push(
             p.parse()
                 .with_context(|| format!("config `peers`: `{p}` is not a multiaddr"))?,
         );
     }
+    Ok(ConfigFile {
+        data_dir: file.data_dir,
+        port: file.port,
+        trust,
+        trust_first: file.trust_first,
+        peers,
+        tags: file.tags,
+        install_cmd: file.install_cmd,
+        install_timeout_secs: file.install_timeout_secs,
+        interfaces: file.interfaces,
+    })
+}
+
+pub fn options(cli: Cli) -> Result<NodeOptions> {
+    let file = match &cli.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+            parse_config(&text).with_context(|| format!("config {} is not valid", p.display()))?
+        }
+        None => ConfigFile::default(),
+    };
+    let mut trust = cli.trust;
+    trust.extend(file.trust);
+    let mut peers = cli.peers;
+    peers.extend(file.peers);
     let mut tags = cli.tags;
     tags.extend(file.tags);
     let mut ifaces = cli.interfaces;
@@ -169,9 +227,75 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     init_tracing();
-    let opts = options(Cli::parse_from(args))?;
+    let mut cli = Cli::parse_from(args);
+    if let Some(Command::Trust { action }) = cli.command.take() {
+        return trust_command(&cli, action);
+    }
+    let opts = options(cli)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(run(opts))
+}
+
+/// `baton-node trust list|forget`: the owner's view of the trust pins.
+fn trust_command(cli: &Cli, action: TrustAction) -> Result<()> {
+    let file = match &cli.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+            parse_config(&text).with_context(|| format!("config {} is not valid", p.display()))?
+        }
+        None => ConfigFile::default(),
+    };
+    let dir = cli
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(default_data_dir);
+    let pinned = crate::agent::read_pinned(&dir)?;
+    match action {
+        TrustAction::List => {
+            let configured: Vec<&NodeId> = cli.trust.iter().chain(&file.trust).collect();
+            if pinned.is_empty() && configured.is_empty() {
+                println!("this node trusts no NMS (data directory {})", dir.display());
+            }
+            for p in &pinned {
+                println!(
+                    "{p}  pinned by --trust-first (in {})",
+                    dir.join(crate::agent::PINNED_FILE).display()
+                );
+            }
+            for c in configured {
+                println!("{c}  from --trust or the config file");
+            }
+        }
+        TrustAction::Forget { nms } => {
+            if !pinned.contains(&nms) {
+                let list = if pinned.is_empty() {
+                    "none".to_string()
+                } else {
+                    pinned
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                bail!(
+                    "{nms} is not pinned in {} (pinned: {list}); an NMS given with --trust or in the config file is removed there",
+                    dir.display()
+                );
+            }
+            let rest: Vec<NodeId> = pinned.into_iter().filter(|p| *p != nms).collect();
+            crate::agent::write_pinned(&dir, &rest)?;
+            println!("forgot {nms}: this node no longer trusts it");
+            if crate::identity::lock_data_dir(&dir, "baton-node").is_err() {
+                println!(
+                    "a baton-node is running on {}: restart it for this to take effect",
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }

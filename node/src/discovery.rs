@@ -2,8 +2,12 @@
 //!
 //! Every Baton process (role `node` or `nms`) advertises itself as a
 //! [`SERVICE_TYPE`] service instance (standard PTR, SRV, TXT and A/AAAA
-//! records, so `avahi-browse -r _baton._udp` lists it) and browses for the
-//! others. The TXT record carries:
+//! records, so `avahi-browse -r _baton._tcp` lists it) and browses for the
+//! others. The service type is `_tcp` because the SRV port is the libp2p TCP
+//! port (RFC 6763 section 7). Loopback interfaces are never used, so no
+//! loopback address is advertised, and a loopback address in someone else's
+//! advert is ignored (a peer must not make us dial our own machine). The TXT
+//! record carries:
 //!
 //! | key    | value                                                    |
 //! |--------|----------------------------------------------------------|
@@ -42,7 +46,7 @@ use mdns_sd::{DaemonEvent, IfKind, RecvTimeoutError, ServiceDaemon, ServiceEvent
 use tokio::sync::mpsc;
 
 /// DNS-SD service type every Baton process registers and browses.
-pub const SERVICE_TYPE: &str = "_baton._udp.local.";
+pub const SERVICE_TYPE: &str = "_baton._tcp.local.";
 
 /// TXT key of the libp2p peer id.
 pub const TXT_ID: &str = "id";
@@ -163,7 +167,7 @@ impl Advert {
         format!("{}.local.", self.instance_name())
     }
 
-    /// Full DNS-SD service instance name: `<instance>._baton._udp.local.`.
+    /// Full DNS-SD service instance name: `<instance>._baton._tcp.local.`.
     pub fn fullname(&self) -> String {
         format!("{}.{}", self.instance_name(), SERVICE_TYPE)
     }
@@ -332,6 +336,7 @@ fn usable_addrs(addrs: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
         .filter(|ip| {
             !ip.is_unspecified()
                 && !ip.is_multicast()
+                && !ip.is_loopback()
                 && match ip {
                     IpAddr::V4(_) => true,
                     IpAddr::V6(v6) => !v6.is_unicast_link_local(),
@@ -489,6 +494,8 @@ impl Discovery {
             daemon.disable_interface(IfKind::All)?;
             daemon.enable_interface(kinds)?;
         }
+        // mdns-sd enables loopback by default: never advertise 127.0.0.1 or ::1
+        daemon.disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])?;
         let monitor = daemon.monitor()?;
         daemon.register(info)?;
         let browse = daemon.browse(SERVICE_TYPE)?;
@@ -830,7 +837,7 @@ mod tests {
         let a = advert(PEER);
         assert_eq!(a.instance_name(), "baton-node-wYxQaTq3hVjR");
         assert_eq!(a.host_name(), "baton-node-wYxQaTq3hVjR.local.");
-        assert_eq!(a.fullname(), "baton-node-wYxQaTq3hVjR._baton._udp.local.");
+        assert_eq!(a.fullname(), "baton-node-wYxQaTq3hVjR._baton._tcp.local.");
         let short = Advert {
             peer_id: "Qm1".to_owned(),
             role: Role::Nms,
@@ -862,14 +869,14 @@ mod tests {
             v4(127, 0, 0, 1),
             v4(198, 18, 0, 2),
         ]);
-        assert_eq!(got, [v4(127, 0, 0, 1), v4(198, 18, 0, 2), global]);
+        assert_eq!(got, [v4(198, 18, 0, 2), global]);
     }
 
     #[test]
     fn tracker_found_update_lost() {
         let mut t = Tracker::new(PEER);
         let other = advert(OTHER);
-        let name = "baton-node-X._baton._udp.local.";
+        let name = "baton-node-X._baton._tcp.local.";
         let m = map(&other);
 
         let ev = t.resolved(name, &m, [v4(198, 18, 0, 2)]);
@@ -910,11 +917,11 @@ mod tests {
     fn tracker_filters_self_invalid_and_unaddressed() {
         let mut t = Tracker::new(PEER);
         assert!(
-            t.resolved("me", &map(&advert(PEER)), [v4(127, 0, 0, 1)])
+            t.resolved("me", &map(&advert(PEER)), [v4(198, 18, 0, 9)])
                 .is_empty()
         );
         let bad = with(&advert(OTHER), "role", "relay");
-        assert!(t.resolved("bad", &bad, [v4(127, 0, 0, 1)]).is_empty());
+        assert!(t.resolved("bad", &bad, [v4(198, 18, 0, 9)]).is_empty());
         let ll: IpAddr = "fe80::2".parse().unwrap();
         assert!(t.resolved("ll", &map(&advert(OTHER)), [ll]).is_empty());
         assert!(t.known.is_empty());
@@ -925,7 +932,7 @@ mod tests {
         let mut t = Tracker::new(PEER);
         let mut other = advert(OTHER);
         other.version = 99;
-        let ev = t.resolved("x", &map(&other), [v4(127, 0, 0, 1)]);
+        let ev = t.resolved("x", &map(&other), [v4(198, 18, 0, 9)]);
         assert!(matches!(&ev[..], [DiscoveryEvent::Found { advert, .. }] if advert.version == 99));
     }
 
@@ -933,8 +940,8 @@ mod tests {
     fn tracker_instance_turning_invalid_is_lost() {
         let mut t = Tracker::new(PEER);
         let other = advert(OTHER);
-        assert_eq!(t.resolved("x", &map(&other), [v4(127, 0, 0, 1)]).len(), 1);
-        let ev = t.resolved("x", &with(&other, "port", "0"), [v4(127, 0, 0, 1)]);
+        assert_eq!(t.resolved("x", &map(&other), [v4(198, 18, 0, 9)]).len(), 1);
+        let ev = t.resolved("x", &with(&other, "port", "0"), [v4(198, 18, 0, 9)]);
         assert_eq!(
             ev,
             [DiscoveryEvent::Lost {
@@ -947,13 +954,13 @@ mod tests {
     fn tracker_peer_under_two_names_and_id_change() {
         let mut t = Tracker::new(PEER);
         let other = advert(OTHER);
-        assert_eq!(t.resolved("a", &map(&other), [v4(127, 0, 0, 1)]).len(), 1);
-        assert_eq!(t.resolved("b", &map(&other), [v4(127, 0, 0, 2)]).len(), 1);
+        assert_eq!(t.resolved("a", &map(&other), [v4(198, 18, 0, 9)]).len(), 1);
+        assert_eq!(t.resolved("b", &map(&other), [v4(198, 18, 0, 10)]).len(), 1);
         // Still reachable as "b": no Lost.
         assert!(t.removed("a").is_empty());
         // "b" now carries a different peer id: old one lost, new one found.
         let third = advert("QmThird");
-        let ev = t.resolved("b", &map(&third), [v4(127, 0, 0, 2)]);
+        let ev = t.resolved("b", &map(&third), [v4(198, 18, 0, 10)]);
         assert_eq!(ev.len(), 2);
         assert_eq!(
             ev[0],
@@ -969,9 +976,9 @@ mod tests {
         let mut t = Tracker::new(PEER);
         let m = map(&advert(OTHER));
         for i in 0..MAX_TRACKED_INSTANCES {
-            assert_eq!(t.resolved(&format!("i{i}"), &m, [v4(127, 0, 0, 1)]).len(), 1);
+            assert_eq!(t.resolved(&format!("i{i}"), &m, [v4(198, 18, 0, 9)]).len(), 1);
         }
-        assert!(t.resolved("one-more", &m, [v4(127, 0, 0, 1)]).is_empty());
+        assert!(t.resolved("one-more", &m, [v4(198, 18, 0, 9)]).is_empty());
         assert_eq!(t.known.len(), MAX_TRACKED_INSTANCES);
     }
 

@@ -53,9 +53,66 @@ pub fn load_or_create(dir: &Path) -> Result<Keypair> {
     }
 }
 
+/// File name of the lock held by the process that owns a data directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// The exclusive hold of a data directory; released when dropped (or the process ends).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: fs::File,
+}
+
+/// Takes the data directory for this process, so that two daemons never share one
+/// identity and store. The lock file holds the owner's PID, to name it when refused.
+pub fn lock_data_dir(dir: &Path, program: &str) -> Result<DataDirLock> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let owner = fs::read_to_string(&path).unwrap_or_default();
+            let owner = owner.trim();
+            let who = if owner.is_empty() {
+                "another process".to_string()
+            } else {
+                format!("process {owner}")
+            };
+            bail!(
+                "the data directory {} is in use by {who}: two {program}s cannot share one data directory (one identity); stop that process, or give this one another --data-dir",
+                dir.display()
+            );
+        }
+        Err(fs::TryLockError::Error(e)) => bail!("cannot lock {}: {e}", path.display()),
+    }
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(DataDirLock { _file: file })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_directory_has_one_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_data_dir(dir.path(), "baton-node").unwrap();
+        let e = lock_data_dir(dir.path(), "baton-node").unwrap_err().to_string();
+        assert!(
+            e.contains("in use by process") && e.contains(&std::process::id().to_string()),
+            "{e}"
+        );
+        drop(held);
+        lock_data_dir(dir.path(), "baton-node").unwrap();
+    }
 
     #[test]
     fn identity_persists_with_mode_0600() {

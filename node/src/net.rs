@@ -1,35 +1,224 @@
 //! The libp2p transport shared by `baton-node` and `baton-nms`: TCP + Noise + Yamux with
 //! two request-response protocols, control (CBOR) and chunk (raw frames), both framed
-//! with a u32 big-endian length prefix and bounded by the protocol's limits.
+//! with a u32 big-endian length prefix and bounded by the protocol's limits; plus
+//! `identify` and `ping` so that standard libp2p tools can talk to a Baton process, and
+//! connection limits.
+//!
+//! Everything a peer sends is bounded before it is buffered (see `docs/security.md`):
+//! - a frame's buffer grows as its bytes arrive, never from the announced length alone;
+//! - only an offer may be larger than [`MAX_SMALL_CONTROL`]; the first bytes of a frame
+//!   tell (see [`control_frame_limit`]);
+//! - all inbound control frames being read at once share one byte budget
+//!   ([`Limits::inbound_control_bytes`]); a frame that does not fit is refused at once;
+//! - an inbound request must arrive within [`FRAME_HEADER_TIME`] plus a minimum rate;
+//! - streams per connection, connections per peer and in total are capped.
 
+use std::collections::HashMap;
 use std::io;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use baton_protocol::limits::{MAX_CHUNK_FRAME, MAX_CONTROL_MESSAGE};
-use baton_protocol::wire::{CHUNK_PROTOCOL, CONTROL_PROTOCOL, decode_control, encode_control};
+use baton_protocol::limits::{MAX_CHUNK_FRAME, MAX_CHUNK_REQUEST, MAX_CONTROL_MESSAGE, MAX_SMALL_CONTROL};
+use baton_protocol::wire::{
+    CHUNK_PROTOCOL, CONTROL_PROTOCOL, OFFER_PREFIX, control_frame_limit, decode_control, encode_control,
+};
 use baton_protocol::{ChunkRequest, ChunkResponse, Control, Keypair};
 use futures::prelude::*;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{Multiaddr, StreamProtocol, Swarm, noise, request_response, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, identify, noise, ping, request_response,
+    tcp, yamux,
+};
 
 /// How long a request may wait for its response. Chunk requests are held by a parent
 /// that does not have the chunk yet (up to 15 s), then the chunk crosses a possibly slow
 /// link: keep this generous.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long an inbound request may take to arrive, beyond its size at [`FRAME_MIN_RATE`].
+pub const FRAME_HEADER_TIME: Duration = Duration::from_secs(10);
+/// The slowest rate, in bytes per second, at which an inbound request may arrive.
+pub const FRAME_MIN_RATE: u64 = 512 * 1024;
+/// Bytes read at a time into a growing frame buffer.
+const READ_STEP: usize = 64 * 1024;
+/// The libp2p identify protocol version of Baton processes.
+pub const IDENTIFY_PROTOCOL: &str = "/baton/1";
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<Vec<u8>> {
+/// Caps on what peers can make this process hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Established connections with one peer.
+    pub per_peer: u32,
+    /// Established inbound connections in total.
+    pub incoming: u32,
+    /// Inbound connections still in their handshake.
+    pub pending_incoming: u32,
+    /// Concurrent control streams per connection (both directions).
+    pub control_streams: usize,
+    /// Concurrent chunk streams per connection (both directions).
+    pub chunk_streams: usize,
+    /// Bytes of inbound control frames being read at once, over all peers.
+    pub inbound_control_bytes: usize,
+}
+
+impl Limits {
+    /// A node talks to its parent, its children, the NMS and a few ancestors.
+    pub fn node() -> Self {
+        Limits {
+            per_peer: 3,
+            incoming: 128,
+            pending_incoming: 32,
+            control_streams: 32,
+            chunk_streams: 64,
+            inbound_control_bytes: MAX_CONTROL_MESSAGE + 4 * MAX_SMALL_CONTROL,
+        }
+    }
+
+    /// The NMS hears from every node of the fleet (authentication, progress, reports).
+    pub fn nms() -> Self {
+        Limits {
+            incoming: 1024,
+            pending_incoming: 128,
+            inbound_control_bytes: 16 * 1024 * 1024,
+            ..Limits::node()
+        }
+    }
+}
+
+/// A byte budget shared by the frames being read; a reservation is given back on drop.
+#[derive(Debug, Default)]
+pub struct FrameBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+/// Bytes reserved from a [`FrameBudget`].
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<FrameBudget>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl FrameBudget {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(FrameBudget {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Reserves `bytes`, or `None` if the budget cannot hold them now.
+    pub fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + bytes <= self.limit).then_some(u + bytes)
+            })
+            .ok()
+            .map(|_| Reservation {
+                budget: self.clone(),
+                bytes,
+            })
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+async fn read_len<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usize> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is over the limit of {limit}"),
-        ));
+    Ok(u32::from_be_bytes(len) as usize)
+}
+
+/// Reads the rest of a frame of `len` bytes into `buf` (which may hold its first bytes),
+/// growing the buffer as the bytes arrive.
+async fn read_body<T: AsyncRead + Unpin + Send>(io: &mut T, buf: &mut Vec<u8>, len: usize) -> io::Result<()> {
+    while buf.len() < len {
+        let at = buf.len();
+        let step = (len - at).min(READ_STEP);
+        buf.resize(at + step, 0);
+        io.read_exact(&mut buf[at..]).await?;
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    Ok(())
+}
+
+/// Reads a frame of at most `limit` bytes, growing the buffer as bytes arrive.
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<Vec<u8>> {
+    let len = read_len(io).await?;
+    if len > limit {
+        return Err(invalid(format!(
+            "frame of {len} bytes is over the limit of {limit}"
+        )));
+    }
+    let mut buf = Vec::new();
+    read_body(io, &mut buf, len).await?;
     Ok(buf)
+}
+
+/// The time an inbound request of `len` bytes may take to arrive.
+pub fn frame_time(len: usize) -> Duration {
+    FRAME_HEADER_TIME + Duration::from_millis(len as u64 * 1000 / FRAME_MIN_RATE)
+}
+
+/// Runs `read` under the inbound time limit for a frame of up to `len` bytes.
+async fn in_time<F: Future<Output = io::Result<R>>, R>(len: usize, read: F) -> io::Result<R> {
+    match tokio::time::timeout(frame_time(len), read).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "a frame of {len} bytes did not arrive within {:?}",
+                frame_time(len)
+            ),
+        )),
+    }
+}
+
+/// Reads an inbound control frame: small unless it is an offer, within the shared budget.
+async fn read_control_request<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    budget: &Arc<FrameBudget>,
+) -> io::Result<Control> {
+    let len = in_time(0, read_len(io)).await?;
+    if len > MAX_CONTROL_MESSAGE {
+        return Err(invalid(format!(
+            "control frame of {len} bytes is over the limit of {MAX_CONTROL_MESSAGE}"
+        )));
+    }
+    let mut buf = Vec::new();
+    if len > MAX_SMALL_CONTROL {
+        buf.resize(OFFER_PREFIX.len(), 0);
+        in_time(0, io.read_exact(&mut buf)).await?;
+        let limit = control_frame_limit(&buf);
+        if len > limit {
+            return Err(invalid(format!(
+                "control frame of {len} bytes that is not an offer (limit {limit})"
+            )));
+        }
+    }
+    let Some(_reserved) = budget.try_reserve(len) else {
+        return Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "busy: {} bytes of control frames are being read; refused one of {len} bytes",
+                budget.used()
+            ),
+        ));
+    };
+    in_time(len, read_body(io, &mut buf, len)).await?;
+    decode_control(&buf).map_err(invalid)
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
@@ -38,13 +227,17 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> 
     io.close().await
 }
 
-fn invalid(e: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+/// Control messages: one CBOR [`Control`] per request and per response.
+#[derive(Debug, Clone)]
+pub struct ControlCodec {
+    budget: Arc<FrameBudget>,
 }
 
-/// Control messages: one CBOR [`Control`] per request and per response.
-#[derive(Debug, Clone, Default)]
-pub struct ControlCodec;
+impl ControlCodec {
+    pub fn new(budget: Arc<FrameBudget>) -> Self {
+        ControlCodec { budget }
+    }
+}
 
 impl request_response::Codec for ControlCodec {
     type Protocol = StreamProtocol;
@@ -56,14 +249,15 @@ impl request_response::Codec for ControlCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Control> {
-        decode_control(&read_frame(io, MAX_CONTROL_MESSAGE).await?).map_err(invalid)
+        read_control_request(io, &self.budget).await
     }
     async fn read_response<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Control> {
-        decode_control(&read_frame(io, MAX_CONTROL_MESSAGE).await?).map_err(invalid)
+        // every answer (OfferReply, ReceiptAck, AuthReply, Ack, ProbeReply, Error) is small
+        decode_control(&read_frame(io, MAX_SMALL_CONTROL).await?).map_err(invalid)
     }
     async fn write_request<T: AsyncWrite + Unpin + Send>(
         &mut self,
@@ -97,13 +291,16 @@ impl request_response::Codec for ChunkCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<ChunkRequest> {
-        ChunkRequest::decode(&read_frame(io, 8 * 1024).await?).map_err(invalid)
+        let frame = in_time(MAX_CHUNK_REQUEST, read_frame(io, MAX_CHUNK_REQUEST)).await?;
+        ChunkRequest::decode(&frame).map_err(invalid)
     }
     async fn read_response<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<ChunkResponse> {
+        // a response to this process's own request, from a source it chose; the request
+        // timeout bounds it (a parent may hold the request until it has the chunk)
         ChunkResponse::decode(&read_frame(io, MAX_CHUNK_FRAME).await?).map_err(invalid)
     }
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -133,8 +330,11 @@ impl request_response::Codec for ChunkCodec {
 /// The libp2p behaviour of every Baton process.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    pub limits: connection_limits::Behaviour,
     pub control: request_response::Behaviour<ControlCodec>,
     pub chunk: request_response::Behaviour<ChunkCodec>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -143,35 +343,84 @@ impl std::fmt::Debug for Behaviour {
     }
 }
 
+/// Fails if a TCP port other than 0 is already taken. libp2p listens with SO_REUSEPORT,
+/// so a second daemon on a taken port would otherwise start and share its connections.
+pub fn check_port_free(listen: &Multiaddr) -> anyhow::Result<()> {
+    let mut ip = None;
+    let mut port = None;
+    for p in listen.iter() {
+        match p {
+            libp2p::multiaddr::Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            libp2p::multiaddr::Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            libp2p::multiaddr::Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    if let (Some(ip), Some(port)) = (ip, port)
+        && port != 0
+        && let Err(e) = std::net::TcpListener::bind((ip, port))
+    {
+        anyhow::bail!(
+            "cannot listen on TCP port {port}: {e}; another program (perhaps another baton-node or baton-nms) holds it: stop it or choose another --port"
+        );
+    }
+    Ok(())
+}
+
 /// Builds the swarm and starts listening on `listen` (e.g. `/ip4/0.0.0.0/tcp/0`).
-pub fn build_swarm(keypair: Keypair, listen: Multiaddr) -> anyhow::Result<Swarm<Behaviour>> {
-    let cfg = || {
+/// `agent` is the identify agent version, e.g. `baton-node/0.1.0`.
+pub fn build_swarm(
+    keypair: Keypair,
+    listen: Multiaddr,
+    agent: &str,
+    limits: Limits,
+) -> anyhow::Result<Swarm<Behaviour>> {
+    check_port_free(&listen)?;
+    let cfg = |streams| {
         request_response::Config::default()
             .with_request_timeout(REQUEST_TIMEOUT)
-            .with_max_concurrent_streams(1024)
+            .with_max_concurrent_streams(streams)
     };
+    let budget = FrameBudget::new(limits.inbound_control_bytes);
+    let conn_limits = connection_limits::ConnectionLimits::default()
+        .with_max_established_per_peer(Some(limits.per_peer))
+        .with_max_established_incoming(Some(limits.incoming))
+        .with_max_pending_incoming(Some(limits.pending_incoming));
+    let agent = agent.to_string();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux::Config::default,
+            move || {
+                let mut y = yamux::Config::default();
+                y.set_max_num_streams(limits.control_streams + limits.chunk_streams + 16);
+                y
+            },
         )?
-        .with_behaviour(|_| Behaviour {
-            control: request_response::Behaviour::new(
+        .with_behaviour(|key| Behaviour {
+            limits: connection_limits::Behaviour::new(conn_limits),
+            control: request_response::Behaviour::with_codec(
+                ControlCodec::new(budget),
                 [(
                     StreamProtocol::new(CONTROL_PROTOCOL),
                     request_response::ProtocolSupport::Full,
                 )],
-                cfg(),
+                cfg(limits.control_streams),
             ),
             chunk: request_response::Behaviour::new(
                 [(
                     StreamProtocol::new(CHUNK_PROTOCOL),
                     request_response::ProtocolSupport::Full,
                 )],
-                cfg(),
+                cfg(limits.chunk_streams),
             ),
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                    .with_agent_version(agent)
+                    .with_push_listen_addr_updates(false),
+            ),
+            ping: ping::Behaviour::default(),
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build();
@@ -200,16 +449,227 @@ pub async fn wait_for_port(swarm: &mut Swarm<Behaviour>) -> anyhow::Result<u16> 
     tokio::pin!(deadline);
     loop {
         tokio::select! {
-            ev = swarm.select_next_some() => {
-                if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } = ev {
+            ev = swarm.select_next_some() => match ev {
+                libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } => {
                     for p in address.iter() {
                         if let libp2p::multiaddr::Protocol::Tcp(port) = p {
                             return Ok(port);
                         }
                     }
                 }
-            }
+                libp2p::swarm::SwarmEvent::ListenerError { error, .. } => {
+                    anyhow::bail!("cannot listen: {error}; check the port setting")
+                }
+                libp2p::swarm::SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
+                    anyhow::bail!("cannot listen: {error}; check the port setting")
+                }
+                _ => {}
+            },
             _ = &mut deadline => anyhow::bail!("the listener did not come up within 10 s; check the port setting"),
         }
+    }
+}
+
+/// How often at most a peer's failed inbound requests are logged.
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Peers remembered by [`FailureLog`]; beyond this the oldest entries are forgotten.
+const FAILURE_LOG_PEERS: usize = 1024;
+
+/// Logs failed inbound requests at warn with the peer id, at most once per
+/// [`FAILURE_LOG_INTERVAL`] per peer (with the count of those not logged in between).
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    peers: HashMap<PeerId, (Instant, u64)>,
+}
+
+impl FailureLog {
+    /// Records a failure; returns the line to log, if one is due.
+    pub fn record(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        what: &str,
+        error: &dyn std::fmt::Display,
+    ) -> Option<String> {
+        if self.peers.len() >= FAILURE_LOG_PEERS && !self.peers.contains_key(&peer) {
+            let cutoff = now.checked_sub(FAILURE_LOG_INTERVAL).unwrap_or(now);
+            self.peers.retain(|_, (at, _)| *at > cutoff);
+            if self.peers.len() >= FAILURE_LOG_PEERS {
+                self.peers.clear();
+            }
+        }
+        match self.peers.get_mut(&peer) {
+            Some((at, skipped)) if now.duration_since(*at) < FAILURE_LOG_INTERVAL => {
+                *skipped += 1;
+                None
+            }
+            entry => {
+                let skipped = entry.map(|(_, s)| *s).unwrap_or(0);
+                self.peers.insert(peer, (now, 0));
+                let more = if skipped > 0 {
+                    format!(" ({skipped} more from this peer not logged)")
+                } else {
+                    String::new()
+                };
+                Some(format!(
+                    "failed inbound {what} request from {peer}: {error}{more}"
+                ))
+            }
+        }
+    }
+
+    /// Logs an inbound failure of a request-response protocol, rate-limited.
+    pub fn inbound(&mut self, peer: PeerId, what: &str, error: &request_response::InboundFailure) {
+        // a dropped response channel is this process's own choice, not the peer's doing
+        if matches!(error, request_response::InboundFailure::ResponseOmission) {
+            return;
+        }
+        if let Some(line) = self.record(Instant::now(), peer, what, error) {
+            tracing::warn!("{line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::io::Cursor;
+
+    fn framed(body: &[u8], announced: usize) -> Vec<u8> {
+        let mut v = (announced as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_that_is_not_an_offer_is_refused_before_buffering() {
+        let budget = FrameBudget::new(MAX_CONTROL_MESSAGE);
+        // announces 24 MiB but starts like an error message: refused after 7 bytes
+        let msg = Control::Error {
+            reason: "x".repeat(100),
+        };
+        let mut io = Cursor::new(framed(&encode_control(&msg), MAX_CONTROL_MESSAGE));
+        let e = read_control_request(&mut io, &budget).await.unwrap_err();
+        assert!(e.to_string().contains("not an offer"), "{e}");
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_budget_refuses_what_it_cannot_hold_and_is_given_back() {
+        let budget = FrameBudget::new(100_000);
+        let held = budget.try_reserve(90_000).unwrap();
+        let mut big = OFFER_PREFIX.to_vec();
+        big.resize(70_000, 0);
+        let mut io = Cursor::new(framed(&big, big.len()));
+        let e = read_control_request(&mut io, &budget).await.unwrap_err();
+        assert!(e.to_string().contains("busy"), "{e}");
+        drop(held);
+        assert_eq!(budget.used(), 0);
+        // a good small message goes through, and gives its reservation back
+        let mut io = Cursor::new(framed(
+            &encode_control(&Control::Ack),
+            encode_control(&Control::Ack).len(),
+        ));
+        assert_eq!(
+            read_control_request(&mut io, &budget).await.unwrap(),
+            Control::Ack
+        );
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_frame_holds_only_what_arrived() {
+        // announces an offer of 24 MiB, sends 100 KiB and ends: the buffer never got to
+        // 24 MiB (the read fails at the end of the stream after growing step by step)
+        let budget = FrameBudget::new(MAX_CONTROL_MESSAGE);
+        let mut body = OFFER_PREFIX.to_vec();
+        body.resize(100 * 1024, 0);
+        let mut io = Cursor::new(framed(&body, MAX_CONTROL_MESSAGE));
+        assert!(read_control_request(&mut io, &budget).await.is_err());
+        assert_eq!(budget.used(), 0);
+    }
+
+    /// A stream that sends `bytes` and then stalls forever.
+    struct Stall(Vec<u8>);
+
+    impl AsyncRead for Stall {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            if self.0.is_empty() {
+                return std::task::Poll::Pending;
+            }
+            let n = buf.len().min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0.drain(..n);
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_frames_time_out() {
+        let budget = FrameBudget::new(MAX_CONTROL_MESSAGE);
+        // a length, then nothing
+        let e = read_control_request(&mut Stall(1000u32.to_be_bytes().to_vec()), &budget)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        // an open stream that never sends its length
+        let e = read_control_request(&mut Stall(Vec::new()), &budget)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        // an offer trickled in part: the reservation is given back at the time-out
+        let mut part = (1_000_000u32).to_be_bytes().to_vec();
+        part.extend_from_slice(OFFER_PREFIX);
+        part.resize(200_000, 0);
+        let e = read_control_request(&mut Stall(part), &budget).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn failures_are_logged_once_per_interval_per_peer() {
+        let mut log = FailureLog::default();
+        let a = PeerId::random();
+        let b = PeerId::random();
+        let t0 = Instant::now();
+        let line = log.record(t0, a, "control", &"garbage").unwrap();
+        assert!(
+            line.contains(&a.to_string()) && line.contains("garbage"),
+            "{line}"
+        );
+        assert!(
+            log.record(t0 + Duration::from_secs(1), a, "control", &"garbage")
+                .is_none()
+        );
+        assert!(
+            log.record(t0 + Duration::from_secs(2), a, "control", &"garbage")
+                .is_none()
+        );
+        assert!(
+            log.record(t0 + Duration::from_secs(2), b, "chunk", &"oversize")
+                .is_some()
+        );
+        let later = log
+            .record(t0 + FAILURE_LOG_INTERVAL, a, "control", &"garbage")
+            .unwrap();
+        assert!(later.contains("2 more"), "{later}");
+    }
+
+    #[test]
+    fn a_taken_port_is_refused() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        let e = check_port_free(&addr).unwrap_err().to_string();
+        assert!(
+            e.contains(&port.to_string()) && e.contains("another program"),
+            "{e}"
+        );
+        drop(held);
+        check_port_free(&addr).unwrap();
     }
 }

@@ -150,7 +150,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             println!("  {} ({})", h.netns, h.addr);
         }
         println!(
-            "e.g. `ip netns exec {} avahi-browse -rt _baton._udp` lists the nodes; data and logs are in {}",
+            "e.g. `ip netns exec {} avahi-browse -rt _baton._tcp` lists the nodes; data and logs are in {}",
             c.net.host(0).netns,
             c.dir.display()
         );
