@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::campaign::{CampaignSettings, Prepared, prepare};
+use crate::campaign::{CampaignSettings, Prepared, intake};
 use crate::ui::Ui;
 use crate::watch::{DropEvent, DropWatcher};
 
@@ -347,8 +347,11 @@ impl Nms {
         );
         tokio::task::spawn_blocking(move || {
             let t = Instant::now();
-            let r = prepare(&data, &path, &kp, nodes, &settings);
-            info!("copied, hashed and signed in {} ms", t.elapsed().as_millis());
+            // opens the dropped file once, without following links, and reads only from that
+            let r = intake(&data, &path, &kp, nodes, &settings);
+            if r.is_ok() {
+                info!("copied, hashed and signed in {} ms", t.elapsed().as_millis());
+            }
             let _ = tx.send(Internal::Prepared(path, dropped_at, Box::new(r)));
         });
     }
@@ -359,7 +362,15 @@ impl Nms {
                 self.preparing = false;
                 match *r {
                     Ok(p) => self.start_campaign(p, dropped_at),
-                    Err(e) => error!("{}: {e:#}; no campaign started", path.display()),
+                    Err(e) => {
+                        error!("{}: {e:#}; no campaign started", path.display());
+                        if self.opts.json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"event": "drop-error", "path": path, "message": format!("{e:#}")})
+                            );
+                        }
+                    }
                 }
                 self.start_pending();
             }

@@ -18,26 +18,39 @@
 //! unchanged over the settle period; a `Modify(Data)` sends it back to
 //! "being written" until the next `Close(Write)`. The same file (name, size,
 //! mtime) is reported once, even if removed and moved back; a file replaced
-//! with a new size or mtime is reported again. A file deleted before it
-//! settles is dropped silently.
+//! with a new size or mtime is reported again, and so is a file that replaces
+//! an entry reported as an error. A file deleted before it settles is dropped
+//! silently.
 //!
 //! Ignored: names matching [`is_ignored_name`] and directories. Everything
-//! else that is not a regular file (FIFO, socket, device), cannot be opened
-//! for reading, or is a symlink whose target lies outside the watched folder
-//! yields a [`DropEvent::Error`]. The file type is checked with
-//! `symlink_metadata`/`metadata` before any open, so a FIFO is never opened.
-//! A symlink to a regular file *inside* the folder (subfolders included) is
-//! followed and reported under the link's name; note that its target, if it
-//! sits directly in the folder, is reported under its own name as well.
+//! else that is not a regular file with a single link yields a
+//! [`DropEvent::Error`] (see [`refusal`]): a symbolic link, wherever it points
+//! (Baton never follows links in the drop folder), a FIFO, socket or device,
+//! a file with several hard links (a hard link can name a file outside the
+//! folder), and a file that cannot be opened for reading. The type is checked
+//! with `symlink_metadata` before any open, and the readability check opens
+//! with [`open_entry`] (`O_NOFOLLOW | O_NONBLOCK`), so an entry swapped for a
+//! link or a FIFO in between is neither followed nor waited on.
+//!
+//! A [`DropEvent::Ready`] names a path, and the entry can be replaced after it
+//! was reported: whoever reads it must open it once with [`open_entry`], check
+//! the descriptor with [`refusal`] and read only from that descriptor (as
+//! [`crate::campaign::Dropped::open`] does).
+//!
+//! [`check_folders`] refuses a watched folder that is, or lies inside or
+//! around, the NMS's data directory: its private key and state files must
+//! never be distributed.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -90,6 +103,125 @@ pub fn is_ignored_name(name: &str) -> bool {
     TEMP_SUFFIXES.iter().any(|suffix| lower.ends_with(suffix))
 }
 
+/// Opens an entry of the drop folder for reading without following a symbolic
+/// link (an open of a link fails with `ELOOP`) and without blocking on a FIFO
+/// (`O_NONBLOCK`, which reads of a regular file ignore). Check what was opened
+/// with [`refusal`] on the descriptor's metadata before reading.
+pub fn open_entry(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// The refusal of a symbolic link in the drop folder.
+pub fn symlink_refusal(path: &Path) -> String {
+    format!(
+        "{} is a symbolic link; Baton never follows links in the drop folder: move or copy the file \
+         itself in",
+        path.display()
+    )
+}
+
+/// Why an entry of the drop folder is never distributed, from its metadata
+/// (`symlink_metadata`, or better an open descriptor's): `None` for a regular
+/// file with a single link, else what is wrong and what to do.
+pub fn refusal(path: &Path, meta: &fs::Metadata) -> Option<String> {
+    let shown = path.display();
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        return Some(symlink_refusal(path));
+    }
+    if kind.is_dir() {
+        return Some(format!(
+            "{shown} is a folder; subfolders of the drop folder are not read: drop the package file itself"
+        ));
+    }
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_block_device() || kind.is_char_device() {
+            "a device file"
+        } else {
+            "not a regular file"
+        };
+        return Some(format!(
+            "{shown} is {what}, not a regular file; it is not read: remove it and drop \
+             a regular package file instead"
+        ));
+    }
+    if meta.nlink() > 1 {
+        return Some(format!(
+            "{shown} has {} hard links; Baton refuses hard-linked files in the drop folder (a hard \
+             link can name a file outside it): remove this link and copy the file in instead (cp, not ln)",
+            meta.nlink()
+        ));
+    }
+    None
+}
+
+/// What to tell the operator when [`open_entry`] fails.
+pub fn open_refusal(path: &Path, e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => symlink_refusal(path),
+        Some(libc::ENOENT) => format!("{} was removed before it could be read", path.display()),
+        _ => format!(
+            "{} cannot be opened for reading ({e}): give the server read access (e.g. chmod a+r) \
+             and it will be picked up",
+            path.display()
+        ),
+    }
+}
+
+/// Refuses a watched folder that is the data directory, lies inside it, or
+/// contains it: the NMS would distribute its own private key and then its own
+/// state files. Creates `data_dir` first if it does not exist (it is created
+/// at start-up anyway), so that both can be resolved. Compares device and
+/// inode numbers along both paths' ancestors, so that symbolic links and bind
+/// mounts cannot hide the overlap.
+pub fn check_folders(watch: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let resolve = |p: &Path, what: &str| {
+        fs::canonicalize(p).with_context(|| format!("cannot resolve the {what} {}", p.display()))
+    };
+    let watch = resolve(watch, "watched folder (--watch)")?;
+    let data = resolve(data_dir, "data directory (--data-dir)")?;
+    let id = |p: &Path| {
+        fs::metadata(p)
+            .map(|m| (m.dev(), m.ino()))
+            .with_context(|| format!("cannot examine {}", p.display()))
+    };
+    let (watch_id, data_id) = (id(&watch)?, id(&data)?);
+    // Whether `inner` is the folder `outer` or lies inside it.
+    let within = |inner: &Path, outer: (u64, u64)| -> anyhow::Result<bool> {
+        for ancestor in inner.ancestors() {
+            if id(ancestor)? == outer {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    let (w, d) = (watch.display(), data.display());
+    let todo = "the NMS would distribute its own private key and state files. Use two separate \
+                folders, neither inside the other (e.g. --watch /srv/baton/drop --data-dir \
+                /var/lib/baton-nms)";
+    if watch_id == data_id {
+        bail!(
+            "the watched folder (--watch) {w} and the data directory (--data-dir) {d} are the same folder: {todo}"
+        );
+    }
+    if within(&watch, data_id)? {
+        bail!("the watched folder (--watch) {w} is inside the data directory (--data-dir) {d}: {todo}");
+    }
+    if within(&data, watch_id)? {
+        bail!("the data directory (--data-dir) {d} is inside the watched folder (--watch) {w}: {todo}");
+    }
+    Ok(())
+}
+
 /// Watches one folder (non-recursively). Dropping it stops watching.
 pub struct DropWatcher {
     dir: PathBuf,
@@ -132,8 +264,6 @@ impl DropWatcher {
             }
             Err(source) => return Err(WatchError::Io { dir, source }),
         }
-        let canonical = fs::canonicalize(&dir).map_err(io_err)?;
-
         let (raw_tx, raw_rx) = mpsc::unbounded_channel();
         let notify_err = |source| WatchError::Notify {
             dir: dir.clone(),
@@ -151,7 +281,6 @@ impl DropWatcher {
         let (out_tx, out_rx) = mpsc::channel(EVENT_CAPACITY);
         let worker = Worker {
             dir: dir.clone(),
-            canonical,
             settle,
             pending: HashMap::new(),
             reported: HashMap::new(),
@@ -203,7 +332,6 @@ enum Look {
 
 struct Worker {
     dir: PathBuf,
-    canonical: PathBuf,
     settle: Duration,
     pending: HashMap<OsString, Phase>,
     reported: HashMap<OsString, Stamp>,
@@ -377,7 +505,7 @@ impl Worker {
                 }
                 Look::Problem(message) => {
                     self.pending.remove(&name);
-                    self.outbox.push(DropEvent::Error { path, message });
+                    self.refuse(name, path, message);
                 }
             }
         }
@@ -388,83 +516,51 @@ impl Worker {
         if self.reported.get(&name) == Some(&stamp) {
             return;
         }
-        // The type was checked just before: this open cannot block on a FIFO.
-        match fs::File::open(&path).and_then(|file| file.metadata()) {
-            Ok(meta) if meta.is_file() => {
-                self.reported.insert(name, stamp);
-                self.outbox.push(DropEvent::Ready {
-                    path,
-                    size: stamp.size,
-                });
-            }
-            Ok(_) => {} // replaced by a folder meanwhile: a later event tells
+        // No link is followed and a FIFO swapped in since `look` does not block.
+        match open_entry(&path).and_then(|file| file.metadata()) {
+            Ok(meta) if meta.is_dir() => {} // replaced by a folder meanwhile
+            Ok(meta) => match refusal(&path, &meta) {
+                None => {
+                    self.reported.insert(name, stamp);
+                    self.outbox.push(DropEvent::Ready {
+                        path,
+                        size: stamp.size,
+                    });
+                }
+                Some(message) => self.refuse(name, path, message),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {} // removed meanwhile
             Err(e) => {
-                let message = format!(
-                    "{} cannot be opened for reading ({e}): give the server read access \
-                     (e.g. chmod a+r) and it will be picked up",
-                    path.display()
-                );
-                self.outbox.push(DropEvent::Error { path, message });
+                let message = open_refusal(&path, &e);
+                self.refuse(name, path, message);
             }
         }
     }
 
-    /// Classifies `path` without opening it (and without following a symlink
-    /// out of the folder).
+    /// Reports an entry that cannot be used. Whatever replaces it later is
+    /// reported again, even with the size and mtime of an earlier report.
+    fn refuse(&mut self, name: OsString, path: PathBuf, message: String) {
+        self.reported.remove(&name);
+        self.outbox.push(DropEvent::Error { path, message });
+    }
+
+    /// Classifies `path` without opening it and without following a link.
     fn look(&self, path: &Path) -> Look {
-        let shown = path.display();
         let meta = match fs::symlink_metadata(path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Look::Gone,
             Err(e) => {
                 return Look::Problem(format!(
-                    "{shown} cannot be examined ({e}): check the permissions of the watched folder"
+                    "{} cannot be examined ({e}): check the permissions of the watched folder",
+                    path.display()
                 ));
             }
         };
-        let meta = if meta.file_type().is_symlink() {
-            let target = match fs::canonicalize(path) {
-                Ok(target) => target,
-                Err(e) => {
-                    return Look::Problem(format!(
-                        "{shown} is a symlink whose target cannot be resolved ({e}); not followed: \
-                         copy the package file itself into the folder"
-                    ));
-                }
-            };
-            if !target.starts_with(&self.canonical) {
-                return Look::Problem(format!(
-                    "{shown} is a symlink to {} outside the watched folder; not followed: \
-                     copy the package file itself into the folder",
-                    target.display()
-                ));
-            }
-            match fs::metadata(path) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Look::Gone,
-                Err(e) => return Look::Problem(format!("{shown} cannot be examined ({e})")),
-            }
-        } else {
-            meta
-        };
-        let kind = meta.file_type();
-        if kind.is_dir() {
+        if meta.is_dir() {
             return Look::Folder;
         }
-        if !kind.is_file() {
-            let what = if kind.is_fifo() {
-                "a FIFO (named pipe)"
-            } else if kind.is_socket() {
-                "a socket"
-            } else if kind.is_block_device() || kind.is_char_device() {
-                "a device file"
-            } else {
-                "not a regular file"
-            };
-            return Look::Problem(format!(
-                "{shown} is {what}, not a regular file; it is not read: remove it and drop \
-                 a regular package file instead"
-            ));
+        if let Some(message) = refusal(path, &meta) {
+            return Look::Problem(message);
         }
         Look::File(Stamp {
             size: meta.len(),
@@ -599,14 +695,33 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn hard_link_into_folder_is_ready() {
-        // A hard link gives only Create: no Open, no Close(Write).
+    async fn hard_link_with_a_single_link_left_is_ready() {
+        // A hard link gives only Create: no Open, no Close(Write). Once the
+        // original name is gone, the file has a single link.
         let (tmp, dir) = setup();
         let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
         let original = tmp.path().join("original.pkg");
         fs::write(&original, b"linked").unwrap();
         let link = dir.join("linked.pkg");
         fs::hard_link(&original, &link).unwrap();
+        fs::remove_file(&original).unwrap();
+        expect_ready(&mut rx, &link, 6).await;
+        expect_quiet(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hard_link_to_a_file_outside_is_refused() {
+        let (tmp, dir) = setup();
+        let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
+        let original = tmp.path().join("original.pkg");
+        fs::write(&original, b"linked").unwrap();
+        let link = dir.join("linked.pkg");
+        fs::hard_link(&original, &link).unwrap();
+        expect_error(&mut rx, &link, "has 2 hard links").await;
+        expect_quiet(&mut rx).await;
+        // Copied in instead: reported.
+        fs::remove_file(&link).unwrap();
+        fs::copy(&original, &link).unwrap();
         expect_ready(&mut rx, &link, 6).await;
         expect_quiet(&mut rx).await;
     }
@@ -625,6 +740,16 @@ mod tests {
         expect_quiet(&mut rx).await;
     }
 
+    async fn expect_error(rx: &mut mpsc::Receiver<DropEvent>, want: &Path, words: &str) {
+        match next(rx, ARRIVES).await {
+            Some(DropEvent::Error { path, message }) => {
+                assert_eq!(path, want);
+                assert!(message.contains(words), "{message}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn symlink_out_of_folder_is_refused() {
         let (tmp, dir) = setup();
@@ -633,18 +758,12 @@ mod tests {
         let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
         let link = dir.join("link.pkg");
         std::os::unix::fs::symlink(&outside, &link).unwrap();
-        match next(&mut rx, ARRIVES).await {
-            Some(DropEvent::Error { path, message }) => {
-                assert_eq!(path, link);
-                assert!(message.contains("outside the watched folder"), "{message}");
-            }
-            other => panic!("expected an error, got {other:?}"),
-        }
+        expect_error(&mut rx, &link, "is a symbolic link; Baton never follows links").await;
         expect_quiet(&mut rx).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn symlink_inside_folder_is_ready_under_its_name() {
+    async fn symlink_inside_folder_is_refused_too() {
         let (_tmp, dir) = setup();
         fs::create_dir(dir.join("store")).unwrap();
         let target = dir.join("store").join("real.pkg");
@@ -652,7 +771,25 @@ mod tests {
         let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
         let link = dir.join("link.pkg");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        expect_ready(&mut rx, &link, 3).await;
+        expect_error(&mut rx, &link, "move or copy the file itself in").await;
+        expect_quiet(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn file_replacing_a_refused_link_is_reported_even_if_reported_before() {
+        let (tmp, dir) = setup();
+        let (_w, mut rx) = DropWatcher::start(&dir, SETTLE).unwrap();
+        let path = dir.join("a.pkg");
+        fs::write(&path, b"genuine").unwrap();
+        expect_ready(&mut rx, &path, 7).await;
+        // Moved away, a link put in its place, then the same file moved back.
+        let aside = tmp.path().join("aside.pkg");
+        fs::rename(&path, &aside).unwrap();
+        std::os::unix::fs::symlink(&aside, &path).unwrap();
+        expect_error(&mut rx, &path, "symbolic link").await;
+        fs::remove_file(&path).unwrap();
+        fs::rename(&aside, &path).unwrap();
+        expect_ready(&mut rx, &path, 7).await;
         expect_quiet(&mut rx).await;
     }
 
