@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::campaign::CampaignSettings;
 use crate::server::{NmsOptions, run};
+use crate::watch::check_folders;
 use anyhow::{Result, bail};
 use baton_node::discovery::Interfaces;
 use baton_protocol::limits::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_FANOUT, MIN_CHUNK_SIZE};
@@ -101,8 +102,11 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
             cli.watch.display()
         );
     }
+    let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
+    // Nothing may ever be distributed from the data directory (it holds the private key).
+    check_folders(&cli.watch, &data_dir)?;
     Ok(NmsOptions {
-        data_dir: cli.data_dir.unwrap_or_else(default_data_dir),
+        data_dir,
         listen: format!("/ip4/0.0.0.0/tcp/{}", cli.port).parse()?,
         watch: cli.watch,
         mdns: !cli.no_mdns,
@@ -157,4 +161,83 @@ where
         std::process::exit(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::path::Path;
+
+    fn parse(watch: &Path, data: &Path) -> Result<NmsOptions> {
+        let args = ["baton-nms", "--no-mdns", "--watch"];
+        let cli = Cli::try_parse_from(args.iter().map(std::ffi::OsStr::new).chain([
+            watch.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ]))?;
+        options(cli)
+    }
+
+    fn refused(watch: &Path, data: &Path, what: &str) {
+        let err = format!("{:#}", parse(watch, data).expect_err("layout accepted"));
+        assert!(err.contains(what), "{err}");
+        assert!(err.contains("--watch") && err.contains("--data-dir"), "{err}");
+    }
+
+    #[test]
+    fn watch_equal_to_data_dir_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let both = d.path().join("nms");
+        fs::create_dir(&both).unwrap();
+        refused(&both, &both, "same folder");
+        // spelled differently: through a symlink
+        std::os::unix::fs::symlink(&both, d.path().join("alias")).unwrap();
+        refused(&d.path().join("alias"), &both, "same folder");
+    }
+
+    #[test]
+    fn watch_inside_data_dir_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        let watch = data.join("campaigns").join("drop");
+        fs::create_dir_all(&watch).unwrap();
+        refused(&watch, &data, "inside the data directory");
+    }
+
+    #[test]
+    fn data_dir_inside_watch_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let watch = d.path().join("drop");
+        fs::create_dir(&watch).unwrap();
+        // not created yet
+        refused(
+            &watch,
+            &watch.join("state").join("nms"),
+            "inside the watched folder",
+        );
+        // through a symlink from elsewhere
+        std::os::unix::fs::symlink(&watch, d.path().join("alias")).unwrap();
+        refused(
+            &watch,
+            &d.path().join("alias").join("nms2"),
+            "inside the watched folder",
+        );
+    }
+
+    #[test]
+    fn sibling_folders_are_accepted() {
+        let d = tempfile::tempdir().unwrap();
+        let watch = d.path().join("drop");
+        fs::create_dir(&watch).unwrap();
+        for data in [
+            d.path().join("data"),
+            d.path().join("drop2"),
+            d.path().join("drop.d"),
+        ] {
+            let opts = parse(&watch, &data).unwrap();
+            assert_eq!(opts.data_dir, data);
+            assert_eq!(opts.watch, watch);
+        }
+    }
 }
