@@ -112,6 +112,16 @@ fn an_untrusted_nms_is_refused_with_the_flag_to_accept_it() {
         log.contains(&format!("--trust {}", c.nms_id)),
         "node 3 must name the flag:\n{log}"
     );
+    // ... and say who sent the offer, whose signature it carries, and to trust only an
+    // NMS the owner runs
+    assert!(
+        log.contains("refused an offer from 12D3") && log.contains(&format!("signed by {}", c.nms_id)),
+        "node 3 must name the sender and the signer:\n{log}"
+    );
+    assert!(
+        log.contains("Trust only an NMS that you run yourself"),
+        "node 3 must warn to trust only an NMS the owner runs:\n{log}"
+    );
     let s = &c.summaries()[0];
     let failed = s["failed"].as_array().unwrap();
     assert_eq!(failed.len(), 1, "{s}");
