@@ -118,14 +118,21 @@ struct Nms {
     next_req: u64,
     internal: mpsc::UnboundedSender<Internal>,
     summaries: Vec<Summary>,
+    failures: net::FailureLog,
 }
 
 /// Runs the NMS until Ctrl-C (or, with `--once`, until its first campaign ends).
 pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
+    let _lock = baton_node::identity::lock_data_dir(&opts.data_dir, "baton-nms")?;
     let keypair = baton_node::identity::load_or_create(&opts.data_dir)?;
     let me = NodeId::of(&keypair);
     let (watcher, mut drops) = DropWatcher::start(&opts.watch, crate::watch::DEFAULT_SETTLE)?;
-    let mut swarm = net::build_swarm(keypair.clone(), opts.listen.clone())?;
+    let mut swarm = net::build_swarm(
+        keypair.clone(),
+        opts.listen.clone(),
+        &format!("baton-nms/{}", env!("CARGO_PKG_VERSION")),
+        net::Limits::nms(),
+    )?;
     let port = net::wait_for_port(&mut swarm).await?;
     info!(peer_id = %me, port, watch = %opts.watch.display(), "baton-nms started");
     eprintln!(
@@ -148,6 +155,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         next_req: 0,
         internal: itx,
         summaries: Vec::new(),
+        failures: net::FailureLog::default(),
     };
     for p in &opts.peers {
         match net::peer_of(p) {
@@ -468,6 +476,9 @@ impl Nms {
                         }
                     }
                 }
+                request_response::Event::InboundFailure { peer, error, .. } => {
+                    self.failures.inbound(peer, "control", &error)
+                }
                 _ => {}
             },
             SwarmEvent::Behaviour(BehaviourEvent::Chunk(request_response::Event::Message {
@@ -475,6 +486,11 @@ impl Nms {
                 message: request_response::Message::Request { request, channel, .. },
                 ..
             })) => self.on_chunk_request(peer, request, channel),
+            SwarmEvent::Behaviour(BehaviourEvent::Chunk(request_response::Event::InboundFailure {
+                peer,
+                error,
+                ..
+            })) => self.failures.inbound(peer, "chunk", &error),
             _ => {}
         }
     }
