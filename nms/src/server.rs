@@ -561,11 +561,11 @@ impl Nms {
                         let _ = self.swarm.behaviour_mut().chunk.send_response(ch, resp);
                     }
                 }
-                MonitorAction::Serve(ServeAction::Answer { req, status }) => {
+                MonitorAction::Serve(ServeAction::Answer { req, index, status }) => {
                     if let Some(ch) = self.in_chunk.remove(&(c, req)) {
                         let resp = ChunkResponse {
                             campaign: c,
-                            index: 0,
+                            index,
                             status,
                             data: Vec::new(),
                         };

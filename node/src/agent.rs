@@ -586,7 +586,10 @@ impl Agent {
                 if let Some(r) = self.campaigns.get_mut(&c) {
                     match res {
                         Ok(root) => r.machine.file_hashed(now, root),
-                        Err(e) => error!("cannot hash the received package: {e}"),
+                        Err(e) => {
+                            error!("cannot hash the received package: {e}");
+                            r.machine.hash_failed(now, &e.to_string());
+                        }
                     }
                 }
             }
@@ -646,8 +649,17 @@ impl Agent {
                     self.out_chunk.insert(id, (c, to, index));
                 }
                 NodeAction::Store { index, data } => {
-                    if let Err(e) = Store::write_chunk(&data_file, &manifest, index, &data) {
-                        error!("cannot write chunk {index}: {e:#}");
+                    // the machine serves the chunk only once the write is confirmed
+                    let now = self.now();
+                    let written = Store::write_chunk(&data_file, &manifest, index, &data);
+                    if let Some(r) = self.campaigns.get_mut(&c) {
+                        match written {
+                            Ok(()) => r.machine.chunk_stored(now, index),
+                            Err(e) => {
+                                error!("cannot write chunk {index}: {e:#}; the campaign fails");
+                                r.machine.store_failed(now, index, &format!("{e:#}"));
+                            }
+                        }
                     }
                 }
                 NodeAction::HashFile => {
@@ -682,11 +694,11 @@ impl Agent {
                         let _ = self.swarm.behaviour_mut().chunk.send_response(ch, resp);
                     }
                 }
-                NodeAction::Serve(ServeAction::Answer { req, status }) => {
+                NodeAction::Serve(ServeAction::Answer { req, index, status }) => {
                     if let Some(ch) = self.in_chunk.remove(&(c, req)) {
                         let resp = ChunkResponse {
                             campaign: c,
-                            index: 0,
+                            index,
                             status,
                             data: Vec::new(),
                         };

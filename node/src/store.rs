@@ -11,23 +11,27 @@
 //! Names come from a validated manifest (plain file names); every join re-checks that the
 //! component is one plain path component, so a package name never escapes the store.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use baton_protocol::chunk::{ChunkSet, hash_chunk};
 use baton_protocol::manifest::is_plain_file_name;
 use baton_protocol::wire::{decode_control, encode_control};
-use baton_protocol::{CampaignId, Control, Hash, Manifest, Offer};
+use baton_protocol::{CampaignId, Control, Hash, InstallCheck, Manifest, Offer};
 use serde::{Deserialize, Serialize};
 
-/// The package store of one node.
+/// The package store of one node. Clones share the install locks.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// One lock per package name: installs of one package run one at a time.
+    installs: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// What `.baton.json` records of an installed version.
@@ -65,6 +69,7 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Store> {
         let s = Store {
             root: data_dir.to_path_buf(),
+            installs: Arc::default(),
         };
         for d in ["partial", "packages"] {
             fs::create_dir_all(s.root.join(d))
@@ -204,7 +209,20 @@ impl Store {
     /// the install command if any, then switches `current` atomically. On any failure the
     /// new version is removed and the previous one stays current. Returns the failure
     /// reason for the report.
+    ///
+    /// Installs of one package run one at a time (the agent spawns each as a task, and two
+    /// campaigns of one package can overlap), and each first checks what is installed now
+    /// ([`Manifest::install_check`]): an older sequence than the current one fails with
+    /// "a newer sequence N is already installed" and changes nothing, so the check and the
+    /// switch of `current` act as one step.
     pub async fn install(&self, manifest: &Manifest, cmd: Option<&InstallCmd>) -> Result<(), String> {
+        let lock = self.install_lock(&manifest.name);
+        let _turn = lock.lock().await;
+        match manifest.install_check(self.installed(&manifest.name)) {
+            Ok(InstallCheck::Install) => {}
+            Ok(InstallCheck::AlreadyCurrent) => return Ok(()),
+            Err(superseded) => return Err(superseded.to_string()),
+        }
         let r = self
             .place(manifest)
             .map_err(|e| format!("could not place the package: {e:#}"));
@@ -219,6 +237,11 @@ impl Store {
             let _ = fs::remove_dir_all(&dir);
             format!("could not switch `current`: {e:#}")
         })
+    }
+
+    fn install_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.installs.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(name.to_string()).or_default().clone()
     }
 
     fn place(&self, m: &Manifest) -> Result<(PathBuf, PathBuf)> {
@@ -426,5 +449,59 @@ mod tests {
             fs::read(store.current_file("frob").unwrap()).unwrap(),
             vec![2u8; 5_000]
         );
+    }
+
+    #[tokio::test]
+    async fn an_older_sequence_never_becomes_current() {
+        // one after the other: 2, then 1
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let nms = Keypair::generate_ed25519();
+        let me = NodeId::of(&Keypair::generate_ed25519());
+        let m1 = campaign(&store, &nms, me, 1, &[1u8; 10_000]);
+        let m2 = campaign(&store, &nms, me, 2, &[2u8; 5_000]);
+        store.install(&m2, None).await.unwrap();
+        let e = store.install(&m1, None).await.unwrap_err();
+        assert!(e.contains("a newer sequence 2"), "{e}");
+        assert_eq!(store.installed("frob"), Some((2, m2.root)));
+        assert!(!dir.path().join("packages/frob/1").exists());
+        // the same package again is current already: nothing to do
+        store.install(&m2, None).await.unwrap();
+        assert_eq!(store.installed("frob"), Some((2, m2.root)));
+
+        // overlapping, the older one started first (its install command is slow), and the
+        // other way round: 2 ends current either way
+        for older_first in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let m1 = campaign(&store, &nms, me, 1, &[1u8; 10_000]);
+            let m2 = campaign(&store, &nms, me, 2, &[2u8; 5_000]);
+            let slow = cmd("sleep 0.3", 10_000);
+            let (r1, r2) = if older_first {
+                tokio::join!(store.install(&m1, Some(&slow)), async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    store.install(&m2, None).await
+                })
+            } else {
+                let (r2, r1) = tokio::join!(store.install(&m2, Some(&slow)), async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    store.install(&m1, None).await
+                });
+                (r1, r2)
+            };
+            r2.unwrap();
+            assert_eq!(
+                store.installed("frob"),
+                Some((2, m2.root)),
+                "older first: {older_first}"
+            );
+            assert_eq!(
+                fs::read(store.current_file("frob").unwrap()).unwrap(),
+                vec![2u8; 5_000]
+            );
+            if !older_first {
+                assert!(r1.unwrap_err().contains("a newer sequence 2"));
+            }
+        }
     }
 }

@@ -27,7 +27,7 @@ pub use admission::{AdmissionContext, Admitted, OpenedOffer, admit, open_offer};
 pub use chunk::{ChunkSet, Hash, Layout, PackageHasher};
 pub use id::{Keypair, NodeId, PeerId};
 pub use keys::{CampaignSecret, ChunkKey, HopToken};
-pub use manifest::{CampaignId, Manifest, SignedManifest, Transfer, VerifyContext};
+pub use manifest::{CampaignId, InstallCheck, Manifest, SignedManifest, Superseded, Transfer, VerifyContext};
 pub use monitor::{CampaignMonitor, MonitorAction, MonitorConfig, MonitorNote, NodeStatus};
 pub use receiver::{NodeAction, NodeCampaign, NodeConfig, Note, check_offer};
 pub use serve::{RequestId, ServeAction};

@@ -275,6 +275,58 @@ impl Manifest {
     pub fn is_addressee(&self, id: &NodeId) -> bool {
         self.addressees.contains(id)
     }
+
+    /// The install step's check against what is installed *at that moment*
+    /// (`(sequence, root)` of the current version): the rollback rule of the offer check,
+    /// made again because another campaign of the package may have installed while this
+    /// one ran. A newer sequence installs; the same sequence with the same content is
+    /// already current (nothing to do: `current` switches only after the install command
+    /// succeeded, so it ran); an older one, or the same sequence with other content, does
+    /// not install. The shell makes this check and the switch of `current` as one step
+    /// (no other install of the package in between).
+    pub fn install_check(&self, installed: Option<(u64, Hash)>) -> Result<InstallCheck, Superseded> {
+        match installed {
+            None => Ok(InstallCheck::Install),
+            Some((sequence, _)) if sequence < self.sequence => Ok(InstallCheck::Install),
+            Some((sequence, root)) if sequence == self.sequence && root == self.root => {
+                Ok(InstallCheck::AlreadyCurrent)
+            }
+            Some((sequence, _)) if sequence == self.sequence => Err(Superseded::Conflict {
+                name: self.name.clone(),
+                sequence,
+            }),
+            Some((sequence, _)) => Err(Superseded::Newer {
+                name: self.name.clone(),
+                sequence: self.sequence,
+                installed: sequence,
+            }),
+        }
+    }
+}
+
+/// What the install step does, from [`Manifest::install_check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallCheck {
+    /// Place the package, run the install command, switch `current`.
+    Install,
+    /// This very package is current already: report it installed, change nothing.
+    AlreadyCurrent,
+}
+
+/// Why the install step does not make a manifest current: the campaign fails with this
+/// reason, and what is installed stays current.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum Superseded {
+    #[error(
+        "not installed: a newer sequence {installed} of `{name}` is already installed (this campaign carries sequence {sequence})"
+    )]
+    Newer {
+        name: String,
+        sequence: u64,
+        installed: u64,
+    },
+    #[error("not installed: sequence {sequence} of `{name}` is already installed with other content")]
+    Conflict { name: String, sequence: u64 },
 }
 
 /// The manifest's encoded bytes and the NMS's signature over them. The bytes travel as
@@ -377,6 +429,33 @@ pub(crate) mod tests {
     use super::*;
     use crate::chunk::PackageHasher;
     use crate::id::keypair_from_seed;
+
+    #[test]
+    fn an_install_never_goes_back_to_an_older_sequence() {
+        let nms = keypair_from_seed(1);
+        let mut m = sample(&nms, vec![NodeId::of(&keypair_from_seed(2))], b"two");
+        m.sequence = 2;
+        assert_eq!(m.install_check(None), Ok(InstallCheck::Install));
+        assert_eq!(m.install_check(Some((1, [9; 32]))), Ok(InstallCheck::Install));
+        assert_eq!(
+            m.install_check(Some((2, m.root))),
+            Ok(InstallCheck::AlreadyCurrent)
+        );
+        let e = m.install_check(Some((3, [9; 32]))).unwrap_err();
+        assert!(matches!(
+            e,
+            Superseded::Newer {
+                installed: 3,
+                sequence: 2,
+                ..
+            }
+        ));
+        assert!(e.to_string().contains("a newer sequence 3"), "{e}");
+        assert!(matches!(
+            m.install_check(Some((2, [9; 32]))),
+            Err(Superseded::Conflict { sequence: 2, .. })
+        ));
+    }
 
     pub(crate) fn sample(nms: &Keypair, addressees: Vec<NodeId>, data: &[u8]) -> Manifest {
         let mut h = PackageHasher::new(4096);

@@ -5,7 +5,7 @@
 //! [`NodeCampaign::poll_action`], and calls [`NodeCampaign::timeout`] at
 //! [`NodeCampaign::poll_timeout`].
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::admission::{AdmissionContext, admit, open_offer};
@@ -94,12 +94,15 @@ pub enum NodeAction {
         to: NodeId,
         req: ChunkRequest,
     },
-    /// Write verified plaintext of chunk `index` to the package file.
+    /// Write verified plaintext of chunk `index` to the package file, then call
+    /// [`NodeCampaign::chunk_stored`] or, if the write failed, [`NodeCampaign::store_failed`].
+    /// The chunk is served to others only once its write is confirmed.
     Store {
         index: u32,
         data: Vec<u8>,
     },
-    /// All chunks are stored: hash the whole file and call [`NodeCampaign::file_hashed`].
+    /// All chunks are stored: hash the whole file and call [`NodeCampaign::file_hashed`]
+    /// or, if the file could not be read, [`NodeCampaign::hash_failed`].
     HashFile,
     /// The NMS acknowledged: install, then call [`NodeCampaign::install_done`].
     Install,
@@ -200,7 +203,10 @@ pub struct NodeCampaign {
     faults: u32,
     total_faults: u32,
     fetched: u32,
+    /// Chunks verified and stored (confirmed by the shell): the ones served to others.
     have: ChunkSet,
+    /// Chunks verified whose write the shell has not confirmed yet.
+    storing: BTreeSet<u32>,
     cursor: u32,
     in_flight: BTreeMap<u32, (NodeId, Duration)>,
     phase: Phase,
@@ -264,6 +270,7 @@ impl NodeCampaign {
             total_faults: 0,
             fetched: 0,
             have,
+            storing: BTreeSet::new(),
             cursor: 0,
             in_flight: BTreeMap::new(),
             phase: Phase::Receiving,
@@ -322,7 +329,7 @@ impl NodeCampaign {
     pub fn outcome(&self) -> Option<&InstallOutcome> {
         self.outcome.as_ref()
     }
-    /// Bytes verified so far.
+    /// Bytes verified and stored so far.
     pub fn verified_bytes(&self) -> u64 {
         if self.have.is_full() {
             return self.layout.size;
@@ -420,10 +427,13 @@ impl NodeCampaign {
 
     /// The answer to a chunk request this node made.
     pub fn chunk_response(&mut self, now: Duration, from: NodeId, mut resp: ChunkResponse) {
+        if self.phase != Phase::Receiving {
+            return; // nothing more to fetch (complete, or failed)
+        }
         let i = resp.index;
         if self.in_flight.get(&i).is_some_and(|(s, _)| *s == from) {
             self.in_flight.remove(&i);
-        } else if resp.status != ChunkStatus::Ok || self.have.contains(i) {
+        } else if resp.status != ChunkStatus::Ok || self.have.contains(i) || self.storing.contains(&i) {
             return; // late or unsolicited
         }
         match resp.status {
@@ -436,19 +446,16 @@ impl NodeCampaign {
                     || hash_chunk(&resp.data) != self.manifest.chunk_hashes.0[i as usize]
                 {
                     self.fault(from, i, "chunk does not match the manifest's hash");
-                } else if self.have.insert(i) {
+                } else if !self.have.contains(i) && self.storing.insert(i) {
                     self.fetched += 1;
                     if from == self.current_source() {
                         self.faults = 0;
                     }
+                    // servable (and counted) only once the shell confirms the write
                     self.actions.push_back(NodeAction::Store {
                         index: i,
                         data: resp.data,
                     });
-                    let mut out = Vec::new();
-                    self.server.chunk_available(&self.have, &mut out);
-                    self.push_serve(out);
-                    self.after_chunk(now);
                 }
             }
             ChunkStatus::NotYet => {}
@@ -457,6 +464,60 @@ impl NodeCampaign {
             ChunkStatus::Refused => self.fault(from, i, "source refused to serve this node"),
         }
         self.request_more(now);
+    }
+
+    /// The shell wrote chunk `index` after [`NodeAction::Store`]: from now on it is served
+    /// to others and counts as verified.
+    pub fn chunk_stored(&mut self, now: Duration, index: u32) {
+        if self.phase != Phase::Receiving || !self.storing.remove(&index) {
+            return;
+        }
+        self.have.insert(index);
+        let mut out = Vec::new();
+        self.server.chunk_available(&self.have, &mut out);
+        self.push_serve(out);
+        self.after_chunk(now);
+    }
+
+    /// The shell could not write chunk `index` after [`NodeAction::Store`] (`reason`, e.g.
+    /// "No space left on device (os error 28)"). The store is failing: the campaign ends
+    /// [`Phase::Failed`] with this reason, and this node serves nothing more.
+    pub fn store_failed(&mut self, _now: Duration, index: u32, reason: &str) {
+        if self.phase != Phase::Receiving || !self.storing.contains(&index) {
+            return;
+        }
+        self.disk_failed(format!("cannot store chunk {index}: {reason}"));
+    }
+
+    /// The shell could not read the stored file back after [`NodeAction::HashFile`]. The
+    /// campaign ends [`Phase::Failed`] with this reason, and this node serves nothing more.
+    pub fn hash_failed(&mut self, _now: Duration, reason: &str) {
+        if self.phase != Phase::Verifying {
+            return;
+        }
+        self.disk_failed(format!(
+            "cannot read the stored package back to check it: {reason}"
+        ));
+    }
+
+    /// The store failed (a write, a read, or a file that no longer hashes to the root
+    /// although every chunk did): what it holds cannot be trusted, so the node stops pulling
+    /// and serving (requests are answered `Gated`: its children move to their next source
+    /// at once, without counting a fault) and fails with `reason`. In store-and-forward
+    /// mode its children are offered now, so that they fetch from higher up.
+    fn disk_failed(&mut self, reason: String) {
+        self.in_flight.clear();
+        self.storing.clear();
+        let mut out = Vec::new();
+        self.server.close(&mut out);
+        self.push_serve(out);
+        if !self.offering {
+            self.offering = true;
+            self.offer_children();
+        }
+        self.finish(InstallOutcome::Failed {
+            reason: clip_reason(reason),
+        });
     }
 
     /// A chunk request this node made failed in transport.
@@ -475,15 +536,7 @@ impl NodeCampaign {
         }
         if root != self.manifest.root {
             // every chunk matched its hash, so the store itself is failing
-            // every chunk matched its hash, so the store itself is failing; the children
-            // verify what they get and fall back to other sources, so they still get offers
-            if !self.offering {
-                self.offering = true;
-                self.offer_children();
-            }
-            self.finish(InstallOutcome::Failed {
-                reason: "the stored package does not hash to the manifest's root (disk fault?)".into(),
-            });
+            self.disk_failed("the stored package does not hash to the manifest's root (disk fault?)".into());
             return;
         }
         self.completed_at = Some(now);
@@ -667,7 +720,9 @@ impl NodeCampaign {
                 None => break,
             };
             self.cursor = i;
-            while i < self.layout.count() && (self.have.contains(i) || self.in_flight.contains_key(&i)) {
+            while i < self.layout.count()
+                && (self.have.contains(i) || self.storing.contains(&i) || self.in_flight.contains_key(&i))
+            {
                 i += 1;
             }
             if i >= self.layout.count() {

@@ -25,8 +25,14 @@ pub enum ServeAction {
         index: u32,
         key: ChunkKey,
     },
-    /// Answer with an empty response of this status.
-    Answer { req: RequestId, status: ChunkStatus },
+    /// Answer with an empty response of this status. `index` is the request's, which the
+    /// response must carry (protocol.md 6.2): the requester matches answers to its
+    /// requests in flight by index and drops any other.
+    Answer {
+        req: RequestId,
+        index: u32,
+        status: ChunkStatus,
+    },
 }
 
 #[derive(Debug)]
@@ -52,6 +58,8 @@ pub struct Server {
     held: Vec<Held>,
     keys: HashMap<Vec<NodeId>, ChunkKey>,
     gated: bool,
+    /// Serving stopped for good (the holder's store failed): every request is `Gated`.
+    closed: bool,
     last_request: Option<Duration>,
     /// Chunks served (count) and bytes, for reports.
     pub served_chunks: u64,
@@ -76,6 +84,7 @@ impl Server {
             held: Vec::new(),
             keys: HashMap::new(),
             gated: false,
+            closed: false,
             last_request: None,
             served_chunks: 0,
         }
@@ -85,14 +94,27 @@ impl Server {
     pub fn set_gated(&mut self, now: Duration, gated: bool, out: &mut Vec<ServeAction>) {
         self.gated = gated;
         if gated {
-            for h in self.held.drain(..) {
-                out.push(ServeAction::Answer {
-                    req: h.req,
-                    status: ChunkStatus::Gated,
-                });
-            }
+            self.answer_held_gated(out);
         }
         let _ = now;
+    }
+
+    /// Stops serving for good, whatever the owner's gate says: held requests and every
+    /// later one are answered `Gated`, so requesters move to another source at once. For a
+    /// holder whose store failed, whose chunks may not be what it verified.
+    pub fn close(&mut self, out: &mut Vec<ServeAction>) {
+        self.closed = true;
+        self.answer_held_gated(out);
+    }
+
+    fn answer_held_gated(&mut self, out: &mut Vec<ServeAction>) {
+        for h in self.held.drain(..) {
+            out.push(ServeAction::Answer {
+                req: h.req,
+                index: h.index,
+                status: ChunkStatus::Gated,
+            });
+        }
     }
 
     /// Handles a request from `from` (authenticated by the transport).
@@ -108,7 +130,11 @@ impl Server {
         out: &mut Vec<ServeAction>,
     ) {
         self.last_request = Some(now);
-        let answer = |status| ServeAction::Answer { req, status };
+        let answer = |status| ServeAction::Answer {
+            req,
+            index: r.index,
+            status,
+        };
         if r.campaign != self.campaign {
             out.push(answer(ChunkStatus::UnknownCampaign));
             return;
@@ -123,7 +149,7 @@ impl Server {
             out.push(answer(ChunkStatus::Refused));
             return;
         }
-        if self.gated {
+        if self.gated || self.closed {
             out.push(answer(ChunkStatus::Gated));
             return;
         }
@@ -202,6 +228,7 @@ impl Server {
             if now.saturating_sub(h.since) >= hold {
                 out.push(ServeAction::Answer {
                     req: h.req,
+                    index: h.index,
                     status: ChunkStatus::NotYet,
                 });
                 false

@@ -39,6 +39,9 @@ pub struct SimConfig {
     pub corrupt: Vec<usize>,
     /// Addressee indices that are down for the whole campaign.
     pub dead: Vec<usize>,
+    /// Addressee indices whose disk fills up: every chunk write after the first quarter
+    /// of the package fails with "No space left on device".
+    pub disk_full: Vec<usize>,
     pub node: NodeConfig,
     /// Virtual time after which the simulation gives up.
     pub max_time: Duration,
@@ -57,6 +60,7 @@ impl Default for SimConfig {
             seed: 1,
             corrupt: Vec::new(),
             dead: Vec::new(),
+            disk_full: Vec::new(),
             node: NodeConfig {
                 progress_interval: Duration::from_millis(250),
                 ..NodeConfig::default()
@@ -82,6 +86,8 @@ pub struct SimReport {
     pub faults_detected: u32,
     /// Nodes that moved to another source.
     pub source_switches: u32,
+    /// Per addressee: the reason it failed, as the NMS was told.
+    pub failures: Vec<Option<String>>,
     /// The physical reference: one copy over one link.
     pub t1: Duration,
     pub events: u64,
@@ -141,6 +147,8 @@ struct Entity {
     timer_at: Option<Duration>,
     dead: bool,
     corrupt: bool,
+    /// Chunk writes left before the disk is full (`None`: never full).
+    room: Option<usize>,
     switches: u32,
 }
 
@@ -218,6 +226,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         timer_at: None,
         dead: false,
         corrupt: false,
+        room: None,
         switches: 0,
     }];
     for (i, id) in addressees.iter().enumerate() {
@@ -230,6 +239,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             timer_at: None,
             dead: cfg.dead.contains(&i),
             corrupt: cfg.corrupt.contains(&i),
+            room: cfg.disk_full.contains(&i).then_some(count / 4),
             switches: 0,
         });
     }
@@ -359,6 +369,7 @@ impl Sim {
                         to,
                         ServeAction::Answer {
                             req: rid,
+                            index: req.index,
                             status: ChunkStatus::UnknownCampaign,
                         },
                     );
@@ -467,7 +478,7 @@ impl Sim {
                 }
                 (req, ChunkStatus::Ok, data)
             }
-            ServeAction::Answer { req, status } => (req, status, Vec::new()),
+            ServeAction::Answer { req, status, .. } => (req, status, Vec::new()),
         };
         let Some((to, r)) = self.pending_serve.remove(&(server, req)) else {
             return;
@@ -534,7 +545,22 @@ impl Sim {
                         self.push(at, Ev::ChunkReq { from: e, to, bytes });
                     }
                 }
-                NodeAction::Store { index, data } => self.ents[e].chunks[index as usize] = Some(data),
+                NodeAction::Store { index, data } => {
+                    let now = self.now;
+                    let ent = &mut self.ents[e];
+                    let full = ent.room == Some(0);
+                    if !full {
+                        ent.chunks[index as usize] = Some(data);
+                        ent.room = ent.room.map(|r| r - 1);
+                    }
+                    if let Some(c) = ent.campaign.as_mut() {
+                        if full {
+                            c.store_failed(now, index, "No space left on device (os error 28)");
+                        } else {
+                            c.chunk_stored(now, index);
+                        }
+                    }
+                }
                 NodeAction::HashFile => {
                     let mut h = blake3::Hasher::new();
                     for c in self.ents[e].chunks.iter().flatten() {
@@ -609,6 +635,13 @@ impl Sim {
             nms_copies: self.nms_bytes as f64 / self.data.len().max(1) as f64,
             faults_detected: faults,
             source_switches: self.ents.iter().map(|e| e.switches).sum(),
+            failures: self.ents[1..]
+                .iter()
+                .map(|e| match &nodes[&e.id].status {
+                    crate::monitor::NodeStatus::Failed(r) => Some(r.clone()),
+                    _ => None,
+                })
+                .collect(),
             t1: Duration::from_nanos(self.data.len() as u64 * 8 * 1_000_000_000 / self.cfg.link_bps),
             events: self.processed,
         }

@@ -187,13 +187,26 @@ fn ask(w: &World, to: u64, index: u32) -> NodeAction {
     ask_from(w, id(to), index)
 }
 
-/// `N` receives every chunk from `B`, then is told its file hashes right.
-fn receive_and_hash(w: &World, c: &mut NodeCampaign) -> Vec<NodeAction> {
-    drain(c);
+/// `N` receives every chunk from `B` and the shell stores each one.
+fn receive_all(w: &World, c: &mut NodeCampaign) -> Vec<NodeAction> {
+    let mut actions = drain(c);
     for i in 0..3 {
         c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], i));
     }
-    let actions = drain(c);
+    // the shell carries out the writes and confirms each
+    while let Some(a) = c.poll_action() {
+        if let NodeAction::Store { index, .. } = a {
+            c.chunk_stored(t(1), index);
+        }
+        actions.push(a);
+    }
+    actions
+}
+
+/// `N` receives every chunk from `B`, then is told its file hashes right.
+fn receive_and_hash(w: &World, c: &mut NodeCampaign) -> Vec<NodeAction> {
+    drain(c);
+    let actions = receive_all(w, c);
     assert_eq!(actions.last(), Some(&NodeAction::HashFile));
     assert_eq!(c.phase(), Phase::Verifying);
     c.file_hashed(t(2), w.manifest.root);
@@ -246,6 +259,7 @@ fn a_good_chunk_is_stored_and_releases_a_held_child_request() {
     assert_eq!(drain(&mut c), vec![]);
     c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], 0));
     let p_key = w.token(&[id(A), id(B), id(N), id(P)]).chunk_key();
+    // verified, but not servable before the shell confirms the write
     assert_eq!(
         drain(&mut c),
         vec![
@@ -253,14 +267,19 @@ fn a_good_chunk_is_stored_and_releases_a_held_child_request() {
                 index: 0,
                 data: w.plain(0)
             },
-            NodeAction::Serve(ServeAction::SendChunk {
-                req: RequestId(1),
-                to: id(P),
-                index: 0,
-                key: p_key.clone(),
-            }),
             ask(&w, B, 2),
         ]
+    );
+    assert_eq!(c.verified_bytes(), 0);
+    c.chunk_stored(t(1), 0);
+    assert_eq!(
+        drain(&mut c),
+        vec![NodeAction::Serve(ServeAction::SendChunk {
+            req: RequestId(1),
+            to: id(P),
+            index: 0,
+            key: p_key.clone(),
+        })]
     );
     // a chunk N has is served at once; a path that does not end with the sender is refused
     c.chunk_request(t(1), RequestId(2), id(P), &w.request(&[A, B, N, P], 0));
@@ -276,6 +295,7 @@ fn a_good_chunk_is_stored_and_releases_a_held_child_request() {
             }),
             NodeAction::Serve(ServeAction::Answer {
                 req: RequestId(3),
+                index: 0,
                 status: ChunkStatus::Refused
             }),
         ]
@@ -356,6 +376,7 @@ fn store_and_forward_offers_children_only_once_the_file_is_hashed() {
     assert_eq!(first[1..], [ask(&w, B, 0), ask(&w, B, 1)]);
     // a child's request for a chunk N holds is still held until the whole file is verified
     c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], 0));
+    c.chunk_stored(t(1), 0);
     c.chunk_request(t(1), RequestId(9), id(P), &w.request(&[A, B, N, P], 0));
     assert!(!drain(&mut c).iter().any(|a| matches!(a, NodeAction::Serve(_))));
 
@@ -405,10 +426,7 @@ fn a_file_that_hashes_wrong_fails_the_install() {
     let w = node_world();
     let mut c = node_n(&w);
     drain(&mut c);
-    for i in 0..3 {
-        c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], i));
-    }
-    drain(&mut c);
+    receive_all(&w, &mut c);
     c.file_hashed(t(2), [0; 32]);
     assert!(matches!(
         &drain(&mut c)[..],
@@ -421,6 +439,263 @@ fn a_file_that_hashes_wrong_fails_the_install() {
         }]
     ));
     assert_eq!(c.phase(), Phase::Failed);
+}
+
+/// The frame a shell sends for a [`ServeAction::Answer`] of `N` (protocol.md 6.2).
+fn answer_frame(w: &World, a: &NodeAction) -> ChunkResponse {
+    match a {
+        NodeAction::Serve(ServeAction::Answer { index, status, .. }) => ChunkResponse {
+            campaign: w.campaign(),
+            index: *index,
+            status: *status,
+            data: Vec::new(),
+        },
+        other => panic!("not an answer: {other:?}"),
+    }
+}
+
+/// `P`, child of `N`: path `[A, B, N, P]`, sources `N`, `B`, `A`, the NMS. It holds chunk 0
+/// already (resumed), so its requests are for chunks 1 and 2 and a wrong index in an
+/// answer matches nothing in flight.
+fn node_p(w: &World) -> NodeCampaign {
+    let offer = w.offer(&[A, B, N, P], &[P]);
+    let m = check_offer(&offer, &id(N), &w.ctx(P)).expect("a good offer");
+    let mut have = ChunkSet::new(m.layout().unwrap().count());
+    have.insert(0);
+    NodeCampaign::accept(t(0), id(P), offer, m, cfg(), have)
+}
+
+fn chunk_requests(actions: &[NodeAction]) -> Vec<(NodeId, ChunkRequest)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            NodeAction::RequestChunk { to, req } => Some((*to, req.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn answers_carry_the_requested_index_and_the_requester_reacts_at_once() {
+    let w = node_world();
+    let mut n = node_n(&w);
+    drain(&mut n);
+    let mut p = node_p(&w);
+    let asked = chunk_requests(&drain(&mut p));
+    assert_eq!(
+        asked.iter().map(|(to, r)| (*to, r.index)).collect::<Vec<_>>(),
+        vec![(id(N), 1), (id(N), 2)]
+    );
+
+    // N has neither chunk: it holds both requests, then answers NotYet when the hold ends
+    for (k, (_, r)) in asked.iter().enumerate() {
+        n.chunk_request(t(1), RequestId(k as u64), id(P), r);
+    }
+    assert_eq!(drain(&mut n), vec![]);
+    let hold_end = t(1) + cfg().hold;
+    n.timeout(hold_end);
+    let answers: Vec<NodeAction> = drain(&mut n)
+        .into_iter()
+        .filter(|a| matches!(a, NodeAction::Serve(_)))
+        .collect();
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    for a in &answers {
+        let f = answer_frame(&w, a);
+        assert_eq!(f.status, ChunkStatus::NotYet);
+        let NodeAction::Serve(ServeAction::Answer { req, .. }) = a else {
+            unreachable!()
+        };
+        assert_eq!(f.index, asked[req.0 as usize].1.index, "the index of the request");
+        p.chunk_response(hold_end, id(N), f);
+    }
+    // P asks again at once, not after its request timeout
+    let again = chunk_requests(&drain(&mut p));
+    let mut again_idx: Vec<(NodeId, u32)> = again.iter().map(|(to, r)| (*to, r.index)).collect();
+    again_idx.sort();
+    assert_eq!(again_idx, vec![(id(N), 1), (id(N), 2)]);
+    assert_eq!(p.poll_timeout(), Some(hold_end + cfg().request_timeout));
+
+    // N's owner gates relaying: N answers Gated, and P moves to B at once, without a fault
+    n.set_gated(hold_end, true);
+    for (k, (_, r)) in again.iter().enumerate() {
+        n.chunk_request(hold_end, RequestId(10 + k as u64), id(P), r);
+    }
+    let answers = drain(&mut n);
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    for a in &answers {
+        let f = answer_frame(&w, a);
+        assert_eq!(f.status, ChunkStatus::Gated);
+        p.chunk_response(hold_end, id(N), f);
+    }
+    let actions = drain(&mut p);
+    assert!(
+        actions.contains(&NodeAction::Note(Note::SwitchedSource {
+            from: id(N),
+            to: id(B)
+        })),
+        "{actions:?}"
+    );
+    let mut moved: Vec<(NodeId, u32)> = chunk_requests(&actions)
+        .iter()
+        .map(|(to, r)| (*to, r.index))
+        .collect();
+    moved.sort();
+    assert_eq!(moved, vec![(id(B), 1), (id(B), 2)]);
+    assert_eq!((p.current_source(), p.total_faults()), (id(B), 0));
+}
+
+#[test]
+fn a_chunk_that_failed_to_store_is_never_served_and_fails_the_campaign() {
+    let w = node_world();
+    let mut c = node_n(&w);
+    drain(&mut c);
+    // P waits for chunks 0 and 1 (held)
+    c.chunk_request(t(1), RequestId(1), id(P), &w.request(&[A, B, N, P], 0));
+    c.chunk_request(t(1), RequestId(2), id(P), &w.request(&[A, B, N, P], 1));
+    c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], 0));
+    c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], 1));
+    let actions = drain(&mut c);
+    let served: Vec<&NodeAction> = actions
+        .iter()
+        .filter(|a| matches!(a, NodeAction::Serve(_)))
+        .collect();
+    assert!(
+        served.is_empty(),
+        "served before the write was confirmed: {served:?}"
+    );
+    assert!(actions.contains(&NodeAction::Store {
+        index: 1,
+        data: w.plain(1)
+    }));
+    // chunk 0 was written: served; chunk 1 was not: the campaign fails
+    c.chunk_stored(t(1), 0);
+    assert!(matches!(
+        &drain(&mut c)[..],
+        [NodeAction::Serve(ServeAction::SendChunk {
+            req: RequestId(1),
+            index: 0,
+            ..
+        })]
+    ));
+    let reason = "No space left on device (os error 28)";
+    c.store_failed(t(1), 1, reason);
+    let actions = drain(&mut c);
+    assert_eq!(
+        actions,
+        vec![
+            // the held request is sent elsewhere at once
+            NodeAction::Serve(ServeAction::Answer {
+                req: RequestId(2),
+                index: 1,
+                status: ChunkStatus::Gated
+            }),
+            send(
+                w.nms,
+                Control::InstallReport {
+                    campaign: w.campaign(),
+                    outcome: InstallOutcome::Failed {
+                        reason: format!("cannot store chunk 1: {reason}")
+                    }
+                }
+            ),
+        ]
+    );
+    assert_eq!(c.phase(), Phase::Failed);
+    assert!(!c.have().contains(1));
+    assert_eq!(c.verified_bytes(), u64::from(CHUNK));
+    // a failed store serves nothing more, not even chunks it stored; pulls nothing more
+    c.chunk_request(t(2), RequestId(3), id(P), &w.request(&[A, B, N, P], 1));
+    c.chunk_request(t(2), RequestId(4), id(P), &w.request(&[A, B, N, P], 0));
+    c.chunk_response(t(2), id(B), w.sealed(&[A, B, N], 2));
+    c.chunk_stored(t(2), 1);
+    c.store_failed(t(2), 2, reason);
+    assert_eq!(
+        drain(&mut c),
+        vec![
+            NodeAction::Serve(ServeAction::Answer {
+                req: RequestId(3),
+                index: 1,
+                status: ChunkStatus::Gated
+            }),
+            NodeAction::Serve(ServeAction::Answer {
+                req: RequestId(4),
+                index: 0,
+                status: ChunkStatus::Gated
+            }),
+        ]
+    );
+    assert_eq!(c.poll_timeout(), None, "waits for nothing");
+    c.set_gated(t(3), false); // the owner's gate does not reopen it
+    c.chunk_request(t(3), RequestId(5), id(P), &w.request(&[A, B, N, P], 0));
+    assert!(matches!(
+        &drain(&mut c)[..],
+        [NodeAction::Serve(ServeAction::Answer {
+            status: ChunkStatus::Gated,
+            ..
+        })]
+    ));
+}
+
+#[test]
+fn a_failed_whole_file_hash_fails_the_campaign() {
+    for transfer in [Transfer::CutThrough, Transfer::StoreAndForward] {
+        let w = world(&[A, B, N, P, Q], transfer, false);
+        let mut c = node_n(&w);
+        drain(&mut c);
+        let actions = receive_all(&w, &mut c);
+        assert_eq!(actions.last(), Some(&NodeAction::HashFile));
+        assert_eq!(c.phase(), Phase::Verifying);
+        c.chunk_request(t(2), RequestId(1), id(P), &w.request(&[A, B, N, P], 0));
+        drain(&mut c);
+        c.hash_failed(t(3), "Input/output error (os error 5)");
+        let actions = drain(&mut c);
+        assert_eq!(c.phase(), Phase::Failed, "{transfer:?}");
+        let report = actions.iter().find_map(|a| match a {
+            NodeAction::Send {
+                to,
+                msg:
+                    Control::InstallReport {
+                        outcome: InstallOutcome::Failed { reason },
+                        ..
+                    },
+            } if *to == w.nms => Some(reason.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            report.as_deref(),
+            Some("cannot read the stored package back to check it: Input/output error (os error 5)")
+        );
+        // no receipt, no auth; the children are sent elsewhere, and are offered (S&F)
+        assert!(!actions.iter().any(|a| matches!(
+            a,
+            NodeAction::Send {
+                msg: Control::Receipt { .. } | Control::AuthRequest { .. },
+                ..
+            }
+        )));
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, NodeAction::Serve(ServeAction::SendChunk { .. })))
+        );
+        if transfer == Transfer::StoreAndForward {
+            assert!(actions.contains(&NodeAction::Serve(ServeAction::Answer {
+                req: RequestId(1),
+                index: 0,
+                status: ChunkStatus::Gated
+            })));
+            for k in [P, Q] {
+                assert!(actions.contains(&send(
+                    id(k),
+                    Control::Offer(Box::new(w.offer(&[A, B, N, k], &[k])))
+                )));
+            }
+        }
+        assert_eq!(c.poll_timeout(), None);
+        // a late hash result changes nothing
+        c.file_hashed(t(4), w.manifest.root);
+        assert_eq!(drain(&mut c), vec![]);
+    }
 }
 
 #[test]
@@ -751,9 +1026,11 @@ fn the_nms_serves_any_addressee_with_the_key_of_its_path() {
     other.campaign = [0; 16];
     m.chunk_request(t(1), RequestId(4), id(N), &other);
     m.chunk_request(t(1), RequestId(5), id(N), &w.request(&[A, B, N], 3));
-    let refused = |r| {
+    // every answer carries the index of its request (protocol.md 6.2)
+    let refused = |r, index| {
         MonitorAction::Serve(ServeAction::Answer {
             req: RequestId(r),
+            index,
             status: ChunkStatus::Refused,
         })
     };
@@ -766,13 +1043,14 @@ fn the_nms_serves_any_addressee_with_the_key_of_its_path() {
                 index: 2,
                 key: w.token(&[id(A), id(B), id(N)]).chunk_key(),
             }),
-            refused(2),
-            refused(3),
+            refused(2, 2),
+            refused(3, 2),
             MonitorAction::Serve(ServeAction::Answer {
                 req: RequestId(4),
+                index: 2,
                 status: ChunkStatus::UnknownCampaign
             }),
-            refused(5), // past the last chunk
+            refused(5, 3), // past the last chunk
         ]
     );
 }

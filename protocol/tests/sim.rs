@@ -104,6 +104,31 @@ fn dead_nodes_are_planned_around_and_reported() {
 }
 
 #[test]
+fn a_relay_whose_disk_fills_up_fails_and_its_subtree_still_installs() {
+    for transfer in [Transfer::CutThrough, Transfer::StoreAndForward] {
+        // addressee 0 heads the first half of the list: 14 nodes sit below it
+        let r = run(&SimConfig {
+            nodes: 30,
+            disk_full: vec![0],
+            transfer,
+            seed: 9,
+            ..SimConfig::default()
+        });
+        assert_eq!(
+            r.failures[0].as_deref(),
+            Some("cannot store chunk 16: No space left on device (os error 28)"),
+            "{transfer:?}"
+        );
+        for (i, t) in r.installed_at.iter().enumerate() {
+            assert_eq!(t.is_none(), i == 0, "{transfer:?}: node {i} installed at {t:?}");
+        }
+        // nobody received a chunk the full disk did not hold, and nobody counted a fault
+        assert_eq!(r.exact_copies, 29, "{transfer:?}");
+        assert_eq!(r.faults_detected, 0, "{transfer:?}");
+    }
+}
+
+#[test]
 fn chain_and_empty_packages_complete() {
     let chain = run(&SimConfig {
         nodes: 10,
