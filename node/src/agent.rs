@@ -71,7 +71,6 @@ struct Running {
     /// The package file, kept open: chunks are written and served by offset.
     data: Arc<std::fs::File>,
     file: PathBuf,
-    reported_done: bool,
 }
 
 struct Agent {
@@ -94,8 +93,15 @@ struct Agent {
     verifying: HashMap<u64, (PeerId, ResponseChannel<Control>)>,
     next_ticket: u64,
     failures: net::FailureLog,
+    /// Some campaign ended here and was dropped (for `--once`).
     finished_any: bool,
+    /// Campaigns that ended here and were dropped, newest last (at most [`MAX_OVER`]):
+    /// offers for them are refused, not downloaded again.
+    over: std::collections::VecDeque<CampaignId>,
 }
+
+/// Finished campaigns remembered to refuse later offers for them.
+pub const MAX_OVER: usize = 4096;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -151,6 +157,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         next_ticket: 0,
         failures: net::FailureLog::default(),
         finished_any: false,
+        over: std::collections::VecDeque::new(),
     };
     for p in &opts.peers {
         if let Some(id) = net::peer_of(p) {
@@ -186,8 +193,8 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             _ = term.recv() => { info!("terminated; stopping"); break; }
         }
         agent.drive_all();
-        let now = agent.now();
-        if opts.once && agent.finished_any && agent.campaigns.values().all(|r| r.machine.relay_done(now)) {
+        // finished campaigns are dropped when the machine reports `RelayDone`
+        if opts.once && agent.finished_any && agent.campaigns.is_empty() {
             info!("--once: campaign installed and relayed; exiting");
             break;
         }
@@ -242,8 +249,8 @@ impl Agent {
     }
 
     fn next_deadline(&self) -> Instant {
-        // with --once, look at the relay state every second
-        let far = self.now() + Duration::from_secs(if self.opts.once { 1 } else { 3600 });
+        // every timer (the end of relaying included) is the machines' own
+        let far = self.now() + Duration::from_secs(3600);
         let t = self
             .campaigns
             .values()
@@ -339,6 +346,9 @@ impl Agent {
             unix_now: unix_now(),
             installed: self.store.installed(&opened.manifest.name),
             held: self.campaigns.contains_key(&campaign),
+            finished: self.over.contains(&campaign),
+            // only `resume` passes `may_pin = false`: a campaign restarted from disk
+            resuming: !may_pin,
         };
         match admit(&opened, &ctx)? {
             Admitted::AlreadyHeld => return Ok(campaign),
@@ -388,7 +398,6 @@ impl Agent {
                 manifest: Arc::new(manifest),
                 data,
                 file,
-                reported_done: false,
             },
         );
         Ok(campaign)
@@ -627,6 +636,7 @@ impl Agent {
 
     /// Carries out a campaign's actions.
     fn drive(&mut self, c: CampaignId) {
+        let mut over = false;
         loop {
             let Some(r) = self.campaigns.get_mut(&c) else {
                 return;
@@ -706,26 +716,47 @@ impl Agent {
                     }
                 }
                 NodeAction::Note(n) => log_note(&n),
+                NodeAction::RelayDone => over = true,
             }
         }
-        let now = self.now();
-        let Some(r) = self.campaigns.get_mut(&c) else {
-            return;
-        };
-        if matches!(r.machine.phase(), Phase::Installed | Phase::Failed) {
-            self.finished_any = true;
-        }
-        if r.machine.relay_done(now) && !r.reported_done {
-            r.reported_done = true;
-            info!(
-                served_chunks = r.machine.served_chunks(),
-                fetched_chunks = r.machine.fetched_chunks(),
-                faults = r.machine.total_faults(),
-                "campaign {} finished here: installed and relayed",
-                hex::encode(c)
-            );
+        if over {
+            self.end_campaign(c);
         }
     }
+
+    /// The campaign is over here (installed or failed, relaying done): drop it, its open
+    /// file and its working directory. Later requests for it are answered as for an
+    /// unknown campaign, and later offers are refused (admission's `finished`).
+    fn end_campaign(&mut self, c: CampaignId) {
+        let Some(r) = retire(&mut self.campaigns, &self.store, &c) else {
+            return;
+        };
+        self.finished_any = true;
+        info!(
+            served_chunks = r.machine.served_chunks(),
+            fetched_chunks = r.machine.fetched_chunks(),
+            faults = r.machine.total_faults(),
+            outcome = ?r.machine.outcome(),
+            "campaign {} finished here: {} and relayed; dropped",
+            hex::encode(c),
+            if r.machine.phase() == Phase::Installed { "installed" } else { "failed" },
+        );
+        // answering a held request needs the campaign: none is held when it is over
+        self.in_chunk.retain(|(campaign, _), _| *campaign != c);
+        if self.over.len() >= MAX_OVER {
+            self.over.pop_front();
+        }
+        self.over.push_back(c);
+    }
+}
+
+/// Drops campaign `c`: its running state (and with it the open package file) and its
+/// `partial/<campaign>` directory. The installed version is a hard link to (or a copy
+/// of) the partial file, so it stays. Returns what was dropped.
+fn retire(campaigns: &mut HashMap<CampaignId, Running>, store: &Store, c: &CampaignId) -> Option<Running> {
+    let r = campaigns.remove(c)?;
+    store.forget(c);
+    Some(r)
 }
 
 /// Reads chunk `index` of the package file and seals it for the requester.
@@ -773,5 +804,125 @@ fn log_note(n: &Note) {
         Note::Verified => info!("package verified (root hash matches the signed manifest)"),
         Note::Authenticated => info!("the NMS acknowledged the package"),
         Note::ReceiptMismatch { parent } => warn!("parent {parent} reports a different root hash"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_protocol::chunk::ChunkSet;
+    use baton_protocol::manifest::{HashList, MANIFEST_FORMAT, PlanParams, RelayPolicy};
+    use baton_protocol::{HopToken, Keypair, PackageHasher, SignedManifest};
+
+    /// Descriptors of this process open on files under `dir`.
+    fn open_under(dir: &std::path::Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter(|p| p.starts_with(dir))
+            .count()
+    }
+
+    /// A campaign as `admit_and_start` leaves it: prepared in the store, its file open,
+    /// its machine running; then received and installed.
+    async fn installed_campaign(store: &Store, nms: &Keypair, me: NodeId, seq: u64) -> (CampaignId, Running) {
+        let content = vec![seq as u8; 10_000];
+        let mut h = PackageHasher::new(4096);
+        h.update(&content);
+        let (size, hashes, root) = h.finish();
+        let m = Manifest {
+            format: MANIFEST_FORMAT,
+            campaign: [seq as u8; 16],
+            nms: NodeId::of(nms),
+            name: "frob".into(),
+            version: format!("1.{seq}"),
+            file: "frob.tgz".into(),
+            sequence: seq,
+            size,
+            chunk_size: 4096,
+            chunk_hashes: HashList(hashes),
+            root,
+            created_at: 1,
+            expires_at: u64::MAX,
+            relay: RelayPolicy::default(),
+            plan: PlanParams::default(),
+            offline_install: false,
+            self_update: false,
+            addressees: vec![me],
+        };
+        let offer = Offer {
+            manifest: SignedManifest::sign(&m, nms).unwrap(),
+            part: vec![me],
+            path: vec![me],
+            token: HopToken([0; 32]),
+        };
+        store.prepare(&offer, &m).unwrap();
+        let file = store.data_file(&m.campaign);
+        let data = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&file)
+                .unwrap(),
+        );
+        for (i, c) in content.chunks(4096).enumerate() {
+            Store::write_chunk(&data, &m, i as u32, c).unwrap();
+        }
+        store.install(&m, None).await.unwrap();
+        let count = m.layout().unwrap().count();
+        let machine = NodeCampaign::accept(
+            Duration::ZERO,
+            me,
+            offer,
+            m.clone(),
+            NodeConfig::default(),
+            ChunkSet::full(count),
+        );
+        (
+            m.campaign,
+            Running {
+                machine,
+                manifest: Arc::new(m),
+                data,
+                file,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn finished_campaigns_keep_no_file_open_and_leave_no_partial_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir_path = dir.path().canonicalize().unwrap();
+        let store = Store::open(&dir_path).unwrap();
+        let nms = Keypair::generate_ed25519();
+        let me = NodeId::of(&Keypair::generate_ed25519());
+        let mut campaigns = HashMap::new();
+        let n = 50u64; // more than a `ulimit -n 64` node could hold open
+        for seq in 1..=n {
+            let (c, r) = installed_campaign(&store, &nms, me, seq).await;
+            campaigns.insert(c, r);
+        }
+        assert_eq!(open_under(&dir_path), n as usize);
+        for seq in 1..=n {
+            assert!(retire(&mut campaigns, &store, &[seq as u8; 16]).is_some());
+        }
+        assert_eq!(open_under(&dir_path), 0, "files left open");
+        assert!(campaigns.is_empty());
+        let partial: Vec<_> = std::fs::read_dir(dir_path.join("partial")).unwrap().collect();
+        assert!(partial.is_empty(), "partial dirs left: {partial:?}");
+        // every installed version is intact (the partial file was a hard link to it)
+        for seq in 1..=n {
+            let f = dir_path.join(format!("packages/frob/{seq}/frob.tgz"));
+            assert_eq!(
+                std::fs::read(&f).unwrap(),
+                vec![seq as u8; 10_000],
+                "{}",
+                f.display()
+            );
+        }
+        assert_eq!(store.installed("frob").map(|(s, _)| s), Some(n));
+        // retiring twice is harmless
+        assert!(retire(&mut campaigns, &store, &[1; 16]).is_none());
     }
 }

@@ -504,4 +504,24 @@ mod tests {
             }
         }
     }
+
+    #[tokio::test]
+    async fn forget_keeps_the_installed_package() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let nms = Keypair::generate_ed25519();
+        let me = NodeId::of(&Keypair::generate_ed25519());
+        let m = campaign(&store, &nms, me, 1, &[7u8; 10_000]);
+        store.install(&m, None).await.unwrap();
+        let installed = store.current_file("frob").unwrap();
+        // the installed file is the partial file, hard-linked
+        let links = fs::metadata(&installed).unwrap().nlink();
+        store.forget(&m.campaign);
+        assert!(!store.partial_dir(&m.campaign).exists());
+        assert_eq!(fs::read(&installed).unwrap(), vec![7u8; 10_000]);
+        assert_eq!(fs::metadata(&installed).unwrap().nlink(), links - 1);
+        assert_eq!(store.installed("frob"), Some((1, m.root)));
+        assert!(store.saved_offers().is_empty(), "nothing left to resume");
+    }
 }

@@ -103,6 +103,13 @@ pub struct AdmissionContext<'a> {
     pub installed: Option<(u64, Hash)>,
     /// The node already runs this campaign.
     pub held: bool,
+    /// The node ran this campaign to its end (installed or failed, relaying done) and
+    /// dropped it.
+    pub finished: bool,
+    /// The campaign is resumed from the node's own disk at start, not offered: a package
+    /// installed with the same sequence and root does not stop it (a crash between the
+    /// install and the end of relaying resumes, reports and relays).
+    pub resuming: bool,
 }
 
 /// What admission decided about an offer that passed.
@@ -159,11 +166,27 @@ pub fn admit(o: &OpenedOffer, ctx: &AdmissionContext<'_>) -> Result<Admitted, Re
         }
         .into());
     }
-    Ok(if ctx.held {
-        Admitted::AlreadyHeld
-    } else {
-        Admitted::Start { pin }
-    })
+    if ctx.held {
+        return Ok(Admitted::AlreadyHeld);
+    }
+    // a campaign over here is not downloaded again: refused, so that the sender re-plans
+    // the rest of the part (protocol.md 9.2)
+    let same_installed = ctx.installed == Some((m.sequence, m.root));
+    if ctx.finished || (same_installed && !ctx.resuming) {
+        let what = if same_installed {
+            format!("{} sequence {} is installed", m.name, m.sequence)
+        } else {
+            "it ended".to_string()
+        };
+        return Err(Refusal::new(
+            RefuseReason::Rollback,
+            format!(
+                "campaign {} is already over on this node ({what}); nothing to download",
+                m.campaign.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ),
+        ));
+    }
+    Ok(Admitted::Start { pin })
 }
 
 #[cfg(test)]
@@ -213,6 +236,8 @@ mod tests {
             unix_now: 1500,
             installed: None,
             held: false,
+            finished: false,
+            resuming: false,
         }
     }
 
@@ -294,5 +319,33 @@ mod tests {
             open_offer(forged, nms, w.me).unwrap_err().reason,
             RefuseReason::BadManifest
         );
+    }
+
+    #[test]
+    fn a_campaign_over_here_is_refused_and_not_started_again() {
+        let w = world();
+        let nms = NodeId::of(&w.nms);
+        let nobody = HashSet::new();
+        let trusted = [nms];
+        let o = offer(&w.nms, vec![w.me], vec![w.me], vec![w.me]);
+        let opened = open_offer(o, nms, w.me).unwrap();
+        let m = &opened.manifest;
+        let mut c = ctx(&trusted, false, &nobody);
+        // installed with the same sequence and root: not a rollback, but not started again
+        c.installed = Some((m.sequence, m.root));
+        let r = admit(&opened, &c).unwrap_err();
+        assert_eq!(r.reason, RefuseReason::Rollback);
+        assert!(r.detail.contains("already over on this node"), "{}", r.detail);
+        // ... unless resumed from the node's own disk
+        c.resuming = true;
+        assert_eq!(admit(&opened, &c).unwrap(), Admitted::Start { pin: None });
+        // a campaign that ended here (e.g. failed), whatever is installed
+        let mut c = ctx(&trusted, false, &nobody);
+        c.finished = true;
+        assert_eq!(admit(&opened, &c).unwrap_err().reason, RefuseReason::Rollback);
+        // an untrusted signer is still refused as untrusted first
+        let mut c = ctx(&[], false, &nobody);
+        c.finished = true;
+        assert_eq!(admit(&opened, &c).unwrap_err().reason, RefuseReason::Untrusted);
     }
 }

@@ -23,6 +23,20 @@ use crate::wire::{
 /// How long a finished node keeps serving when a child went silent without a receipt.
 pub const RELAY_LINGER: Duration = Duration::from_secs(30);
 
+/// The delay before retry number `n` (1 for the first retry after a failure): `base`
+/// doubled per consecutive failure, capped at `cap`, with "equal jitter": a value in
+/// `[d/2, d]` drawn from `salt` (deterministic: BLAKE3 of the salt, no RNG in the core).
+pub fn backoff(base: Duration, cap: Duration, n: u32, salt: &[u8]) -> Duration {
+    let d = base
+        .saturating_mul(1u32 << n.saturating_sub(1).min(20))
+        .min(cap.max(base));
+    let half = d / 2;
+    let r = blake3::hash(salt);
+    let r = u64::from_le_bytes(r.as_bytes()[..8].try_into().expect("8 bytes"));
+    let span = half.as_nanos() as u64;
+    half + Duration::from_nanos(if span == 0 { 0 } else { r % (span + 1) })
+}
+
 /// Tunables of a node's campaign machine.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -40,6 +54,14 @@ pub struct NodeConfig {
     pub auth_retry: Duration,
     /// Authentication attempts before giving up (or installing offline, if allowed).
     pub auth_attempts: u32,
+    /// First pause after a failed chunk request (transport error, an immediate
+    /// `UnknownCampaign`/`Refused`/`NotYet`, a bad chunk, a timeout); it doubles per
+    /// consecutive failure of the current source up to `retry_max` and resets on a good
+    /// chunk or a move to another source. Jittered to `[d/2, d]`.
+    pub retry_base: Duration,
+    /// Longest pause between requests to a failing source (and cap of the doubling of
+    /// `auth_retry` and of the progress interval while the NMS cannot be reached).
+    pub retry_max: Duration,
 }
 
 impl Default for NodeConfig {
@@ -52,6 +74,8 @@ impl Default for NodeConfig {
             max_faults: 3,
             auth_retry: Duration::from_secs(2),
             auth_attempts: 5,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
         }
     }
 }
@@ -94,6 +118,11 @@ pub enum NodeAction {
         to: NodeId,
         req: ChunkRequest,
     },
+    /// This node's part in the campaign is over: it is installed or failed, and its
+    /// relaying is done (see [`NodeCampaign::relay_done`]). Emitted once. The shell may
+    /// now drop the campaign (its open file, its working directory); requests that arrive
+    /// later are for a campaign it no longer knows.
+    RelayDone,
     /// Write verified plaintext of chunk `index` to the package file, then call
     /// [`NodeCampaign::chunk_stored`] or, if the write failed, [`NodeCampaign::store_failed`].
     /// The chunk is served to others only once its write is confirmed.
@@ -179,6 +208,8 @@ pub fn check_offer(offer: &Offer, from: &NodeId, ctx: &VerifyContext<'_>) -> Res
             unix_now: ctx.unix_now,
             installed: ctx.installed,
             held: false,
+            finished: false,
+            resuming: false,
         },
     )?;
     Ok(opened.manifest)
@@ -219,6 +250,15 @@ pub struct NodeCampaign {
     auth_due: Option<Duration>,
     completed_at: Option<Duration>,
     outcome: Option<InstallOutcome>,
+    /// Consecutive failures of the current source (back-off); 0 = full speed.
+    retry_fails: u32,
+    /// No chunk request goes out before this (back-off after a failure).
+    retry_at: Option<Duration>,
+    /// Retries drawn so far (salt of the jitter).
+    retries: u64,
+    /// Progress messages in a row that could not be delivered.
+    progress_fails: u32,
+    relay_done_sent: bool,
 }
 
 impl NodeCampaign {
@@ -283,6 +323,11 @@ impl NodeCampaign {
             auth_due: None,
             completed_at: None,
             outcome: None,
+            retry_fails: 0,
+            retry_at: None,
+            retries: 0,
+            progress_fails: 0,
+            relay_done_sent: false,
             manifest,
         };
         c.offer_children();
@@ -351,12 +396,30 @@ impl NodeCampaign {
             .children
             .iter()
             .all(|c| matches!(c.state, ChildState::Receipted | ChildState::Failed));
-        // quiet since the later of: the package was complete here, the last chunk request
-        let since = self.server.last_request().max(self.completed_at);
-        let idle = since.is_none_or(|t| now.saturating_sub(t) >= RELAY_LINGER);
+        let idle = self.linger_end().is_none_or(|t| now >= t);
         matches!(self.phase, Phase::Installed | Phase::Failed)
             && self.server.held_count() == 0
             && (children_done || idle)
+    }
+
+    /// When a silent child stops holding this node: [`RELAY_LINGER`] after the later of
+    /// the package being complete here and the last chunk request.
+    fn linger_end(&self) -> Option<Duration> {
+        let since = self.server.last_request().max(self.completed_at);
+        since.map(|t| t + RELAY_LINGER)
+    }
+
+    /// Emits [`NodeAction::RelayDone`] once, when [`Self::relay_done`] becomes true.
+    fn check_relay_done(&mut self, now: Duration) {
+        if !self.relay_done_sent && self.relay_done(now) {
+            self.relay_done_sent = true;
+            self.actions.push_back(NodeAction::RelayDone);
+        }
+    }
+
+    /// True once [`NodeAction::RelayDone`] was emitted.
+    pub fn is_over(&self) -> bool {
+        self.relay_done_sent
     }
 
     pub fn poll_action(&mut self) -> Option<NodeAction> {
@@ -365,6 +428,7 @@ impl NodeCampaign {
 
     /// The earliest time at which [`Self::timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Duration> {
+        let finished = matches!(self.phase, Phase::Installed | Phase::Failed);
         let mut t = [
             self.in_flight
                 .values()
@@ -372,7 +436,12 @@ impl NodeCampaign {
                 .min(),
             self.server.next_timeout(),
             self.auth_due,
-            (!matches!(self.phase, Phase::Installed | Phase::Failed)).then_some(self.next_progress),
+            (!finished).then_some(self.next_progress),
+            self.retry_at.filter(|_| self.phase == Phase::Receiving),
+            // the end of relaying, when only a silent child's linger is left
+            (finished && !self.relay_done_sent && self.server.held_count() == 0)
+                .then(|| self.linger_end())
+                .flatten(),
         ];
         t.sort();
         t.into_iter().flatten().next()
@@ -387,7 +456,7 @@ impl NodeCampaign {
             .collect();
         for (i, s) in expired {
             self.in_flight.remove(&i);
-            self.fault(s, i, "no answer in time");
+            self.fault(now, s, i, "no answer in time");
         }
         let mut out = Vec::new();
         self.server.timeout(now, &mut out);
@@ -400,6 +469,7 @@ impl NodeCampaign {
             self.send_progress(now);
         }
         self.request_more(now);
+        self.check_relay_done(now);
     }
 
     /// A chunk request from `from` (authenticated by the transport).
@@ -416,6 +486,7 @@ impl NodeCampaign {
             &mut out,
         );
         self.push_serve(out);
+        self.check_relay_done(now);
     }
 
     /// The owner's policy opened or closed relaying.
@@ -423,6 +494,7 @@ impl NodeCampaign {
         let mut out = Vec::new();
         self.server.set_gated(now, gated, &mut out);
         self.push_serve(out);
+        self.check_relay_done(now);
     }
 
     /// The answer to a chunk request this node made.
@@ -431,7 +503,11 @@ impl NodeCampaign {
             return; // nothing more to fetch (complete, or failed)
         }
         let i = resp.index;
-        if self.in_flight.get(&i).is_some_and(|(s, _)| *s == from) {
+        let sent = match self.in_flight.get(&i) {
+            Some((s, at)) if *s == from => Some(*at),
+            _ => None,
+        };
+        if sent.is_some() {
             self.in_flight.remove(&i);
         } else if resp.status != ChunkStatus::Ok || self.have.contains(i) || self.storing.contains(&i) {
             return; // late or unsolicited
@@ -439,17 +515,20 @@ impl NodeCampaign {
         match resp.status {
             ChunkStatus::Ok => {
                 if i >= self.layout.count() {
-                    self.fault(from, i, "chunk index out of range");
+                    self.fault(now, from, i, "chunk index out of range");
                 } else if self.key.open(&self.manifest.campaign, i, &mut resp.data).is_err() {
-                    self.fault(from, i, "sealed chunk failed authentication");
+                    self.fault(now, from, i, "sealed chunk failed authentication");
                 } else if resp.data.len() != self.layout.len(i) as usize
                     || hash_chunk(&resp.data) != self.manifest.chunk_hashes.0[i as usize]
                 {
-                    self.fault(from, i, "chunk does not match the manifest's hash");
+                    self.fault(now, from, i, "chunk does not match the manifest's hash");
                 } else if !self.have.contains(i) && self.storing.insert(i) {
                     self.fetched += 1;
                     if from == self.current_source() {
+                        // a good chunk: full speed again
                         self.faults = 0;
+                        self.retry_fails = 0;
+                        self.retry_at = None;
                     }
                     // servable (and counted) only once the shell confirms the write
                     self.actions.push_back(NodeAction::Store {
@@ -458,12 +537,25 @@ impl NodeCampaign {
                     });
                 }
             }
-            ChunkStatus::NotYet => {}
-            ChunkStatus::Gated => self.switch_source(),
-            ChunkStatus::UnknownCampaign => self.fault(from, i, "source does not know the campaign"),
-            ChunkStatus::Refused => self.fault(from, i, "source refused to serve this node"),
+            ChunkStatus::NotYet => {
+                // after a hold the source paced the request itself: ask again at once; an
+                // immediate NotYet (e.g. the source cannot read the chunk back) waits
+                if from == self.current_source()
+                    && sent.is_some_and(|at| now.saturating_sub(at) < self.cfg.retry_base)
+                {
+                    self.retry_later(now);
+                }
+            }
+            ChunkStatus::Gated => {
+                if !self.switch_source() && from == self.current_source() {
+                    self.retry_later(now); // nowhere else to go
+                }
+            }
+            ChunkStatus::UnknownCampaign => self.fault(now, from, i, "source does not know the campaign"),
+            ChunkStatus::Refused => self.fault(now, from, i, "source refused to serve this node"),
         }
         self.request_more(now);
+        self.check_relay_done(now);
     }
 
     /// The shell wrote chunk `index` after [`NodeAction::Store`]: from now on it is served
@@ -477,27 +569,30 @@ impl NodeCampaign {
         self.server.chunk_available(&self.have, &mut out);
         self.push_serve(out);
         self.after_chunk(now);
+        self.check_relay_done(now);
     }
 
     /// The shell could not write chunk `index` after [`NodeAction::Store`] (`reason`, e.g.
     /// "No space left on device (os error 28)"). The store is failing: the campaign ends
     /// [`Phase::Failed`] with this reason, and this node serves nothing more.
-    pub fn store_failed(&mut self, _now: Duration, index: u32, reason: &str) {
+    pub fn store_failed(&mut self, now: Duration, index: u32, reason: &str) {
         if self.phase != Phase::Receiving || !self.storing.contains(&index) {
             return;
         }
         self.disk_failed(format!("cannot store chunk {index}: {reason}"));
+        self.check_relay_done(now);
     }
 
     /// The shell could not read the stored file back after [`NodeAction::HashFile`]. The
     /// campaign ends [`Phase::Failed`] with this reason, and this node serves nothing more.
-    pub fn hash_failed(&mut self, _now: Duration, reason: &str) {
+    pub fn hash_failed(&mut self, now: Duration, reason: &str) {
         if self.phase != Phase::Verifying {
             return;
         }
         self.disk_failed(format!(
             "cannot read the stored package back to check it: {reason}"
         ));
+        self.check_relay_done(now);
     }
 
     /// The store failed (a write, a read, or a file that no longer hashes to the root
@@ -524,7 +619,7 @@ impl NodeCampaign {
     pub fn chunk_failed(&mut self, now: Duration, from: NodeId, index: u32, reason: &str) {
         if self.in_flight.get(&index).is_some_and(|(s, _)| *s == from) {
             self.in_flight.remove(&index);
-            self.fault(from, index, reason);
+            self.fault(now, from, index, reason);
         }
         self.request_more(now);
     }
@@ -537,6 +632,7 @@ impl NodeCampaign {
         if root != self.manifest.root {
             // every chunk matched its hash, so the store itself is failing
             self.disk_failed("the stored package does not hash to the manifest's root (disk fault?)".into());
+            self.check_relay_done(now);
             return;
         }
         self.completed_at = Some(now);
@@ -563,7 +659,7 @@ impl NodeCampaign {
     }
 
     /// A control request for this campaign from `from`; returns the answer.
-    pub fn request(&mut self, _now: Duration, from: NodeId, msg: &Control) -> Control {
+    pub fn request(&mut self, now: Duration, from: NodeId, msg: &Control) -> Control {
         match msg {
             Control::Receipt { root, .. } => {
                 let matches = *root == self.manifest.root;
@@ -572,6 +668,7 @@ impl NodeCampaign {
                         c.state = ChildState::Receipted;
                     }
                 }
+                self.check_relay_done(now);
                 Control::ReceiptAck {
                     campaign: self.manifest.campaign,
                     matches,
@@ -585,6 +682,11 @@ impl NodeCampaign {
 
     /// The answer to a control request this node sent to `from`.
     pub fn response(&mut self, now: Duration, from: NodeId, msg: Control) {
+        self.on_response(now, from, msg);
+        self.check_relay_done(now);
+    }
+
+    fn on_response(&mut self, now: Duration, from: NodeId, msg: Control) {
         match msg {
             Control::OfferReply { verdict, .. } => match verdict {
                 Verdict::Accept => self.set_child(from, ChildState::Accepted),
@@ -616,12 +718,18 @@ impl NodeCampaign {
                 // e.g. an NMS that restarted and lost the campaign: retry, then give up
                 self.send_failed(now, from, ControlKind::AuthRequest, &reason);
             }
+            Control::Ack if from == self.manifest.nms => self.progress_fails = 0,
             _ => {}
         }
     }
 
     /// A control request this node sent to `to` could not be delivered.
     pub fn send_failed(&mut self, now: Duration, to: NodeId, kind: ControlKind, reason: &str) {
+        self.on_send_failed(now, to, kind, reason);
+        self.check_relay_done(now);
+    }
+
+    fn on_send_failed(&mut self, now: Duration, to: NodeId, kind: ControlKind, reason: &str) {
         match kind {
             ControlKind::Offer => self.child_failed(now, to, format!("unreachable: {reason}")),
             ControlKind::AuthRequest if self.phase == Phase::Authenticating => {
@@ -637,18 +745,51 @@ impl NodeCampaign {
                         });
                     }
                 } else {
-                    self.auth_due = Some(now + self.cfg.auth_retry);
+                    // auth_retry, doubling per attempt (capped), jittered
+                    let cap = self.cfg.retry_max.max(self.cfg.auth_retry);
+                    let wait = self.jittered(self.cfg.auth_retry, cap, self.auth_attempts);
+                    self.auth_due = Some(now + wait);
                 }
+            }
+            ControlKind::Progress if to == self.manifest.nms => {
+                // the NMS is unreachable: space progress out (doubling, capped) until it answers
+                self.progress_fails += 1;
+                let cap = self.cfg.retry_max.max(self.cfg.progress_interval);
+                let wait = self.jittered(self.cfg.progress_interval, cap, self.progress_fails + 1);
+                self.next_progress = self.next_progress.max(now + wait);
             }
             _ => {}
         }
     }
 
     /// The shell ran the install step.
-    pub fn install_done(&mut self, _now: Duration, outcome: InstallOutcome) {
+    pub fn install_done(&mut self, now: Duration, outcome: InstallOutcome) {
         if self.phase == Phase::Installing {
             self.finish(outcome);
         }
+        self.check_relay_done(now);
+    }
+
+    /// A back-off delay for retry `n` (see [`backoff`]), jittered from this node, this
+    /// campaign and a counter: two nodes, or two retries, draw apart.
+    fn jittered(&mut self, base: Duration, cap: Duration, n: u32) -> Duration {
+        self.retries += 1;
+        let mut salt = self.me.to_bytes();
+        salt.extend_from_slice(&self.manifest.campaign);
+        salt.extend_from_slice(&self.retries.to_le_bytes());
+        backoff(base, cap, n, &salt)
+    }
+
+    /// The current source failed a request (at once, or by timing out): no new request
+    /// goes to it before a back-off pause. Failures of requests sent before the pause
+    /// began do not lengthen it.
+    fn retry_later(&mut self, now: Duration) {
+        if self.retry_at.is_some_and(|t| now < t) {
+            return;
+        }
+        self.retry_fails += 1;
+        let wait = self.jittered(self.cfg.retry_base, self.cfg.retry_max, self.retry_fails);
+        self.retry_at = Some(now + wait);
     }
 
     fn finish(&mut self, outcome: InstallOutcome) {
@@ -713,8 +854,15 @@ impl NodeCampaign {
         if self.phase != Phase::Receiving {
             return;
         }
+        match self.retry_at {
+            Some(t) if now < t => return, // backing off
+            Some(_) => self.retry_at = None,
+            None => {}
+        }
+        // while the source is failing, one probe at a time; a good chunk reopens the window
+        let window = if self.retry_fails > 0 { 1 } else { self.cfg.window };
         let source = self.current_source();
-        while self.in_flight.len() < self.cfg.window {
+        while self.in_flight.len() < window {
             let mut i = match self.have.first_missing_from(self.cursor) {
                 Some(i) => i,
                 None => break,
@@ -740,7 +888,7 @@ impl NodeCampaign {
         }
     }
 
-    fn fault(&mut self, source: NodeId, index: u32, reason: &str) {
+    fn fault(&mut self, now: Duration, source: NodeId, index: u32, reason: &str) {
         self.total_faults += 1;
         self.actions.push_back(NodeAction::Note(Note::SourceFault {
             source,
@@ -749,22 +897,29 @@ impl NodeCampaign {
         }));
         if source == self.current_source() {
             self.faults += 1;
-            if self.faults >= self.cfg.max_faults {
-                self.switch_source();
+            // a new source is asked at full speed; the same one only after a pause
+            if !(self.faults >= self.cfg.max_faults && self.switch_source()) {
+                self.retry_later(now);
             }
         }
     }
 
-    fn switch_source(&mut self) {
+    /// Moves to the next source, if there is one (returns whether it moved).
+    fn switch_source(&mut self) -> bool {
         if self.source + 1 < self.sources.len() {
             let from = self.current_source();
             self.source += 1;
             self.faults = 0;
+            self.retry_fails = 0;
+            self.retry_at = None;
             let to = self.current_source();
             // requests still out to the old source are asked again from the new one
             self.in_flight.retain(|_, (s, _)| *s != from);
             self.actions
                 .push_back(NodeAction::Note(Note::SwitchedSource { from, to }));
+            true
+        } else {
+            false
         }
     }
 

@@ -581,6 +581,7 @@ impl Sim {
                 NodeAction::Serve(s) => self.serve(e, s),
                 NodeAction::Note(crate::receiver::Note::SwitchedSource { .. }) => self.ents[e].switches += 1,
                 NodeAction::Note(_) => {}
+                NodeAction::RelayDone => {}
             }
         }
         let next = self.ents[e].campaign.as_ref().and_then(|c| c.poll_timeout());

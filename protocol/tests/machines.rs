@@ -314,11 +314,23 @@ fn a_chunk_sealed_with_the_wrong_key_is_a_fault_and_is_asked_again() {
     assert!(
         matches!(&actions[..], [
             NodeAction::Note(Note::SourceFault { source, index: 0, reason }),
-            NodeAction::RequestChunk { to, req },
-        ] if *source == id(B) && reason.contains("authentication") && *to == id(B) && req.index == 0),
+        ] if *source == id(B) && reason.contains("authentication")),
         "{actions:?}"
     );
     assert_eq!((c.total_faults(), c.have().count()), (1, 0));
+    // asked again after a short pause (back-off: at most retry_base the first time)
+    let again = c.poll_timeout().unwrap();
+    assert!(again > t(1) && again <= t(1) + cfg().retry_base, "{again:?}");
+    c.timeout(again);
+    // while B fails, one request at a time: chunk 1 is still out
+    assert_eq!(drain(&mut c), vec![]);
+    // a good chunk from B: full speed again
+    c.chunk_response(again, id(B), w.sealed(&[A, B, N], 1));
+    let asked: Vec<u32> = chunk_requests(&drain(&mut c))
+        .iter()
+        .map(|(_, r)| r.index)
+        .collect();
+    assert_eq!(asked, vec![0, 2]);
 }
 
 #[test]
@@ -428,15 +440,19 @@ fn a_file_that_hashes_wrong_fails_the_install() {
     drain(&mut c);
     receive_all(&w, &mut c);
     c.file_hashed(t(2), [0; 32]);
+    // nobody pulls from it: its relaying is over at once
     assert!(matches!(
         &drain(&mut c)[..],
-        [NodeAction::Send {
-            msg: Control::InstallReport {
-                outcome: InstallOutcome::Failed { .. },
+        [
+            NodeAction::Send {
+                msg: Control::InstallReport {
+                    outcome: InstallOutcome::Failed { .. },
+                    ..
+                },
                 ..
             },
-            ..
-        }]
+            NodeAction::RelayDone
+        ]
     ));
     assert_eq!(c.phase(), Phase::Failed);
 }
@@ -624,7 +640,11 @@ fn a_chunk_that_failed_to_store_is_never_served_and_fails_the_campaign() {
             }),
         ]
     );
-    assert_eq!(c.poll_timeout(), None, "waits for nothing");
+    // waits for nothing but the end of relaying (it answers Gated until then)
+    assert_eq!(
+        c.poll_timeout(),
+        Some(t(2) + baton_protocol::receiver::RELAY_LINGER)
+    );
     c.set_gated(t(3), false); // the owner's gate does not reopen it
     c.chunk_request(t(3), RequestId(5), id(P), &w.request(&[A, B, N, P], 0));
     assert!(matches!(
@@ -691,7 +711,11 @@ fn a_failed_whole_file_hash_fails_the_campaign() {
                 )));
             }
         }
-        assert_eq!(c.poll_timeout(), None);
+        // waits for nothing but the end of relaying (it answers Gated until then)
+        assert_eq!(
+            c.poll_timeout(),
+            Some(t(2) + baton_protocol::receiver::RELAY_LINGER)
+        );
         // a late hash result changes nothing
         c.file_hashed(t(4), w.manifest.root);
         assert_eq!(drain(&mut c), vec![]);
@@ -763,8 +787,12 @@ fn an_unreachable_nms_is_retried_then_fails_or_installs_offline() {
         receive_and_hash(&w, &mut c); // first attempt
         c.send_failed(t(3), w.nms, ControlKind::AuthRequest, "connection refused");
         assert_eq!(drain(&mut c), vec![]);
-        let retry_at = t(3) + cfg().auth_retry;
-        assert_eq!(c.poll_timeout(), Some(retry_at));
+        // auth_retry, jittered to [auth_retry/2, auth_retry]
+        let retry_at = c.poll_timeout().unwrap();
+        assert!(
+            retry_at >= t(3) + cfg().auth_retry / 2 && retry_at <= t(3) + cfg().auth_retry,
+            "{retry_at:?}"
+        );
         c.timeout(retry_at);
         assert!(matches!(
             &drain(&mut c)[..],
@@ -1095,4 +1123,223 @@ fn the_campaign_is_done_when_every_addressee_is_final() {
     );
     assert!(m.is_done());
     assert_eq!((m.finished_at(), m.counts()), (Some(t(3)), (1, 1, 2)));
+}
+
+// ---------- back-off and the end of relaying ----------
+
+/// `A`, first tier: path `[A]`, part `[A, B, N, P, Q]`; its only source is the NMS.
+fn node_a(w: &World) -> NodeCampaign {
+    let offer = w.offer(&[A], &[A, B, N, P, Q]);
+    let m = check_offer(&offer, &w.nms, &w.ctx(A)).expect("a good offer");
+    let count = m.layout().unwrap().count();
+    NodeCampaign::accept(t(0), id(A), offer, m, cfg(), ChunkSet::new(count))
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Failing {
+    /// The dial fails at once (the NMS is down).
+    Transport,
+    /// The source answers at once that it does not know the campaign.
+    Unknown,
+    /// The source answers `NotYet` at once (it could not read the chunk back).
+    NotYetAtOnce,
+}
+
+/// Runs `c` for `secs` seconds of virtual time from `start` against a source whose every
+/// request fails at once as `how`; returns the requests made and the time it stopped.
+fn run_failing(c: &mut NodeCampaign, w: &World, how: Failing, start: Duration, secs: u64) -> usize {
+    let end = start + t(secs);
+    let mut now = start;
+    let mut asked = 0;
+    loop {
+        while let Some(a) = c.poll_action() {
+            if let NodeAction::RequestChunk { to, req } = a {
+                asked += 1;
+                if asked > 1000 {
+                    return asked; // a busy loop: no need to go on
+                }
+                match how {
+                    Failing::Transport => c.chunk_failed(now, to, req.index, "connection refused"),
+                    Failing::Unknown | Failing::NotYetAtOnce => {
+                        let status = match how {
+                            Failing::Unknown => ChunkStatus::UnknownCampaign,
+                            _ => ChunkStatus::NotYet,
+                        };
+                        c.chunk_response(
+                            now,
+                            to,
+                            ChunkResponse {
+                                campaign: w.campaign(),
+                                index: req.index,
+                                status,
+                                data: Vec::new(),
+                            },
+                        )
+                    }
+                }
+            }
+        }
+        match c.poll_timeout() {
+            Some(next) if next <= end => {
+                assert!(next >= now, "a wake-up in the past: {next:?} < {now:?}");
+                now = next;
+                c.timeout(now);
+            }
+            _ => return asked,
+        }
+    }
+}
+
+#[test]
+fn a_failing_source_is_asked_with_back_off_and_at_full_speed_after_a_success() {
+    for how in [Failing::Transport, Failing::Unknown, Failing::NotYetAtOnce] {
+        let w = world(&[A, B, N, P, Q], Transfer::CutThrough, false);
+        let mut c = node_a(&w);
+        // ten seconds of virtual time against a source that always fails at once
+        let asked = run_failing(&mut c, &w, how, t(0), 10);
+        assert!(asked < 20, "{how:?}: {asked} requests in 10 s");
+        assert!(asked >= 5, "{how:?}: still retrying ({asked})");
+        // the pause grew: the next request is more than a second away, at most 5 s
+        let next = c.poll_timeout().expect("a retry is due");
+        assert!(next > t(10), "{how:?}: {next:?}");
+        assert!(next <= t(15), "{how:?}: capped at 5 s, {next:?}");
+        c.timeout(next);
+        let asks = chunk_requests(&drain(&mut c));
+        assert_eq!(asks.len(), 1, "{how:?}: one probe while backing off: {asks:?}");
+        // the probe succeeds: the window fills again at once
+        c.chunk_response(next, w.nms, w.sealed(&[A], asks[0].1.index));
+        let mut actions = drain(&mut c);
+        let stored: Vec<u32> = actions
+            .iter()
+            .filter_map(|a| match a {
+                NodeAction::Store { index, .. } => Some(*index),
+                _ => None,
+            })
+            .collect();
+        for i in stored {
+            c.chunk_stored(next, i);
+        }
+        actions.extend(drain(&mut c));
+        let again = chunk_requests(&actions);
+        assert_eq!(
+            again.len(),
+            cfg().window,
+            "{how:?}: full window after a success: {actions:?}"
+        );
+        // and a new failure waits only the first step again (about 100 ms), not 5 s
+        for (to, r) in &again {
+            c.chunk_failed(next, *to, r.index, "connection reset");
+        }
+        assert!(
+            chunk_requests(&drain(&mut c)).is_empty(),
+            "{how:?}: waits after a failure"
+        );
+        let retry = c.poll_timeout().expect("a retry is due");
+        assert!(
+            retry > next && retry <= next + Duration::from_millis(100),
+            "{how:?}: {retry:?} after {next:?}"
+        );
+    }
+}
+
+#[test]
+fn not_yet_after_a_hold_is_asked_again_at_once() {
+    let w = world(&[A, B, N, P, Q], Transfer::CutThrough, false);
+    let mut c = node_a(&w);
+    let asks = chunk_requests(&drain(&mut c));
+    assert_eq!(asks.len(), 2);
+    let held_until = t(15);
+    for (to, r) in &asks {
+        c.chunk_response(
+            held_until,
+            *to,
+            ChunkResponse {
+                campaign: w.campaign(),
+                index: r.index,
+                status: ChunkStatus::NotYet,
+                data: Vec::new(),
+            },
+        );
+    }
+    assert_eq!(chunk_requests(&drain(&mut c)).len(), 2, "asked again at once");
+    assert_eq!(c.total_faults(), 0);
+}
+
+#[test]
+fn relay_done_is_reported_once_at_its_time() {
+    use baton_protocol::receiver::RELAY_LINGER;
+    let w = node_world();
+    let install = |c: &mut NodeCampaign| {
+        receive_and_hash(&w, c);
+        c.response(
+            t(3),
+            w.nms,
+            Control::AuthReply {
+                campaign: w.campaign(),
+                ok: true,
+                reason: String::new(),
+            },
+        );
+        drain(c);
+        c.install_done(t(4), InstallOutcome::Installed);
+    };
+    let done = |actions: &[NodeAction]| actions.iter().filter(|a| **a == NodeAction::RelayDone).count();
+
+    // receipts of both children: done at the second one
+    let mut c = node_n(&w);
+    install(&mut c);
+    assert_eq!(done(&drain(&mut c)), 0, "children still pulling");
+    for child in [P, Q] {
+        c.response(
+            t(5),
+            id(child),
+            Control::OfferReply {
+                campaign: w.campaign(),
+                verdict: Verdict::Accept,
+            },
+        );
+        c.request(
+            t(5),
+            id(child),
+            &Control::Receipt {
+                campaign: w.campaign(),
+                root: w.manifest.root,
+            },
+        );
+    }
+    assert_eq!(done(&drain(&mut c)), 1);
+    assert_eq!(c.poll_timeout(), None);
+    c.timeout(t(100));
+    assert_eq!(done(&drain(&mut c)), 0, "only once");
+
+    // a child that asked and went silent: the linger is a timer of the machine
+    let mut c = node_n(&w);
+    install(&mut c);
+    drain(&mut c);
+    assert_eq!(c.poll_timeout(), Some(t(2) + RELAY_LINGER), "from completion");
+    c.chunk_request(t(6), RequestId(1), id(P), &w.request(&[A, B, N, P], 0));
+    assert_eq!(done(&drain(&mut c)), 0);
+    let end = t(6) + RELAY_LINGER;
+    assert_eq!(c.poll_timeout(), Some(end));
+    c.timeout(end - Duration::from_millis(1));
+    assert_eq!(done(&drain(&mut c)), 0);
+    c.timeout(end);
+    assert_eq!(done(&drain(&mut c)), 1);
+    assert_eq!(c.poll_timeout(), None);
+    c.timeout(end + t(100));
+    assert_eq!(done(&drain(&mut c)), 0, "only once");
+
+    // a node that failed with nobody pulling: done at once
+    let mut c = node_n(&w);
+    drain(&mut c);
+    c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], 0));
+    for a in drain(&mut c) {
+        if let NodeAction::Store { index, .. } = a {
+            c.store_failed(t(1), index, "No space left on device (os error 28)");
+        }
+    }
+    // its children were offered, but a failed store serves nothing (Gated): done at once
+    assert_eq!(c.phase(), Phase::Failed);
+    assert_eq!(done(&drain(&mut c)), 1);
+    assert_eq!(c.poll_timeout(), None);
 }
