@@ -171,6 +171,26 @@ impl Cluster {
         self.spawn(i, format!("baton-node {i}"), args, Some(log), &[])
     }
 
+    /// Starts this binary on `host` with `args` (a helper such as the attack suite's rogue),
+    /// logging to `<log>.log` in the work directory.
+    pub fn start_helper(&mut self, host: usize, label: &str, args: &[String], log: &str) -> Result<ProcIdx> {
+        let log = self.dir.join(format!("{log}.log"));
+        self.spawn(host, label.to_string(), args.to_vec(), Some(log), &[])
+    }
+
+    /// The OS process id of a started process that was not stopped or killed.
+    pub fn pid(&self, p: ProcIdx) -> Option<u32> {
+        self.procs.get(p)?.as_ref().map(|x| x.child.id())
+    }
+
+    /// True while a started process is running.
+    pub fn running(&mut self, p: ProcIdx) -> bool {
+        self.procs
+            .get_mut(p)
+            .and_then(|x| x.as_mut())
+            .is_some_and(|x| matches!(x.child.try_wait(), Ok(None)))
+    }
+
     /// The text logged so far by node `i` (or "nms").
     pub fn log(&self, who: &str) -> String {
         fs::read_to_string(self.dir.join(format!("{who}.log"))).unwrap_or_default()

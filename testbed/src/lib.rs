@@ -2,6 +2,7 @@
 //! ([`netns`]), a Baton fleet on them ([`cluster`]), the one-command demo ([`demo`]), and
 //! benchmarks against existing tools ([`bench`]).
 
+pub mod attack;
 pub mod baton_bench;
 pub mod bench;
 pub mod cluster;

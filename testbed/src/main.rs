@@ -2,6 +2,7 @@
 //! inside its namespaces.
 
 use anyhow::Result;
+use baton_testbed::attack::{self, AttackArgs};
 use baton_testbed::bench::{self, BenchArgs};
 use baton_testbed::demo::{self, DemoArgs};
 use clap::{Parser, Subcommand};
@@ -20,6 +21,9 @@ enum Cmd {
     Demo(DemoArgs),
     /// Baton against the physical limit and existing tools, on shaped links.
     Bench(BenchArgs),
+    /// A rogue peer against a live fleet: forged, unsigned, untrusted, expired and replayed
+    /// offers, garbage, oversize and slow frames, floods; checks installs, RSS and the campaign.
+    Attack(AttackArgs),
 }
 
 fn main() {
@@ -44,11 +48,13 @@ fn real_main() -> Result<()> {
             );
         }
         Some("http-serve" | "http-fetch") => return bench::http::helper_main(&args[1..]),
+        Some("attack-rogue") => return attack::rogue_main(&args[2..]),
         _ => {}
     }
     baton_node::cli::init_tracing();
     match Cli::parse().cmd {
         Cmd::Demo(a) => demo::run(&a),
         Cmd::Bench(a) => bench::run(&a, baton_testbed::baton_bench::methods()),
+        Cmd::Attack(a) => attack::run(&a),
     }
 }
