@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use baton_node::agent::read_and_seal;
 use baton_node::discovery::{Advert, Discovery, DiscoveryEvent, Interfaces, Role};
-use baton_node::net::{self, Behaviour, BehaviourEvent};
+use baton_node::net::{self, Behaviour, BehaviourEvent, Inbound};
 use baton_protocol::wire::{PROTOCOL_VERSION, encode_control};
 use baton_protocol::{
     CampaignId, CampaignMonitor, ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, Keypair,
@@ -442,7 +442,15 @@ impl Nms {
         match ev {
             SwarmEvent::Behaviour(BehaviourEvent::Control(e)) => match e {
                 request_response::Event::Message { peer, message, .. } => match message {
-                    request_response::Message::Request { request, channel, .. } => {
+                    request_response::Message::Request {
+                        request: Inbound::Unreadable(why),
+                        ..
+                    } => self.failures.unreadable(peer, "control", &why),
+                    request_response::Message::Request {
+                        request: Inbound::Msg(request),
+                        channel,
+                        ..
+                    } => {
                         let answer = match &request {
                             Control::Probe { nonce } => Control::ProbeReply { nonce: *nonce },
                             other => match other.campaign().and_then(|c| self.campaigns.get_mut(c)) {
@@ -483,9 +491,23 @@ impl Nms {
             },
             SwarmEvent::Behaviour(BehaviourEvent::Chunk(request_response::Event::Message {
                 peer,
-                message: request_response::Message::Request { request, channel, .. },
+                message:
+                    request_response::Message::Request {
+                        request: Inbound::Msg(request),
+                        channel,
+                        ..
+                    },
                 ..
             })) => self.on_chunk_request(peer, request, channel),
+            SwarmEvent::Behaviour(BehaviourEvent::Chunk(request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request: Inbound::Unreadable(why),
+                        ..
+                    },
+                ..
+            })) => self.failures.unreadable(peer, "chunk", &why),
             SwarmEvent::Behaviour(BehaviourEvent::Chunk(request_response::Event::InboundFailure {
                 peer,
                 error,
@@ -551,7 +573,11 @@ impl Nms {
                 MonitorAction::Send { to, msg } => {
                     r.bytes_sent += encode_control(&msg).len() as u64;
                     let kind = msg.kind();
-                    let id = self.swarm.behaviour_mut().control.send_request(&to.0, msg);
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .control
+                        .send_request(&to.0, Inbound::Msg(msg));
                     self.out_control.insert(id, (c, to, kind));
                 }
                 MonitorAction::Serve(ServeAction::SendChunk { req, index, key, .. }) => {

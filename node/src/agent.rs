@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::discovery::{Advert, Discovery, DiscoveryEvent, Interfaces, Role};
-use crate::net::{self, Behaviour, BehaviourEvent};
+use crate::net::{self, Behaviour, BehaviourEvent, Inbound};
 use crate::store::{InstallCmd, Store};
 
 /// How the node runs.
@@ -417,13 +417,14 @@ impl Agent {
         }
     }
 
-    fn on_control(&mut self, ev: request_response::Event<Control, Control>) {
+    fn on_control(&mut self, ev: request_response::Event<Inbound<Control>, Control>) {
         let now = self.now();
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => match request {
-                    Control::Offer(offer) => self.on_offer(peer, *offer, channel),
-                    other => {
+                    Inbound::Unreadable(why) => self.failures.unreadable(peer, "control", &why),
+                    Inbound::Msg(Control::Offer(offer)) => self.on_offer(peer, *offer, channel),
+                    Inbound::Msg(other) => {
                         let answer = self.answer(NodeId(peer), other);
                         let _ = self.swarm.behaviour_mut().control.send_response(channel, answer);
                     }
@@ -540,11 +541,19 @@ impl Agent {
         }
     }
 
-    fn on_chunk(&mut self, ev: request_response::Event<ChunkRequest, ChunkResponse>) {
+    fn on_chunk(&mut self, ev: request_response::Event<Inbound<ChunkRequest>, ChunkResponse>) {
         let now = self.now();
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
+                request_response::Message::Request {
+                    request: Inbound::Unreadable(why),
+                    ..
+                } => self.failures.unreadable(peer, "chunk", &why),
+                request_response::Message::Request {
+                    request: Inbound::Msg(request),
+                    channel,
+                    ..
+                } => {
                     let campaign = request.campaign;
                     match self.campaigns.get_mut(&campaign) {
                         Some(r) => {
@@ -650,12 +659,20 @@ impl Agent {
             match action {
                 NodeAction::Send { to, msg } => {
                     let kind = msg.kind();
-                    let id = self.swarm.behaviour_mut().control.send_request(&to.0, msg);
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .control
+                        .send_request(&to.0, Inbound::Msg(msg));
                     self.out_control.insert(id, (c, to, kind));
                 }
                 NodeAction::RequestChunk { to, req } => {
                     let index = req.index;
-                    let id = self.swarm.behaviour_mut().chunk.send_request(&to.0, req);
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .chunk
+                        .send_request(&to.0, Inbound::Msg(req));
                     self.out_chunk.insert(id, (c, to, index));
                 }
                 NodeAction::Store { index, data } => {

@@ -8,10 +8,14 @@
 //! - a frame's buffer grows as its bytes arrive, never from the announced length alone;
 //! - only an offer may be larger than [`MAX_SMALL_CONTROL`]; the first bytes of a frame
 //!   tell (see [`control_frame_limit`]);
-//! - all inbound control frames being read at once share one byte budget
-//!   ([`Limits::inbound_control_bytes`]); a frame that does not fit is refused at once;
-//! - an inbound request must arrive within [`FRAME_HEADER_TIME`] plus a minimum rate;
-//! - streams per connection, connections per peer and in total are capped.
+//! - the large inbound frames (offers over [`MAX_SMALL_CONTROL`]) being read at once
+//!   share one byte budget ([`Limits::inbound_control_bytes`]); one that does not fit is
+//!   refused at once, so small messages never wait behind them;
+//! - an inbound request must arrive within [`FRAME_HEADER_TIME`] plus its length at
+//!   [`FRAME_MIN_RATE`];
+//! - streams per connection, connections per peer and in total are capped;
+//! - a request that cannot be read reaches the shell as [`Inbound::Unreadable`], with the
+//!   peer's id, so that it is logged (libp2p itself only traces it at debug level).
 
 use std::collections::HashMap;
 use std::io;
@@ -44,6 +48,31 @@ const READ_STEP: usize = 64 * 1024;
 /// The libp2p identify protocol version of Baton processes.
 pub const IDENTIFY_PROTOCOL: &str = "/baton/1";
 
+/// An inbound request as the codecs deliver it: the message, or why it could not be read
+/// (malformed, over a limit, too slow, refused for lack of budget). Outbound requests are
+/// always `Msg`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound<T> {
+    Msg(T),
+    Unreadable(String),
+}
+
+impl<T> Inbound<T> {
+    fn from_read(r: io::Result<T>) -> io::Result<Self> {
+        Ok(match r {
+            Ok(m) => Inbound::Msg(m),
+            Err(e) => Inbound::Unreadable(e.to_string()),
+        })
+    }
+
+    fn outbound(self) -> io::Result<T> {
+        match self {
+            Inbound::Msg(m) => Ok(m),
+            Inbound::Unreadable(_) => Err(io::Error::other("an unreadable request is never sent")),
+        }
+    }
+}
+
 /// Caps on what peers can make this process hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -57,7 +86,8 @@ pub struct Limits {
     pub control_streams: usize,
     /// Concurrent chunk streams per connection (both directions).
     pub chunk_streams: usize,
-    /// Bytes of inbound control frames being read at once, over all peers.
+    /// Bytes of large inbound control frames (offers over [`MAX_SMALL_CONTROL`]) being
+    /// read at once, over all peers.
     pub inbound_control_bytes: usize,
 }
 
@@ -66,11 +96,11 @@ impl Limits {
     pub fn node() -> Self {
         Limits {
             per_peer: 3,
-            incoming: 128,
+            incoming: 64,
             pending_incoming: 32,
-            control_streams: 32,
+            control_streams: 16,
             chunk_streams: 64,
-            inbound_control_bytes: MAX_CONTROL_MESSAGE + 4 * MAX_SMALL_CONTROL,
+            inbound_control_bytes: MAX_CONTROL_MESSAGE,
         }
     }
 
@@ -79,7 +109,6 @@ impl Limits {
         Limits {
             incoming: 1024,
             pending_incoming: 128,
-            inbound_control_bytes: 16 * 1024 * 1024,
             ..Limits::node()
         }
     }
@@ -186,7 +215,8 @@ async fn in_time<F: Future<Output = io::Result<R>>, R>(len: usize, read: F) -> i
     }
 }
 
-/// Reads an inbound control frame: small unless it is an offer, within the shared budget.
+/// Reads an inbound control frame: small unless it is an offer; a large one within the
+/// shared budget.
 async fn read_control_request<T: AsyncRead + Unpin + Send>(
     io: &mut T,
     budget: &Arc<FrameBudget>,
@@ -208,14 +238,19 @@ async fn read_control_request<T: AsyncRead + Unpin + Send>(
             )));
         }
     }
-    let Some(_reserved) = budget.try_reserve(len) else {
-        return Err(io::Error::new(
-            io::ErrorKind::OutOfMemory,
-            format!(
-                "busy: {} bytes of control frames are being read; refused one of {len} bytes",
-                budget.used()
-            ),
-        ));
+    let _reserved = if len > MAX_SMALL_CONTROL {
+        let Some(r) = budget.try_reserve(len) else {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!(
+                    "busy: {} bytes of large control frames are being read; refused one of {len} bytes",
+                    budget.used()
+                ),
+            ));
+        };
+        Some(r)
+    } else {
+        None
     };
     in_time(len, read_body(io, &mut buf, len)).await?;
     decode_control(&buf).map_err(invalid)
@@ -241,15 +276,15 @@ impl ControlCodec {
 
 impl request_response::Codec for ControlCodec {
     type Protocol = StreamProtocol;
-    type Request = Control;
+    type Request = Inbound<Control>;
     type Response = Control;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<Control> {
-        read_control_request(io, &self.budget).await
+    ) -> io::Result<Inbound<Control>> {
+        Inbound::from_read(read_control_request(io, &self.budget).await)
     }
     async fn read_response<T: AsyncRead + Unpin + Send>(
         &mut self,
@@ -263,9 +298,9 @@ impl request_response::Codec for ControlCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Control,
+        req: Inbound<Control>,
     ) -> io::Result<()> {
-        write_frame(io, &encode_control(&req)).await
+        write_frame(io, &encode_control(&req.outbound()?)).await
     }
     async fn write_response<T: AsyncWrite + Unpin + Send>(
         &mut self,
@@ -283,16 +318,19 @@ pub struct ChunkCodec;
 
 impl request_response::Codec for ChunkCodec {
     type Protocol = StreamProtocol;
-    type Request = ChunkRequest;
+    type Request = Inbound<ChunkRequest>;
     type Response = ChunkResponse;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<ChunkRequest> {
-        let frame = in_time(MAX_CHUNK_REQUEST, read_frame(io, MAX_CHUNK_REQUEST)).await?;
-        ChunkRequest::decode(&frame).map_err(invalid)
+    ) -> io::Result<Inbound<ChunkRequest>> {
+        let read = async {
+            let frame = in_time(MAX_CHUNK_REQUEST, read_frame(io, MAX_CHUNK_REQUEST)).await?;
+            ChunkRequest::decode(&frame).map_err(invalid)
+        };
+        Inbound::from_read(read.await)
     }
     async fn read_response<T: AsyncRead + Unpin + Send>(
         &mut self,
@@ -307,9 +345,9 @@ impl request_response::Codec for ChunkCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: ChunkRequest,
+        req: Inbound<ChunkRequest>,
     ) -> io::Result<()> {
-        write_frame(io, &req.encode()).await
+        write_frame(io, &req.outbound()?.encode()).await
     }
     async fn write_response<T: AsyncWrite + Unpin + Send>(
         &mut self,
@@ -518,6 +556,13 @@ impl FailureLog {
         }
     }
 
+    /// Logs a request that could not be read, rate-limited.
+    pub fn unreadable(&mut self, peer: PeerId, what: &str, why: &str) {
+        if let Some(line) = self.record(Instant::now(), peer, what, &why) {
+            tracing::warn!("{line}");
+        }
+    }
+
     /// Logs an inbound failure of a request-response protocol, rate-limited.
     pub fn inbound(&mut self, peer: PeerId, what: &str, error: &request_response::InboundFailure) {
         // a dropped response channel is this process's own choice, not the peer's doing
@@ -628,6 +673,29 @@ mod tests {
         let e = read_control_request(&mut Stall(part), &budget).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
         assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_request_reaches_the_shell_to_be_logged() {
+        use request_response::Codec;
+        let proto = StreamProtocol::new(CONTROL_PROTOCOL);
+        let mut codec = ControlCodec::new(FrameBudget::new(MAX_CONTROL_MESSAGE));
+        let mut io = Cursor::new(framed(b"garbage", 7));
+        let got = codec.read_request(&proto, &mut io).await.unwrap();
+        assert!(
+            matches!(got, Inbound::Unreadable(ref why) if why.contains("malformed")),
+            "{got:?}"
+        );
+        let mut chunk = ChunkCodec;
+        let mut io = Cursor::new(framed(&[0; 4], MAX_CHUNK_REQUEST + 1));
+        let got = chunk
+            .read_request(&StreamProtocol::new(CHUNK_PROTOCOL), &mut io)
+            .await
+            .unwrap();
+        assert!(
+            matches!(got, Inbound::Unreadable(ref why) if why.contains("over the limit")),
+            "{got:?}"
+        );
     }
 
     #[test]

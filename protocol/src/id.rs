@@ -90,6 +90,34 @@ impl<'de> Deserialize<'de> for NodeId {
     }
 }
 
+/// The start of the decoding error of a list of ids over its limit.
+pub(crate) const IDS_OVER_LIMIT: &str = "list of ids over the limit of";
+
+/// Deserializes a list of ids, refusing more than `MAX` entries while decoding, so that a
+/// peer cannot make a decoder build a huge list before a limit is checked.
+pub(crate) fn ids_at_most<'de, D: Deserializer<'de>, const MAX: usize>(
+    d: D,
+) -> Result<Vec<NodeId>, D::Error> {
+    struct Ids<const MAX: usize>;
+    impl<'de, const MAX: usize> serde::de::Visitor<'de> for Ids<MAX> {
+        type Value = Vec<NodeId>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {MAX} peer ids")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX).min(1024));
+            while let Some(id) = seq.next_element::<NodeId>()? {
+                if out.len() == MAX {
+                    return Err(serde::de::Error::custom(format!("{IDS_OVER_LIMIT} {MAX}")));
+                }
+                out.push(id);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Ids::<MAX>)
+}
+
 /// A keypair derived from a seed, for tests and the simulator. Never for real use.
 pub fn keypair_from_seed(seed: u64) -> Keypair {
     let mut bytes = [0u8; 32];

@@ -3,9 +3,11 @@
 //! Every decoder and validator in this crate enforces these; a peer that sends more is
 //! refused with a typed error, never trusted to be reasonable.
 
-/// Largest control message (CBOR) accepted on the wire, in bytes. A manifest with the
-/// maximum addressee list and chunk count fits with room to spare.
-pub const MAX_CONTROL_MESSAGE: usize = 24 * 1024 * 1024;
+/// Largest control message (CBOR) accepted on the wire, in bytes: an offer. An offer with
+/// the maximum chunk count (8 MiB of hashes) and the maximum addressee list (about 4 MB
+/// in the manifest and 4 MB in the part, for ed25519 ids) fits. Kept this small because
+/// a node holds an offer's frame and its decoded form at once.
+pub const MAX_CONTROL_MESSAGE: usize = 16 * 1024 * 1024;
 /// Largest control message other than an offer, in bytes. Only an offer carries a
 /// manifest; every other message is a few hundred bytes, so a peer cannot make a node
 /// hold megabytes by announcing a large non-offer frame.

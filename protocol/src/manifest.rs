@@ -133,6 +133,7 @@ pub struct Manifest {
     pub offline_install: bool,
     /// The package is a new `baton-node` executable (self-update).
     pub self_update: bool,
+    #[serde(deserialize_with = "crate::id::ids_at_most::<_, MAX_ADDRESSEES>")]
     pub addressees: Vec<NodeId>,
 }
 

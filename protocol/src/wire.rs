@@ -28,8 +28,10 @@ pub const CHUNK_PROTOCOL: &str = "/baton/chunk/1";
 pub struct Offer {
     pub manifest: SignedManifest,
     /// The child's part of the addressee list, the child first.
+    #[serde(deserialize_with = "crate::id::ids_at_most::<_, MAX_ADDRESSEES>")]
     pub part: Vec<NodeId>,
     /// Addressees from the first tier down to the child (inclusive).
+    #[serde(deserialize_with = "crate::id::ids_at_most::<_, MAX_PATH>")]
     pub path: Vec<NodeId>,
     pub token: HopToken,
 }
@@ -100,6 +102,7 @@ pub enum Control {
     AuthRequest {
         #[serde(with = "serde_bytes")]
         campaign: CampaignId,
+        #[serde(deserialize_with = "crate::id::ids_at_most::<_, MAX_PATH>")]
         path: Vec<NodeId>,
         #[serde(with = "serde_bytes")]
         root: Hash,
@@ -235,7 +238,14 @@ pub fn decode_control(bytes: &[u8]) -> Result<Control, WireError> {
         });
     }
     let mut rest = bytes;
-    let msg: Control = ciborium::from_reader(&mut rest).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let msg: Control = ciborium::from_reader(&mut rest).map_err(|e| {
+        let e = e.to_string();
+        if e.contains(crate::id::IDS_OVER_LIMIT) {
+            WireError::Limit(e)
+        } else {
+            WireError::Malformed(e)
+        }
+    })?;
     if !rest.is_empty() {
         return Err(WireError::Malformed(format!("{} trailing bytes", rest.len())));
     }
