@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod chunk;
+pub mod endpoint;
 pub mod id;
 pub mod keys;
 pub mod limits;
