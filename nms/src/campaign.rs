@@ -65,7 +65,7 @@ impl Dropped {
             .metadata()
             .with_context(|| format!("cannot examine {}", path.display()))?;
         // Before the link count: a bind mount of the key has a single link.
-        let key = data_dir.join(baton_node::identity::KEY_FILE);
+        let key = data_dir.join(baton_shell::identity::KEY_FILE);
         if let Ok(k) = fs::metadata(&key)
             && (k.dev(), k.ino()) == (meta.dev(), meta.ino())
         {
@@ -418,8 +418,8 @@ mod intake_tests {
     fn identity_key_is_never_distributed_even_if_watch_is_data_dir() {
         let d = tempfile::tempdir().unwrap();
         let data = d.path().join("data");
-        let kp = baton_node::identity::load_or_create(&data).unwrap();
-        let key = data.join(baton_node::identity::KEY_FILE);
+        let kp = baton_shell::identity::load_or_create(&data).unwrap();
+        let key = data.join(baton_shell::identity::KEY_FILE);
         let secret = fs::read(&key).unwrap();
         let node = NodeId::of(&Keypair::generate_ed25519());
         // watch == data dir, bypassing the start-up check
@@ -434,8 +434,8 @@ mod intake_tests {
         let d = tempfile::tempdir().unwrap();
         let (watch, data) = (d.path().join("drop"), d.path().join("data"));
         fs::create_dir(&watch).unwrap();
-        let kp = baton_node::identity::load_or_create(&data).unwrap();
-        let key = data.join(baton_node::identity::KEY_FILE);
+        let kp = baton_shell::identity::load_or_create(&data).unwrap();
+        let key = data.join(baton_shell::identity::KEY_FILE);
         let secret = fs::read(&key).unwrap();
         let link = watch.join("key-1.0.bin");
         fs::hard_link(&key, &link).unwrap();

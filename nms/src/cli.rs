@@ -7,9 +7,9 @@ use crate::campaign::CampaignSettings;
 use crate::server::{NmsOptions, run};
 use crate::watch::check_folders;
 use anyhow::{Result, bail};
-use baton_node::discovery::Interfaces;
 use baton_protocol::limits::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_FANOUT, MIN_CHUNK_SIZE};
 use baton_protocol::manifest::{PlanParams, RelayPolicy, Transfer};
+use baton_shell::discovery::Interfaces;
 use clap::Parser;
 
 /// Watches a folder and distributes every package dropped into it to the nodes of the LAN.
@@ -146,7 +146,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    baton_node::cli::init_tracing();
+    baton_shell::init_tracing();
     let opts = options(Cli::parse_from(args))?;
     let once = opts.once;
     let summaries = tokio::runtime::Builder::new_multi_thread()

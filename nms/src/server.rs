@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use baton_node::agent::read_and_seal;
-use baton_node::discovery::{Advert, Discovery, DiscoveryEvent, Interfaces, Role};
-use baton_node::net::{self, Behaviour, BehaviourEvent, Inbound};
 use baton_protocol::wire::{PROTOCOL_VERSION, encode_control};
 use baton_protocol::{
     CampaignId, CampaignMonitor, ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, Keypair,
     Manifest, MonitorAction, MonitorConfig, MonitorNote, NodeId, NodeStatus, RequestId, ServeAction,
 };
+use baton_shell::chunkfile::read_and_seal;
+use baton_shell::discovery::{Advert, Discovery, DiscoveryEvent, Interfaces, Role};
+use baton_shell::net::{self, Behaviour, BehaviourEvent, Inbound};
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
@@ -123,8 +123,8 @@ struct Nms {
 
 /// Runs the NMS until Ctrl-C (or, with `--once`, until its first campaign ends).
 pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
-    let _lock = baton_node::identity::lock_data_dir(&opts.data_dir, "baton-nms")?;
-    let keypair = baton_node::identity::load_or_create(&opts.data_dir)?;
+    let _lock = baton_shell::identity::lock_data_dir(&opts.data_dir, "baton-nms")?;
+    let keypair = baton_shell::identity::load_or_create(&opts.data_dir)?;
     let me = NodeId::of(&keypair);
     let (watcher, mut drops) = DropWatcher::start(&opts.watch, crate::watch::DEFAULT_SETTLE)?;
     let mut swarm = net::build_swarm(

@@ -23,9 +23,9 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::discovery::{Advert, Discovery, DiscoveryEvent, Interfaces, Role};
-use crate::net::{self, Behaviour, BehaviourEvent, Inbound};
 use crate::store::{InstallCmd, Store};
+use baton_shell::discovery::{Advert, Discovery, DiscoveryEvent, Interfaces, Role};
+use baton_shell::net::{self, Behaviour, BehaviourEvent, Inbound};
 
 /// How the node runs.
 #[derive(Debug, Clone)]
@@ -112,8 +112,8 @@ fn unix_now() -> u64 {
 
 /// Runs the node until Ctrl-C / SIGTERM (or, with `--once`, until its campaign is done).
 pub async fn run(opts: NodeOptions) -> Result<()> {
-    let _lock = crate::identity::lock_data_dir(&opts.data_dir, "baton-node")?;
-    let keypair = crate::identity::load_or_create(&opts.data_dir)?;
+    let _lock = baton_shell::identity::lock_data_dir(&opts.data_dir, "baton-node")?;
+    let keypair = baton_shell::identity::load_or_create(&opts.data_dir)?;
     let me = NodeId::of(&keypair);
     let store = Store::open(&opts.data_dir)?;
     let mut trusted = opts.trust.clone();
@@ -711,7 +711,7 @@ impl Agent {
                 NodeAction::Serve(ServeAction::SendChunk { req, index, key, .. }) => {
                     // inline: a chunk read from the page cache and sealed costs less than
                     // handing it to another thread and back
-                    let mut resp = read_and_seal(&data_file, &manifest, index, &key);
+                    let mut resp = baton_shell::chunkfile::read_and_seal(&data_file, &manifest, index, &key);
                     if self.opts.corrupt_served
                         && let Some(b) = resp.data.first_mut()
                     {
@@ -774,39 +774,6 @@ fn retire(campaigns: &mut HashMap<CampaignId, Running>, store: &Store, c: &Campa
     let r = campaigns.remove(c)?;
     store.forget(c);
     Some(r)
-}
-
-/// Reads chunk `index` of the package file and seals it for the requester.
-pub fn read_and_seal(
-    file: &std::fs::File,
-    m: &Manifest,
-    index: u32,
-    key: &baton_protocol::ChunkKey,
-) -> ChunkResponse {
-    use std::os::unix::fs::FileExt;
-    let layout = m.layout().expect("validated manifest");
-    let mut data = vec![0u8; layout.len(index) as usize];
-    let r = file.read_exact_at(&mut data, layout.offset(index));
-    match r {
-        Ok(()) => {
-            key.seal(&m.campaign, index, &mut data);
-            ChunkResponse {
-                campaign: m.campaign,
-                index,
-                status: ChunkStatus::Ok,
-                data,
-            }
-        }
-        Err(e) => {
-            error!("cannot read chunk {index} of the package: {e}");
-            ChunkResponse {
-                campaign: m.campaign,
-                index,
-                status: ChunkStatus::NotYet,
-                data: Vec::new(),
-            }
-        }
-    }
 }
 
 fn log_note(n: &Note) {

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::agent::{NodeOptions, run};
-use crate::discovery::Interfaces;
 use crate::store::InstallCmd;
 use anyhow::{Context, Result, bail};
 use baton_protocol::{NodeConfig, NodeId};
+use baton_shell::discovery::Interfaces;
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
@@ -208,17 +208,7 @@ pub fn options(cli: Cli) -> Result<NodeOptions> {
     })
 }
 
-/// Installs the log subscriber (stderr; `RUST_LOG` overrides the default filter).
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,libp2p=warn,mdns_sd=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
+pub use baton_shell::init_tracing;
 
 /// Parses `args` (the program name first) and runs the node to its end.
 pub fn main_from<I, T>(args: I) -> Result<()>
@@ -289,7 +279,7 @@ fn trust_command(cli: &Cli, action: TrustAction) -> Result<()> {
             let rest: Vec<NodeId> = pinned.into_iter().filter(|p| *p != nms).collect();
             crate::agent::write_pinned(&dir, &rest)?;
             println!("forgot {nms}: this node no longer trusts it");
-            if crate::identity::lock_data_dir(&dir, "baton-node").is_err() {
+            if baton_shell::identity::lock_data_dir(&dir, "baton-node").is_err() {
                 println!(
                     "a baton-node is running on {}: restart it for this to take effect",
                     dir.display()

@@ -1,9 +1,6 @@
-//! baton-node: the agent on every machine, and the pieces of shell it shares with
-//! `baton-nms` (identity, transport, discovery).
+//! baton-node: the agent on every machine. Its transport, discovery and identity are in
+//! `baton-shell`, shared with `baton-nms`.
 
 pub mod agent;
 pub mod cli;
-pub mod discovery;
-pub mod identity;
-pub mod net;
 pub mod store;

@@ -359,6 +359,11 @@ impl NodeCampaign {
     pub fn current_source(&self) -> NodeId {
         self.sources[self.source]
     }
+    /// The chunk requests this node has out (index and source), as the machine counts
+    /// them: at most `window` at a time.
+    pub fn in_flight(&self) -> impl Iterator<Item = (u32, NodeId)> + '_ {
+        self.in_flight.iter().map(|(i, (s, _))| (*i, *s))
+    }
     /// Faults seen from sources (bad seals, bad hashes, timeouts).
     pub fn total_faults(&self) -> u32 {
         self.total_faults

@@ -721,7 +721,7 @@ fn first_in_chain(c: &mut Cluster, tofu: usize, n: usize) -> Result<()> {
             break kp;
         }
     };
-    let path = c.node_dir(tofu).join(baton_node::identity::KEY_FILE);
+    let path = c.node_dir(tofu).join(baton_shell::identity::KEY_FILE);
     fs::write(&path, kp.to_protobuf_encoding()?)?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
     c.node_ids[tofu - 1] = NodeId::of(&kp);
@@ -850,7 +850,7 @@ struct RogueReport {
 
 /// The hidden `baton-testbed attack-rogue <config.json>`: runs inside the rogue's namespace.
 pub fn rogue_main(args: &[String]) -> Result<()> {
-    baton_node::cli::init_tracing();
+    baton_shell::init_tracing();
     let path = args.first().context("usage: attack-rogue <config.json>")?;
     let cfg: RogueConfig = serde_json::from_slice(&fs::read(path)?).context("reading the rogue's config")?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -2066,8 +2066,8 @@ impl Ctx {
 }
 
 async fn rogue(cfg: RogueConfig) -> Result<()> {
-    let rogue_kp = baton_node::identity::load_or_create(&cfg.key_dir)?;
-    let nms_kp = baton_node::identity::load_or_create(&cfg.nms_key_dir)?;
+    let rogue_kp = baton_shell::identity::load_or_create(&cfg.key_dir)?;
+    let nms_kp = baton_shell::identity::load_or_create(&cfg.nms_key_dir)?;
     let nms_id: NodeId = cfg.nms_id.parse().map_err(anyhow::Error::msg)?;
     if NodeId::of(&nms_kp) != nms_id {
         bail!("the NMS key in {} is not {nms_id}", cfg.nms_key_dir.display());

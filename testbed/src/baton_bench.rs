@@ -69,7 +69,7 @@ impl Method for Baton {
         std::fs::create_dir_all(&watch)?;
         std::fs::create_dir_all(&staging)?;
         let nms_dir = host0.join("nms");
-        let nms_id = baton_protocol::NodeId::of(&baton_node::identity::load_or_create(&nms_dir)?);
+        let nms_id = baton_protocol::NodeId::of(&baton_shell::identity::load_or_create(&nms_dir)?);
         let mut procs = Procs::new(ctx.net);
         for i in 1..=ctx.nodes {
             let dir = ctx.node_dir(i)?.display().to_string();

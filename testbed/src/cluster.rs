@@ -54,10 +54,10 @@ impl Cluster {
         fs::create_dir_all(dir.join("watch"))?;
         fs::create_dir_all(dir.join("staging"))?;
         let ids = (|| -> Result<(NodeId, Vec<NodeId>)> {
-            let nms = NodeId::of(&baton_node::identity::load_or_create(&dir.join("nms"))?);
+            let nms = NodeId::of(&baton_shell::identity::load_or_create(&dir.join("nms"))?);
             let nodes = (1..spec.hosts)
                 .map(|i| {
-                    Ok(NodeId::of(&baton_node::identity::load_or_create(
+                    Ok(NodeId::of(&baton_shell::identity::load_or_create(
                         &dir.join(format!("node-{i}")),
                     )?))
                 })

@@ -51,7 +51,7 @@ fn real_main() -> Result<()> {
         Some("attack-rogue") => return attack::rogue_main(&args[2..]),
         _ => {}
     }
-    baton_node::cli::init_tracing();
+    baton_shell::init_tracing();
     match Cli::parse().cmd {
         Cmd::Demo(a) => demo::run(&a),
         Cmd::Bench(a) => bench::run(&a, baton_testbed::baton_bench::methods()),

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use baton_node::net::{self, BehaviourEvent, IDENTIFY_PROTOCOL, Limits};
 use baton_protocol::Keypair;
+use baton_shell::net::{self, BehaviourEvent, IDENTIFY_PROTOCOL, Limits};
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, ping};
