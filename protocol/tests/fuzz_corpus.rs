@@ -5,6 +5,10 @@
 //! The seed files are written by the ignored test `generate_seed_corpus`:
 //! `cargo test -p baton-protocol --test fuzz_corpus -- --ignored generate_seed_corpus`.
 
+// A test of the core that reads and writes the committed corpus files; the core itself
+// does no file I/O (protocol/clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 
 use baton_protocol::chunk::{Hash, PackageHasher};
