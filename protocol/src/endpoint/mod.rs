@@ -4,4 +4,5 @@
 //! (drained apart), and names its deadlines in a [`timer::Timers`] table whose earliest
 //! entry is `poll_timeout`.
 
+pub mod nms;
 pub mod timer;

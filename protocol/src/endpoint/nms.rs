@@ -1,0 +1,985 @@
+//! The NMS endpoint: everything `baton-nms` decides, above the per-campaign
+//! [`CampaignMonitor`]s.
+//!
+//! [`NmsEndpoint`] owns the fleet seen by discovery (and the static peers), the rule that
+//! makes a node an addressee, the queue of dropped files and the decision when one becomes
+//! a campaign (discovery settled, enough nodes, or give up after the discovery timeout), and
+//! the campaigns themselves: it routes every control request, response, send failure and
+//! chunk request to the right monitor by campaign id, owns the ids of requests in flight,
+//! and reports each campaign's end with its summary.
+//!
+//! The contract is str0m's: feed one [`NmsInput`] with the time to [`NmsEndpoint::handle`],
+//! then drain [`NmsEndpoint::poll_action`] (what the shell must do: send, answer, prepare a
+//! drop, write a summary) and [`NmsEndpoint::poll_event`] (what the operator sees) until
+//! both are empty, and sleep until [`NmsEndpoint::poll_timeout`] (the earliest entry of a
+//! table of named timers), where the shell feeds [`NmsInput::Timeout`]. No periodic tick.
+//!
+//! Copying, hashing and signing a dropped file is I/O: the endpoint asks for it with
+//! [`NmsAction::Prepare`] (at most one drop at a time) and the shell answers with
+//! [`NmsInput::Prepared`] or [`NmsInput::PrepareFailed`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use crate::endpoint::timer::Timers;
+use crate::id::NodeId;
+use crate::keys::{CampaignSecret, ChunkKey, TAG_LEN};
+use crate::manifest::{CampaignId, Manifest, SignedManifest};
+use crate::monitor::{CampaignMonitor, MonitorAction, MonitorConfig, MonitorNote, NodeStatus};
+use crate::serve::{RequestId, ServeAction};
+use crate::wire::{
+    ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, PROTOCOL_VERSION, encode_control,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// The shell's name for one dropped file; the shell picks it, unique per endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DropId(pub u64);
+
+/// The endpoint's name for one control request the NMS sent; its response or failure
+/// comes back with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutboundId(pub u64);
+
+/// What a discovered peer advertises it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    /// A `baton-node`: may be an addressee.
+    Node,
+    /// Another NMS: never an addressee.
+    Nms,
+}
+
+/// How the NMS picks addressees and when a drop becomes a campaign.
+#[derive(Debug, Clone)]
+pub struct NmsConfig {
+    /// Wait for at least this many eligible nodes (0 counts as 1).
+    pub min_nodes: usize,
+    /// Discovery has settled when no node appeared or left for this long.
+    pub settle: Duration,
+    /// A drop that could not start this long after it was dropped is given up.
+    pub discovery_timeout: Duration,
+    /// Only nodes advertising all of these tags are addressees.
+    pub tags: Vec<String>,
+    /// The protocol version nodes must advertise to be addressees.
+    pub protocol_version: u32,
+    /// Tunables of each campaign's monitor.
+    pub monitor: MonitorConfig,
+}
+
+impl Default for NmsConfig {
+    fn default() -> Self {
+        NmsConfig {
+            min_nodes: 1,
+            settle: Duration::from_secs(2),
+            discovery_timeout: Duration::from_secs(30),
+            tags: Vec::new(),
+            protocol_version: PROTOCOL_VERSION,
+            monitor: MonitorConfig::default(),
+        }
+    }
+}
+
+/// Everything that happens to the NMS, with the time passed to [`NmsEndpoint::handle`].
+#[derive(Debug, Clone)]
+pub enum NmsInput {
+    /// The time reached [`NmsEndpoint::poll_timeout`] (early or repeated calls are harmless).
+    Timeout,
+    /// Discovery found (or refreshed) a peer.
+    NodeSeen {
+        /// The peer.
+        id: NodeId,
+        /// Its advertised tags.
+        tags: Vec<String>,
+        /// Node or NMS.
+        role: PeerRole,
+        /// Its advertised protocol version.
+        version: u32,
+    },
+    /// Discovery lost a peer.
+    NodeLost {
+        /// The peer.
+        id: NodeId,
+    },
+    /// A peer given on the command line: a node of this protocol version without tags,
+    /// present until discovery says it left.
+    StaticPeer {
+        /// The peer.
+        id: NodeId,
+    },
+    /// A file was dropped and is stable; it waits for the fleet before being prepared.
+    DropReady {
+        /// The shell's name for it.
+        drop_id: DropId,
+        /// How the operator knows it (the path), for messages.
+        name: String,
+    },
+    /// The shell prepared the drop asked for by [`NmsAction::Prepare`]: the campaign starts.
+    Prepared {
+        /// The drop.
+        drop_id: DropId,
+        /// The signed manifest's content.
+        manifest: Box<Manifest>,
+        /// The manifest as signed.
+        signed: SignedManifest,
+        /// The campaign's secret.
+        secret: CampaignSecret,
+    },
+    /// Preparing the drop failed; no campaign starts.
+    PrepareFailed {
+        /// The drop.
+        drop_id: DropId,
+        /// Why, for the operator.
+        reason: String,
+    },
+    /// A control request from a peer; [`NmsEndpoint::handle`] returns the id its answer
+    /// ([`NmsAction::AnswerControl`]) will carry.
+    ControlRequest {
+        /// The sender (authenticated by the transport).
+        from: NodeId,
+        /// The request.
+        msg: Control,
+    },
+    /// The response to [`NmsAction::SendControl`] `id`.
+    ControlResponse {
+        /// The send's id.
+        id: OutboundId,
+        /// The response.
+        msg: Control,
+    },
+    /// [`NmsAction::SendControl`] `id` could not be delivered.
+    SendFailed {
+        /// The send's id.
+        id: OutboundId,
+        /// Why, for messages.
+        reason: String,
+    },
+    /// A chunk request from a peer; [`NmsEndpoint::handle`] returns the id its answer
+    /// ([`NmsAction::SendChunk`] or [`NmsAction::AnswerChunk`]) will carry.
+    ChunkRequest {
+        /// The requester (authenticated by the transport).
+        from: NodeId,
+        /// The request.
+        request: ChunkRequest,
+    },
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NmsAction {
+    /// Open, copy, hash and sign this drop for these addressees (off the event loop), then
+    /// feed [`NmsInput::Prepared`] or [`NmsInput::PrepareFailed`].
+    Prepare {
+        /// The drop.
+        drop_id: DropId,
+        /// The eligible nodes, sorted.
+        addressees: Vec<NodeId>,
+    },
+    /// Send `msg` as a request to `to`; report its response or failure with `id`.
+    SendControl {
+        /// The send's id.
+        id: OutboundId,
+        /// The peer.
+        to: NodeId,
+        /// The request.
+        msg: Control,
+    },
+    /// Answer the control request `req` with `msg`.
+    AnswerControl {
+        /// The request's id.
+        req: RequestId,
+        /// The answer.
+        msg: Control,
+    },
+    /// Answer the chunk request `req`: read chunk `index` of `campaign`'s package copy,
+    /// seal it with `key`, send it.
+    SendChunk {
+        /// The request's id.
+        req: RequestId,
+        /// The campaign whose package is read.
+        campaign: CampaignId,
+        /// The chunk.
+        index: u32,
+        /// The requester's hop key.
+        key: ChunkKey,
+    },
+    /// Answer the chunk request `req` with this (data-less) response.
+    AnswerChunk {
+        /// The request's id.
+        req: RequestId,
+        /// The response.
+        response: ChunkResponse,
+    },
+    /// The campaign ended: persist its summary (the campaign still answers late requests).
+    CampaignFinished {
+        /// The summary.
+        summary: CampaignSummary,
+    },
+}
+
+/// What the operator sees; changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NmsEvent {
+    /// A compatible node appeared.
+    NodeDiscovered {
+        /// The node.
+        id: NodeId,
+        /// Eligible nodes now present.
+        known: usize,
+    },
+    /// A node speaks another protocol version; it is never an addressee.
+    NodeIncompatible {
+        /// The node.
+        id: NodeId,
+        /// Its version.
+        version: u32,
+    },
+    /// A node left.
+    NodeLeft {
+        /// The node.
+        id: NodeId,
+    },
+    /// A drop cannot start yet (said once per drop).
+    DropWaiting {
+        /// The drop.
+        drop_id: DropId,
+        /// Eligible nodes present.
+        found: usize,
+        /// Nodes needed.
+        needed: usize,
+    },
+    /// A drop was given up after the discovery timeout; no campaign started.
+    DropAbandoned {
+        /// The drop.
+        drop_id: DropId,
+        /// Why, with advice, for the operator.
+        reason: String,
+    },
+    /// Preparing a drop failed; no campaign started.
+    DropFailed {
+        /// The drop.
+        drop_id: DropId,
+        /// Why.
+        reason: String,
+    },
+    /// A campaign started.
+    CampaignStarted {
+        /// The drop it came from.
+        drop_id: DropId,
+        /// Its manifest.
+        manifest: Box<Manifest>,
+    },
+    /// A node's progress, after any message about it.
+    NodeProgress {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The node.
+        node: NodeId,
+        /// Its status.
+        status: NodeStatus,
+        /// Bytes it verified.
+        verified: u64,
+    },
+    /// A node installed the package.
+    NodeInstalled {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The node.
+        node: NodeId,
+    },
+    /// A node failed.
+    NodeFailed {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// A node's rolling code was refused.
+    AuthRefused {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// Every addressee reached a final state.
+    CampaignDone {
+        /// The summary.
+        summary: CampaignSummary,
+    },
+}
+
+/// One addressee at the end of a campaign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeOutcome {
+    /// The node.
+    pub node: NodeId,
+    /// Its final status (`Failed` carries the reason).
+    pub status: NodeStatus,
+    /// From the campaign's start to its final report.
+    pub took: Option<Duration>,
+}
+
+/// The end of a campaign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignSummary {
+    /// The campaign.
+    pub campaign: CampaignId,
+    /// The drop it came from.
+    pub drop_id: DropId,
+    /// Package name.
+    pub package: String,
+    /// Package version.
+    pub version: String,
+    /// Sequence number.
+    pub sequence: u64,
+    /// Package size in bytes.
+    pub size: u64,
+    /// Every addressee, in the manifest's order.
+    pub nodes: Vec<NodeOutcome>,
+    /// Addressees that installed.
+    pub installed: usize,
+    /// When the drop was reported ready.
+    pub dropped_at: Duration,
+    /// When the campaign started.
+    pub started: Duration,
+    /// When the last addressee reached a final state.
+    pub finished: Duration,
+    /// Bytes the NMS sent in this campaign (control messages and chunk frames).
+    pub bytes_sent: u64,
+}
+
+impl CampaignSummary {
+    /// From the drop to the last final report.
+    pub fn wall(&self) -> Duration {
+        self.finished.saturating_sub(self.dropped_at)
+    }
+
+    /// The addressees that failed, with their reasons.
+    pub fn failed(&self) -> impl Iterator<Item = (&NodeId, &str)> {
+        self.nodes.iter().filter_map(|o| match &o.status {
+            NodeStatus::Failed(r) => Some((&o.node, r.as_str())),
+            _ => None,
+        })
+    }
+
+    /// True when every addressee installed.
+    pub fn all_installed(&self) -> bool {
+        self.installed == self.nodes.len()
+    }
+}
+
+/// The endpoint's named deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Discovery settles for the drop at the front of the queue.
+    Settle,
+    /// The drop at the front of the queue is given up.
+    DiscoveryTimeout,
+    /// A campaign's monitor wants to be woken.
+    Campaign(CampaignId),
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    tags: Vec<String>,
+    role: PeerRole,
+    version: u32,
+    present: bool,
+}
+
+#[derive(Debug, Clone)]
+struct PendingDrop {
+    id: DropId,
+    name: String,
+    at: Duration,
+    said_waiting: bool,
+}
+
+#[derive(Debug)]
+struct Campaign {
+    monitor: CampaignMonitor,
+    drop_id: DropId,
+    dropped_at: Duration,
+    bytes_sent: u64,
+    /// The summary was reported; the monitor still answers late requests.
+    finished: bool,
+}
+
+/// The NMS: the fleet, the drops waiting for it, and the campaigns. See the module docs.
+#[derive(Debug)]
+pub struct NmsEndpoint {
+    cfg: NmsConfig,
+    fleet: BTreeMap<NodeId, Peer>,
+    /// When the set of present compatible nodes last changed.
+    last_change: Duration,
+    pending: VecDeque<PendingDrop>,
+    preparing: Option<PendingDrop>,
+    campaigns: HashMap<CampaignId, Campaign>,
+    /// Chunk requests in flight, by the id the endpoint gave them.
+    chunk_requests: HashMap<RequestId, CampaignId>,
+    /// Control requests sent, awaiting a response or a failure.
+    sent: HashMap<OutboundId, (CampaignId, NodeId, ControlKind)>,
+    next_request: u64,
+    next_outbound: u64,
+    timers: Timers<Timer>,
+    actions: VecDeque<NmsAction>,
+    events: VecDeque<NmsEvent>,
+}
+
+impl NmsEndpoint {
+    /// An NMS with an empty fleet, at time `now`.
+    pub fn new(now: Duration, cfg: NmsConfig) -> Self {
+        NmsEndpoint {
+            cfg,
+            fleet: BTreeMap::new(),
+            last_change: now,
+            pending: VecDeque::new(),
+            preparing: None,
+            campaigns: HashMap::new(),
+            chunk_requests: HashMap::new(),
+            sent: HashMap::new(),
+            next_request: 0,
+            next_outbound: 0,
+            timers: Timers::default(),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Handles one input at `now`. For [`NmsInput::ControlRequest`] and
+    /// [`NmsInput::ChunkRequest`] returns the id that the one answer action for it will
+    /// carry (the shell keeps its reply handle under it); `None` for every other input.
+    pub fn handle(&mut self, now: Duration, input: NmsInput) -> Option<RequestId> {
+        let r = match input {
+            NmsInput::Timeout => {
+                self.on_timeout(now);
+                None
+            }
+            NmsInput::NodeSeen {
+                id,
+                tags,
+                role,
+                version,
+            } => {
+                self.node_seen(now, id, tags, role, version);
+                None
+            }
+            NmsInput::NodeLost { id } => {
+                if let Some(p) = self.fleet.get_mut(&id)
+                    && p.present
+                {
+                    p.present = false;
+                    if p.role == PeerRole::Node && p.version == self.cfg.protocol_version {
+                        self.last_change = now;
+                        self.events.push_back(NmsEvent::NodeLeft { id });
+                    }
+                }
+                self.try_start(now);
+                None
+            }
+            NmsInput::StaticPeer { id } => {
+                let version = self.cfg.protocol_version;
+                self.node_seen(now, id, Vec::new(), PeerRole::Node, version);
+                None
+            }
+            NmsInput::DropReady { drop_id, name } => {
+                self.pending.push_back(PendingDrop {
+                    id: drop_id,
+                    name,
+                    at: now,
+                    said_waiting: false,
+                });
+                self.try_start(now);
+                None
+            }
+            NmsInput::Prepared {
+                drop_id,
+                manifest,
+                signed,
+                secret,
+            } => {
+                if let Some(d) = self.take_preparing(drop_id) {
+                    self.start_campaign(now, d, *manifest, signed, secret);
+                }
+                self.try_start(now);
+                None
+            }
+            NmsInput::PrepareFailed { drop_id, reason } => {
+                if self.take_preparing(drop_id).is_some() {
+                    self.events.push_back(NmsEvent::DropFailed { drop_id, reason });
+                }
+                self.try_start(now);
+                None
+            }
+            NmsInput::ControlRequest { from, msg } => Some(self.control_request(now, from, msg)),
+            NmsInput::ControlResponse { id, msg } => {
+                if let Some((c, to, _)) = self.sent.remove(&id)
+                    && let Some(k) = self.campaigns.get_mut(&c)
+                {
+                    k.monitor.response(now, to, msg);
+                    self.progress(c, to);
+                    self.drain(now, c);
+                }
+                None
+            }
+            NmsInput::SendFailed { id, reason } => {
+                if let Some((c, to, kind)) = self.sent.remove(&id)
+                    && let Some(k) = self.campaigns.get_mut(&c)
+                {
+                    k.monitor.send_failed(now, to, kind, &reason);
+                    self.progress(c, to);
+                    self.drain(now, c);
+                }
+                None
+            }
+            NmsInput::ChunkRequest { from, request } => Some(self.chunk_request(now, from, request)),
+        };
+        #[cfg(test)]
+        self.check_invariants();
+        r
+    }
+
+    /// The next thing the shell must do.
+    pub fn poll_action(&mut self) -> Option<NmsAction> {
+        self.actions.pop_front()
+    }
+
+    /// The next thing to show the operator.
+    pub fn poll_event(&mut self) -> Option<NmsEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to feed [`NmsInput::Timeout`]: the earliest named timer.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.timers.next()
+    }
+
+    /// The nodes that would be addressees now: present, of role node, of this protocol
+    /// version, with every configured tag; sorted.
+    pub fn eligible(&self) -> Vec<NodeId> {
+        self.fleet
+            .iter()
+            .filter(|(_, p)| self.is_eligible(p))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The monitor of a campaign this endpoint holds (running or finished).
+    pub fn campaign(&self, c: &CampaignId) -> Option<&CampaignMonitor> {
+        self.campaigns.get(c).map(|k| &k.monitor)
+    }
+
+    /// Drops waiting for the fleet, plus the one being prepared.
+    pub fn drops_waiting(&self) -> usize {
+        self.pending.len() + usize::from(self.preparing.is_some())
+    }
+
+    fn is_eligible(&self, p: &Peer) -> bool {
+        p.present
+            && p.role == PeerRole::Node
+            && p.version == self.cfg.protocol_version
+            && self.cfg.tags.iter().all(|t| p.tags.contains(t))
+    }
+
+    fn node_seen(&mut self, now: Duration, id: NodeId, tags: Vec<String>, role: PeerRole, version: u32) {
+        let compatible = role == PeerRole::Node && version == self.cfg.protocol_version;
+        let before = self.fleet.get(&id).cloned();
+        let was_compatible_present = before
+            .as_ref()
+            .is_some_and(|p| p.present && p.role == PeerRole::Node && p.version == self.cfg.protocol_version);
+        self.fleet.insert(
+            id,
+            Peer {
+                tags,
+                role,
+                version,
+                present: true,
+            },
+        );
+        if role == PeerRole::Node && !compatible {
+            let said = before.as_ref().is_some_and(|p| p.present && p.version == version);
+            if !said {
+                self.events.push_back(NmsEvent::NodeIncompatible { id, version });
+            }
+        }
+        if compatible != was_compatible_present {
+            self.last_change = now;
+            if compatible {
+                let known = self.eligible().len();
+                self.events.push_back(NmsEvent::NodeDiscovered { id, known });
+            } else {
+                self.events.push_back(NmsEvent::NodeLeft { id });
+            }
+        }
+        self.try_start(now);
+    }
+
+    fn take_preparing(&mut self, drop_id: DropId) -> Option<PendingDrop> {
+        if self.preparing.as_ref().is_some_and(|d| d.id == drop_id) {
+            self.preparing.take()
+        } else {
+            None
+        }
+    }
+
+    /// Decides whether the drop at the front of the queue is prepared now, given up, or
+    /// waits (and for which timers).
+    fn try_start(&mut self, now: Duration) {
+        loop {
+            if self.preparing.is_some() || self.pending.is_empty() {
+                self.timers.clear(Timer::Settle);
+                self.timers.clear(Timer::DiscoveryTimeout);
+                return;
+            }
+            let nodes = self.eligible();
+            let needed = self.cfg.min_nodes.max(1);
+            let enough = nodes.len() >= needed;
+            let settled_at = self.last_change + self.cfg.settle;
+            let settled = now >= settled_at;
+            let front = self.pending.front_mut().expect("not empty");
+            if enough && settled {
+                let d = self.pending.pop_front().expect("not empty");
+                self.actions.push_back(NmsAction::Prepare {
+                    drop_id: d.id,
+                    addressees: nodes,
+                });
+                self.preparing = Some(d);
+                continue;
+            }
+            let give_up = front.at + self.cfg.discovery_timeout;
+            if now >= give_up {
+                let d = self.pending.pop_front().expect("not empty");
+                let tags = if self.cfg.tags.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with tags {:?}", self.cfg.tags)
+                };
+                let reason = if enough {
+                    format!(
+                        "{}: discovery did not settle within {:?} (nodes kept appearing or leaving \
+                         within --settle {:?}); no campaign started. Drop it again, or lower --settle",
+                        d.name, self.cfg.discovery_timeout, self.cfg.settle
+                    )
+                } else {
+                    format!(
+                        "{}: only {} node(s) found{tags} within {:?}, {needed} needed; no campaign \
+                         started. Check that nodes run and are on this LAN, or lower --min-nodes",
+                        d.name,
+                        nodes.len(),
+                        self.cfg.discovery_timeout
+                    )
+                };
+                self.events.push_back(NmsEvent::DropAbandoned {
+                    drop_id: d.id,
+                    reason,
+                });
+                continue;
+            }
+            if !front.said_waiting {
+                front.said_waiting = true;
+                let drop_id = front.id;
+                self.events.push_back(NmsEvent::DropWaiting {
+                    drop_id,
+                    found: nodes.len(),
+                    needed,
+                });
+            }
+            self.timers.set(Timer::DiscoveryTimeout, give_up);
+            if enough {
+                self.timers.set(Timer::Settle, settled_at);
+            } else {
+                // a node appearing is an input, which decides again
+                self.timers.clear(Timer::Settle);
+            }
+            return;
+        }
+    }
+
+    fn start_campaign(
+        &mut self,
+        now: Duration,
+        d: PendingDrop,
+        manifest: Manifest,
+        signed: SignedManifest,
+        secret: CampaignSecret,
+    ) {
+        let c = manifest.campaign;
+        if self.campaigns.contains_key(&c) {
+            self.events.push_back(NmsEvent::DropFailed {
+                drop_id: d.id,
+                reason: format!("campaign id {} is already in use", hex(&c)),
+            });
+            return;
+        }
+        self.events.push_back(NmsEvent::CampaignStarted {
+            drop_id: d.id,
+            manifest: Box::new(manifest.clone()),
+        });
+        let monitor = CampaignMonitor::start(now, manifest, signed, secret, self.cfg.monitor.clone());
+        self.campaigns.insert(
+            c,
+            Campaign {
+                monitor,
+                drop_id: d.id,
+                dropped_at: d.at,
+                bytes_sent: 0,
+                finished: false,
+            },
+        );
+        self.drain(now, c);
+    }
+
+    fn control_request(&mut self, now: Duration, from: NodeId, msg: Control) -> RequestId {
+        let req = self.request_id();
+        let answer = match &msg {
+            Control::Probe { nonce } => Control::ProbeReply { nonce: *nonce },
+            other => match other.campaign().copied() {
+                Some(c) if self.campaigns.contains_key(&c) => {
+                    let k = self.campaigns.get_mut(&c).expect("checked");
+                    let a = k.monitor.request(now, from, other);
+                    k.bytes_sent += encode_control(&a).len() as u64;
+                    let about = match other {
+                        Control::Trouble { node, .. } => *node,
+                        _ => from,
+                    };
+                    self.progress(c, about);
+                    self.drain(now, c);
+                    a
+                }
+                _ => Control::Error {
+                    reason: "this NMS does not know that campaign".into(),
+                },
+            },
+        };
+        self.actions
+            .push_back(NmsAction::AnswerControl { req, msg: answer });
+        req
+    }
+
+    fn chunk_request(&mut self, now: Duration, from: NodeId, request: ChunkRequest) -> RequestId {
+        let req = self.request_id();
+        let c = request.campaign;
+        match self.campaigns.get_mut(&c) {
+            Some(k) => {
+                self.chunk_requests.insert(req, c);
+                k.monitor.chunk_request(now, req, from, &request);
+                self.drain(now, c);
+            }
+            None => self.actions.push_back(NmsAction::AnswerChunk {
+                req,
+                response: ChunkResponse {
+                    campaign: c,
+                    index: request.index,
+                    status: ChunkStatus::UnknownCampaign,
+                    data: Vec::new(),
+                },
+            }),
+        }
+        req
+    }
+
+    fn request_id(&mut self) -> RequestId {
+        self.next_request += 1;
+        RequestId(self.next_request)
+    }
+
+    fn on_timeout(&mut self, now: Duration) {
+        let mut decide = false;
+        for t in self.timers.expired(now) {
+            match t {
+                Timer::Settle | Timer::DiscoveryTimeout => decide = true,
+                Timer::Campaign(c) => {
+                    if let Some(k) = self.campaigns.get_mut(&c) {
+                        k.monitor.timeout(now);
+                        self.drain(now, c);
+                    }
+                }
+            }
+        }
+        if decide {
+            self.try_start(now);
+        }
+    }
+
+    /// Says where `node` stands in campaign `c`.
+    fn progress(&mut self, c: CampaignId, node: NodeId) {
+        if let Some(v) = self.campaigns.get(&c).and_then(|k| k.monitor.nodes().get(&node)) {
+            self.events.push_back(NmsEvent::NodeProgress {
+                campaign: c,
+                node,
+                status: v.status.clone(),
+                verified: v.verified,
+            });
+        }
+    }
+
+    /// Turns campaign `c`'s monitor actions into endpoint actions and events, then re-arms
+    /// its timer.
+    fn drain(&mut self, now: Duration, c: CampaignId) {
+        let mut done = false;
+        while let Some(k) = self.campaigns.get_mut(&c)
+            && let Some(a) = k.monitor.poll_action()
+        {
+            match a {
+                MonitorAction::Send { to, msg } => {
+                    k.bytes_sent += encode_control(&msg).len() as u64;
+                    self.next_outbound += 1;
+                    let id = OutboundId(self.next_outbound);
+                    self.sent.insert(id, (c, to, msg.kind()));
+                    self.actions.push_back(NmsAction::SendControl { id, to, msg });
+                }
+                MonitorAction::Serve(ServeAction::SendChunk { req, index, key, .. }) => {
+                    if self.chunk_requests.remove(&req).is_some() {
+                        let len = k.monitor.manifest().layout().map_or(0, |l| l.len(index) as usize);
+                        k.bytes_sent += (len + TAG_LEN + ChunkResponse::HEADER_LEN + 4) as u64;
+                        self.actions.push_back(NmsAction::SendChunk {
+                            req,
+                            campaign: c,
+                            index,
+                            key,
+                        });
+                    }
+                }
+                MonitorAction::Serve(ServeAction::Answer { req, index, status }) => {
+                    if self.chunk_requests.remove(&req).is_some() {
+                        k.bytes_sent += (ChunkResponse::HEADER_LEN + 4) as u64;
+                        self.actions.push_back(NmsAction::AnswerChunk {
+                            req,
+                            response: ChunkResponse {
+                                campaign: c,
+                                index,
+                                status,
+                                data: Vec::new(),
+                            },
+                        });
+                    }
+                }
+                MonitorAction::Note(n) => match n {
+                    MonitorNote::Installed(node) => self
+                        .events
+                        .push_back(NmsEvent::NodeInstalled { campaign: c, node }),
+                    MonitorNote::Failed(node, reason) => self.events.push_back(NmsEvent::NodeFailed {
+                        campaign: c,
+                        node,
+                        reason,
+                    }),
+                    MonitorNote::AuthRefused(node, reason) => self.events.push_back(NmsEvent::AuthRefused {
+                        campaign: c,
+                        node,
+                        reason,
+                    }),
+                    MonitorNote::Done => done = true,
+                },
+            }
+        }
+        if done {
+            self.finish(now, c);
+        }
+        match self.campaigns.get(&c).and_then(|k| k.monitor.poll_timeout()) {
+            Some(at) => self.timers.set(Timer::Campaign(c), at),
+            None => self.timers.clear(Timer::Campaign(c)),
+        }
+    }
+
+    fn finish(&mut self, now: Duration, c: CampaignId) {
+        let Some(k) = self.campaigns.get_mut(&c) else {
+            return;
+        };
+        if k.finished {
+            return;
+        }
+        k.finished = true;
+        let m = k.monitor.manifest();
+        let started = k.monitor.started();
+        let nodes = m
+            .addressees
+            .iter()
+            .map(|id| {
+                let v = &k.monitor.nodes()[id];
+                NodeOutcome {
+                    node: *id,
+                    status: v.status.clone(),
+                    took: v.finished_at.map(|t| t.saturating_sub(started)),
+                }
+            })
+            .collect();
+        let summary = CampaignSummary {
+            campaign: c,
+            drop_id: k.drop_id,
+            package: m.name.clone(),
+            version: m.version.clone(),
+            sequence: m.sequence,
+            size: m.size,
+            nodes,
+            installed: k.monitor.counts().0,
+            dropped_at: k.dropped_at,
+            started,
+            finished: k.monitor.finished_at().unwrap_or(now),
+            bytes_sent: k.bytes_sent,
+        };
+        self.actions.push_back(NmsAction::CampaignFinished {
+            summary: summary.clone(),
+        });
+        self.events.push_back(NmsEvent::CampaignDone { summary });
+    }
+
+    /// Checks the endpoint's invariants; panics with the first one broken. Run after every
+    /// input in this crate's tests.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        for (req, c) in &self.chunk_requests {
+            assert!(
+                self.campaigns.contains_key(c),
+                "chunk request {req:?} belongs to no campaign"
+            );
+        }
+        for (id, (c, ..)) in &self.sent {
+            assert!(
+                self.campaigns.contains_key(c),
+                "send {id:?} belongs to no campaign"
+            );
+        }
+        for (c, k) in &self.campaigns {
+            assert_eq!(
+                k.finished,
+                k.monitor.is_done(),
+                "campaign {} is finished in one view and running in the other",
+                hex(c)
+            );
+        }
+        if let Some(p) = &self.preparing {
+            assert!(
+                self.pending.iter().all(|d| d.id != p.id),
+                "drop {:?} is both preparing and pending",
+                p.id
+            );
+        }
+        if self.pending.is_empty() || self.preparing.is_some() {
+            assert!(
+                self.timers.get(Timer::Settle).is_none(),
+                "settle timer without a waiting drop"
+            );
+            assert!(
+                self.timers.get(Timer::DiscoveryTimeout).is_none(),
+                "discovery timer without a waiting drop"
+            );
+        }
+        for (c, k) in &self.campaigns {
+            assert_eq!(
+                self.timers.get(Timer::Campaign(*c)),
+                k.monitor.poll_timeout(),
+                "campaign timer out of step"
+            );
+        }
+    }
+}
+
+fn hex(c: &CampaignId) -> String {
+    c.iter().map(|b| format!("{b:02x}")).collect()
+}
