@@ -1,16 +1,23 @@
-//! The NMS daemon: a thin tokio shell around [`CampaignMonitor`]s, a drop-folder
-//! watcher, discovery, and the operator's live view.
+//! The NMS daemon: a thin tokio shell around [`NmsEndpoint`], which decides everything
+//! (the fleet, when a drop becomes a campaign, the campaigns). This file only translates:
+//! swarm, discovery, drop-folder and background-job events become [`NmsInput`]s;
+//! [`NmsAction`]s become requests, answers, jobs and files; [`NmsEvent`]s go to the
+//! operator's view (`ui.rs`), the log and `--json` lines. It sleeps until the endpoint's
+//! `poll_timeout`: there is no periodic tick.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use baton_protocol::wire::{PROTOCOL_VERSION, encode_control};
+use baton_protocol::endpoint::nms::{
+    CampaignSummary, DropId, NmsAction, NmsConfig, NmsEndpoint, NmsEvent, NmsInput, OutboundId, PeerRole,
+};
+use baton_protocol::wire::PROTOCOL_VERSION;
 use baton_protocol::{
-    CampaignId, CampaignMonitor, ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, Keypair,
-    Manifest, MonitorAction, MonitorConfig, MonitorNote, NodeId, NodeStatus, RequestId, ServeAction,
+    CampaignId, ChunkResponse, Control, ControlKind, Keypair, Manifest, MonitorConfig, NodeId, NodeStatus,
+    RequestId,
 };
 use baton_shell::chunkfile::read_and_seal;
 use baton_shell::discovery::{Advert, Discovery, DiscoveryEvent, Interfaces, Role};
@@ -84,23 +91,15 @@ pub struct NodeResult {
 }
 
 enum Internal {
-    Prepared(PathBuf, Instant, Box<Result<Prepared>>),
+    Prepared(DropId, Box<Result<Prepared>>),
 }
 
-struct Running {
-    monitor: CampaignMonitor,
+/// What the shell keeps for a campaign: its files and its live view.
+struct Files {
     manifest: Arc<Manifest>,
     /// The NMS's copy of the package, kept open.
     data: Arc<std::fs::File>,
     dir: PathBuf,
-    dropped_at: Instant,
-    bytes_sent: u64,
-    ui: Ui,
-}
-
-struct NodeInfo {
-    tags: Vec<String>,
-    present: bool,
 }
 
 struct Nms {
@@ -108,14 +107,17 @@ struct Nms {
     keypair: Keypair,
     swarm: Swarm<Behaviour>,
     start: Instant,
-    nodes: BTreeMap<PeerId, NodeInfo>,
-    last_change: Instant,
-    pending: VecDeque<(PathBuf, Instant)>,
-    preparing: bool,
-    campaigns: HashMap<CampaignId, Running>,
-    out_control: HashMap<OutboundRequestId, (CampaignId, NodeId, ControlKind)>,
-    in_chunk: HashMap<(CampaignId, RequestId), ResponseChannel<ChunkResponse>>,
-    next_req: u64,
+    endpoint: NmsEndpoint,
+    /// Dropped files the endpoint knows, by the id the shell gave them.
+    drops: HashMap<DropId, PathBuf>,
+    next_drop: u64,
+    /// Prepared campaigns' files, until the endpoint says the campaign started.
+    prepared: HashMap<DropId, (Arc<std::fs::File>, PathBuf)>,
+    files: HashMap<CampaignId, Files>,
+    uis: HashMap<CampaignId, Ui>,
+    out_control: HashMap<OutboundRequestId, (OutboundId, NodeId, ControlKind)>,
+    in_control: HashMap<RequestId, ResponseChannel<Control>>,
+    in_chunk: HashMap<RequestId, ResponseChannel<ChunkResponse>>,
     internal: mpsc::UnboundedSender<Internal>,
     summaries: Vec<Summary>,
     failures: net::FailureLog,
@@ -140,19 +142,32 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         watcher.dir().display()
     );
     let (itx, mut irx) = mpsc::unbounded_channel();
+    let start = Instant::now();
+    let endpoint = NmsEndpoint::new(
+        Duration::ZERO,
+        NmsConfig {
+            min_nodes: opts.min_nodes,
+            settle: opts.settle,
+            discovery_timeout: opts.discovery_timeout,
+            tags: opts.tags.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            monitor: MonitorConfig::default(),
+        },
+    );
     let mut nms = Nms {
         opts: opts.clone(),
         keypair,
         swarm,
-        start: Instant::now(),
-        nodes: BTreeMap::new(),
-        last_change: Instant::now(),
-        pending: VecDeque::new(),
-        preparing: false,
-        campaigns: HashMap::new(),
+        start,
+        endpoint,
+        drops: HashMap::new(),
+        next_drop: 0,
+        prepared: HashMap::new(),
+        files: HashMap::new(),
+        uis: HashMap::new(),
         out_control: HashMap::new(),
+        in_control: HashMap::new(),
         in_chunk: HashMap::new(),
-        next_req: 0,
         internal: itx,
         summaries: Vec::new(),
         failures: net::FailureLog::default(),
@@ -161,13 +176,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         match net::peer_of(p) {
             Some(id) => {
                 nms.swarm.add_peer_address(id, p.clone());
-                nms.nodes.insert(
-                    id,
-                    NodeInfo {
-                        tags: Vec::new(),
-                        present: true,
-                    },
-                );
+                nms.input(NmsInput::StaticPeer { id: NodeId(id) });
             }
             None => warn!("--peer {p} has no /p2p/<peer id> at its end; ignoring it"),
         }
@@ -185,27 +194,25 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
     } else {
         (None, mpsc::channel(1).1)
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
+        nms.drive();
+        if opts.once && !nms.summaries.is_empty() {
+            break;
+        }
         let deadline = nms.next_deadline();
         tokio::select! {
             ev = nms.swarm.select_next_some() => nms.on_swarm(ev),
             Some(d) = disco_rx.recv() => nms.on_discovery(d),
             Some(d) = drops.recv() => nms.on_drop(d),
             Some(i) = irx.recv() => nms.on_internal(i),
-            _ = tokio::time::sleep_until(deadline.into()) => nms.on_timeout(),
-            _ = tick.tick() => nms.on_tick(),
+            _ = tokio::time::sleep_until(deadline.into()) => { nms.input(NmsInput::Timeout); }
             _ = tokio::signal::ctrl_c() => { info!("interrupted; stopping"); break; }
             _ = term.recv() => { info!("terminated; stopping"); break; }
         }
-        nms.drive_all();
-        if opts.once && !nms.summaries.is_empty() {
-            break;
-        }
     }
-    for r in nms.campaigns.values() {
-        r.ui.finish();
+    for ui in nms.uis.values() {
+        ui.finish();
     }
     drop(watcher);
     if let Some(d) = discovery {
@@ -219,24 +226,21 @@ impl Nms {
         self.start.elapsed()
     }
 
-    fn next_deadline(&self) -> Instant {
-        let far = self.now() + Duration::from_secs(3600);
-        let t = self
-            .campaigns
-            .values()
-            .filter_map(|r| r.monitor.poll_timeout())
-            .min()
-            .unwrap_or(far)
-            .min(far);
-        self.start + t
+    /// Feeds one input to the endpoint; its outputs are run by [`Nms::drive`].
+    fn input(&mut self, input: NmsInput) -> Option<RequestId> {
+        let now = self.now();
+        self.endpoint.handle(now, input)
     }
 
-    fn eligible(&self) -> Vec<NodeId> {
-        self.nodes
-            .iter()
-            .filter(|(_, n)| n.present && self.opts.tags.iter().all(|t| n.tags.contains(t)))
-            .map(|(p, _)| NodeId(*p))
-            .collect()
+    fn next_deadline(&self) -> Instant {
+        let far = self.now() + Duration::from_secs(3600);
+        self.start + self.endpoint.poll_timeout().unwrap_or(far).min(far)
+    }
+
+    fn path(&self, d: DropId) -> String {
+        self.drops
+            .get(&d)
+            .map_or_else(|| format!("drop {}", d.0), |p| p.display().to_string())
     }
 
     fn on_discovery(&mut self, ev: DiscoveryEvent) {
@@ -245,46 +249,22 @@ impl Nms {
                 let Ok(peer) = advert.peer_id.parse::<PeerId>() else {
                     return;
                 };
-                if advert.version != PROTOCOL_VERSION {
-                    warn!(
-                        "{peer} speaks protocol {}; this NMS speaks {PROTOCOL_VERSION}; not using it",
-                        advert.version
-                    );
-                    return;
-                }
                 for ip in &addrs {
                     self.swarm.add_peer_address(peer, net::tcp_addr(*ip, advert.port));
                 }
-                if advert.role != Role::Node {
-                    return;
-                }
-                let new = !self.nodes.get(&peer).is_some_and(|n| n.present);
-                self.nodes.insert(
-                    peer,
-                    NodeInfo {
-                        tags: advert.tags,
-                        present: true,
+                self.input(NmsInput::NodeSeen {
+                    id: NodeId(peer),
+                    tags: advert.tags,
+                    role: match advert.role {
+                        Role::Node => PeerRole::Node,
+                        Role::Nms => PeerRole::Nms,
                     },
-                );
-                if new {
-                    self.last_change = Instant::now();
-                    let known = self.eligible().len();
-                    info!("node {peer} discovered ({known} known)");
-                    if self.opts.json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"event": "node-discovered", "node": peer.to_string(), "known": known})
-                        );
-                    }
-                }
+                    version: advert.version,
+                });
             }
             DiscoveryEvent::Lost { peer_id } => {
-                if let Ok(peer) = peer_id.parse::<PeerId>()
-                    && let Some(n) = self.nodes.get_mut(&peer)
-                {
-                    n.present = false;
-                    self.last_change = Instant::now();
-                    info!("node {peer} left");
+                if let Ok(peer) = peer_id.parse::<PeerId>() {
+                    self.input(NmsInput::NodeLost { id: NodeId(peer) });
                 }
             }
         }
@@ -294,59 +274,31 @@ impl Nms {
         match ev {
             DropEvent::Ready { path, size } => {
                 info!("dropped: {} ({size} bytes)", path.display());
-                self.pending.push_back((path, Instant::now()));
-                self.start_pending();
+                self.next_drop += 1;
+                let drop_id = DropId(self.next_drop);
+                let name = path.display().to_string();
+                self.drops.insert(drop_id, path);
+                self.input(NmsInput::DropReady { drop_id, name });
             }
-            DropEvent::Error { path, message } => {
-                error!("{}: {message}; no campaign started", path.display());
-                if self.opts.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"event": "drop-error", "path": path, "message": message})
-                    );
-                }
-            }
+            DropEvent::Error { path, message } => self.drop_error(&path.display().to_string(), &message),
         }
     }
 
-    /// Starts pending drops once discovery has settled.
-    fn on_tick(&mut self) {
-        for r in self.campaigns.values_mut() {
-            r.ui.update(&r.monitor);
+    fn drop_error(&self, path: &str, message: &str) {
+        error!("{path}: {message}; no campaign started");
+        if self.opts.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "drop-error", "path": path, "message": message})
+            );
         }
-        self.start_pending();
     }
 
-    fn start_pending(&mut self) {
-        if self.preparing {
-            return;
-        }
-        let Some((path, dropped_at)) = self.pending.front().cloned() else {
+    /// Copies, hashes and signs a drop off the event loop.
+    fn prepare(&mut self, drop_id: DropId, addressees: Vec<NodeId>) {
+        let Some(path) = self.drops.get(&drop_id).cloned() else {
             return;
         };
-        let nodes = self.eligible();
-        let enough = nodes.len() >= self.opts.min_nodes.max(1);
-        let settled = self.last_change.elapsed() >= self.opts.settle;
-        if !(enough && settled) {
-            if dropped_at.elapsed() >= self.opts.discovery_timeout {
-                self.pending.pop_front();
-                error!(
-                    "{}: only {} node(s) found{} within {:?}, {} needed; no campaign started. Check that nodes run and are on this LAN, or lower --min-nodes",
-                    path.display(),
-                    nodes.len(),
-                    if self.opts.tags.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" with tags {:?}", self.opts.tags)
-                    },
-                    self.opts.discovery_timeout,
-                    self.opts.min_nodes.max(1)
-                );
-            }
-            return;
-        }
-        self.pending.pop_front();
-        self.preparing = true;
         let (data, kp, settings, tx) = (
             self.opts.data_dir.clone(),
             self.keypair.clone(),
@@ -356,89 +308,44 @@ impl Nms {
         tokio::task::spawn_blocking(move || {
             let t = Instant::now();
             // opens the dropped file once, without following links, and reads only from that
-            let r = intake(&data, &path, &kp, nodes, &settings);
+            let r = intake(&data, &path, &kp, addressees, &settings);
             if r.is_ok() {
                 info!("copied, hashed and signed in {} ms", t.elapsed().as_millis());
             }
-            let _ = tx.send(Internal::Prepared(path, dropped_at, Box::new(r)));
+            let _ = tx.send(Internal::Prepared(drop_id, Box::new(r)));
         });
     }
 
     fn on_internal(&mut self, i: Internal) {
         match i {
-            Internal::Prepared(path, dropped_at, r) => {
-                self.preparing = false;
-                match *r {
-                    Ok(p) => self.start_campaign(p, dropped_at),
-                    Err(e) => {
-                        error!("{}: {e:#}; no campaign started", path.display());
-                        if self.opts.json {
-                            println!(
-                                "{}",
-                                serde_json::json!({"event": "drop-error", "path": path, "message": format!("{e:#}")})
-                            );
+            Internal::Prepared(drop_id, r) => {
+                let input = match *r {
+                    Ok(p) => match std::fs::File::open(&p.file) {
+                        Ok(f) => {
+                            self.prepared.insert(drop_id, (Arc::new(f), p.dir));
+                            NmsInput::Prepared {
+                                drop_id,
+                                manifest: Box::new(p.manifest),
+                                signed: p.signed,
+                                secret: p.secret,
+                            }
                         }
-                    }
-                }
-                self.start_pending();
+                        Err(e) => NmsInput::PrepareFailed {
+                            drop_id,
+                            reason: format!("cannot open the campaign's copy {}: {e}", p.file.display()),
+                        },
+                    },
+                    Err(e) => NmsInput::PrepareFailed {
+                        drop_id,
+                        reason: format!("{e:#}"),
+                    },
+                };
+                self.input(input);
             }
         }
-    }
-
-    fn start_campaign(&mut self, p: Prepared, dropped_at: Instant) {
-        let m = &p.manifest;
-        info!(
-            "campaign {}: {} {} (sequence {}), {} bytes to {} nodes, fanout {}, {:?}",
-            hex::encode(m.campaign),
-            m.name,
-            m.version,
-            m.sequence,
-            m.size,
-            m.addressees.len(),
-            m.plan.fanout,
-            m.plan.transfer
-        );
-        if self.opts.json {
-            println!(
-                "{}",
-                serde_json::json!({"event": "campaign-started", "campaign": hex::encode(m.campaign), "package": m.name,
-                    "version": m.version, "sequence": m.sequence, "size": m.size, "nodes": m.addressees.len()})
-            );
-        }
-        let data = match std::fs::File::open(&p.file) {
-            Ok(f) => Arc::new(f),
-            Err(e) => {
-                error!(
-                    "cannot open the campaign's copy {}: {e}; no campaign started",
-                    p.file.display()
-                );
-                return;
-            }
-        };
-        let monitor = CampaignMonitor::start(
-            self.now(),
-            p.manifest.clone(),
-            p.signed,
-            p.secret,
-            MonitorConfig::default(),
-        );
-        let ui = Ui::new(&p.manifest, self.opts.json);
-        self.campaigns.insert(
-            p.manifest.campaign,
-            Running {
-                monitor,
-                manifest: Arc::new(p.manifest),
-                data,
-                dir: p.dir,
-                dropped_at,
-                bytes_sent: 0,
-                ui,
-            },
-        );
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
-        let now = self.now();
         match ev {
             SwarmEvent::Behaviour(BehaviourEvent::Control(e)) => match e {
                 request_response::Event::Message { peer, message, .. } => match message {
@@ -447,41 +354,32 @@ impl Nms {
                         ..
                     } => self.failures.unreadable(peer, "control", &why),
                     request_response::Message::Request {
-                        request: Inbound::Msg(request),
+                        request: Inbound::Msg(msg),
                         channel,
                         ..
                     } => {
-                        let answer = match &request {
-                            Control::Probe { nonce } => Control::ProbeReply { nonce: *nonce },
-                            other => match other.campaign().and_then(|c| self.campaigns.get_mut(c)) {
-                                Some(r) => {
-                                    let a = r.monitor.request(now, NodeId(peer), other);
-                                    r.bytes_sent += encode_control(&a).len() as u64;
-                                    a
-                                }
-                                None => Control::Error {
-                                    reason: "this NMS does not know that campaign".into(),
-                                },
-                            },
-                        };
-                        let _ = self.swarm.behaviour_mut().control.send_response(channel, answer);
+                        if let Some(req) = self.input(NmsInput::ControlRequest {
+                            from: NodeId(peer),
+                            msg,
+                        }) {
+                            self.in_control.insert(req, channel);
+                        }
                     }
                     request_response::Message::Response { request_id, response } => {
-                        if let Some((c, to, _)) = self.out_control.remove(&request_id)
-                            && let Some(r) = self.campaigns.get_mut(&c)
-                        {
-                            r.monitor.response(now, to, response);
+                        if let Some((id, ..)) = self.out_control.remove(&request_id) {
+                            self.input(NmsInput::ControlResponse { id, msg: response });
                         }
                     }
                 },
                 request_response::Event::OutboundFailure {
                     request_id, error, ..
                 } => {
-                    if let Some((c, to, kind)) = self.out_control.remove(&request_id) {
+                    if let Some((id, to, kind)) = self.out_control.remove(&request_id) {
                         warn!("{kind:?} to {to} failed: {error}");
-                        if let Some(r) = self.campaigns.get_mut(&c) {
-                            r.monitor.send_failed(now, to, kind, &error.to_string());
-                        }
+                        self.input(NmsInput::SendFailed {
+                            id,
+                            reason: error.to_string(),
+                        });
                     }
                 }
                 request_response::Event::InboundFailure { peer, error, .. } => {
@@ -498,7 +396,14 @@ impl Nms {
                         ..
                     },
                 ..
-            })) => self.on_chunk_request(peer, request, channel),
+            })) => {
+                if let Some(req) = self.input(NmsInput::ChunkRequest {
+                    from: NodeId(peer),
+                    request,
+                }) {
+                    self.in_chunk.insert(req, channel);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Chunk(request_response::Event::Message {
                 peer,
                 message:
@@ -517,161 +422,202 @@ impl Nms {
         }
     }
 
-    fn on_chunk_request(
-        &mut self,
-        peer: PeerId,
-        request: ChunkRequest,
-        channel: ResponseChannel<ChunkResponse>,
-    ) {
-        let now = self.now();
-        let campaign = request.campaign;
-        match self.campaigns.get_mut(&campaign) {
-            Some(r) => {
-                self.next_req += 1;
-                let rid = RequestId(self.next_req);
-                self.in_chunk.insert((campaign, rid), channel);
-                r.monitor.chunk_request(now, rid, NodeId(peer), &request);
-            }
-            None => {
-                let resp = ChunkResponse {
-                    campaign,
-                    index: request.index,
-                    status: ChunkStatus::UnknownCampaign,
-                    data: Vec::new(),
-                };
-                let _ = self.swarm.behaviour_mut().chunk.send_response(channel, resp);
-            }
-        }
-    }
-
-    fn on_timeout(&mut self) {
-        let now = self.now();
-        for r in self.campaigns.values_mut() {
-            if r.monitor.poll_timeout().is_some_and(|t| t <= now) {
-                r.monitor.timeout(now);
-            }
-        }
-    }
-
-    fn drive_all(&mut self) {
-        let ids: Vec<CampaignId> = self.campaigns.keys().copied().collect();
-        for c in ids {
-            self.drive(c);
-        }
-    }
-
-    fn drive(&mut self, c: CampaignId) {
-        let mut done = false;
+    /// Drains the endpoint: events first (they register a started campaign's files), then
+    /// actions, until both are empty.
+    fn drive(&mut self) {
         loop {
-            let Some(r) = self.campaigns.get_mut(&c) else {
-                return;
-            };
-            let Some(action) = r.monitor.poll_action() else {
-                break;
-            };
-            match action {
-                MonitorAction::Send { to, msg } => {
-                    r.bytes_sent += encode_control(&msg).len() as u64;
-                    let kind = msg.kind();
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .control
-                        .send_request(&to.0, Inbound::Msg(msg));
-                    self.out_control.insert(id, (c, to, kind));
-                }
-                MonitorAction::Serve(ServeAction::SendChunk { req, index, key, .. }) => {
-                    let resp = read_and_seal(&r.data, &r.manifest, index, &key);
-                    if let Some(ch) = self.in_chunk.remove(&(c, req)) {
-                        r.bytes_sent += (resp.data.len() + ChunkResponse::HEADER_LEN + 4) as u64;
-                        let _ = self.swarm.behaviour_mut().chunk.send_response(ch, resp);
-                    }
-                }
-                MonitorAction::Serve(ServeAction::Answer { req, index, status }) => {
-                    if let Some(ch) = self.in_chunk.remove(&(c, req)) {
-                        let resp = ChunkResponse {
-                            campaign: c,
-                            index,
-                            status,
-                            data: Vec::new(),
-                        };
-                        let _ = self.swarm.behaviour_mut().chunk.send_response(ch, resp);
-                    }
-                }
-                MonitorAction::Note(n) => {
-                    r.ui.note(&n);
-                    if n == MonitorNote::Done {
-                        done = true;
-                    }
-                }
+            let mut any = false;
+            while let Some(ev) = self.endpoint.poll_event() {
+                any = true;
+                self.on_event(ev);
             }
-        }
-        if done {
-            self.finish(c);
+            while let Some(a) = self.endpoint.poll_action() {
+                any = true;
+                self.on_action(a);
+            }
+            if !any {
+                return;
+            }
         }
     }
 
-    fn finish(&mut self, c: CampaignId) {
-        let Some(r) = self.campaigns.get_mut(&c) else {
-            return;
-        };
-        r.ui.update(&r.monitor);
-        r.ui.finish();
-        let m = &r.manifest;
-        let started = r.monitor.started();
-        let mut failed = Vec::new();
-        let mut per_node = Vec::new();
-        for id in &m.addressees {
-            let v = &r.monitor.nodes()[id];
-            let secs = v.finished_at.map(|t| t.saturating_sub(started).as_secs_f64());
-            let status = match &v.status {
-                NodeStatus::Installed => "installed".to_string(),
-                NodeStatus::Failed(reason) => {
-                    failed.push(FailedNode {
-                        node: id.to_string(),
-                        reason: reason.clone(),
-                    });
-                    "failed".to_string()
+    fn on_action(&mut self, a: NmsAction) {
+        match a {
+            NmsAction::Prepare { drop_id, addressees } => self.prepare(drop_id, addressees),
+            NmsAction::SendControl { id, to, msg } => {
+                let kind = msg.kind();
+                let rid = self
+                    .swarm
+                    .behaviour_mut()
+                    .control
+                    .send_request(&to.0, Inbound::Msg(msg));
+                self.out_control.insert(rid, (id, to, kind));
+            }
+            NmsAction::AnswerControl { req, msg } => {
+                if let Some(ch) = self.in_control.remove(&req) {
+                    let _ = self.swarm.behaviour_mut().control.send_response(ch, msg);
                 }
-                other => format!("{other:?}").to_lowercase(),
-            };
-            per_node.push(NodeResult {
-                node: id.to_string(),
-                status,
-                secs,
-            });
+            }
+            NmsAction::SendChunk {
+                req,
+                campaign,
+                index,
+                key,
+            } => {
+                if let Some(ch) = self.in_chunk.remove(&req)
+                    && let Some(f) = self.files.get(&campaign)
+                {
+                    let resp = read_and_seal(&f.data, &f.manifest, index, &key);
+                    let _ = self.swarm.behaviour_mut().chunk.send_response(ch, resp);
+                }
+            }
+            NmsAction::AnswerChunk { req, response } => {
+                if let Some(ch) = self.in_chunk.remove(&req) {
+                    let _ = self.swarm.behaviour_mut().chunk.send_response(ch, response);
+                }
+            }
+            NmsAction::CampaignFinished { summary } => {
+                let Some(f) = self.files.get(&summary.campaign) else {
+                    return;
+                };
+                let s = Summary::from_core(&summary);
+                if let Err(e) = std::fs::write(
+                    f.dir.join("summary.json"),
+                    serde_json::to_string_pretty(&s).unwrap_or_default(),
+                ) {
+                    warn!("cannot save the campaign summary: {e}");
+                }
+            }
         }
-        let (installed, _, total) = r.monitor.counts();
-        // wall time: from the drop being detected to the last node's final report
-        let finished = r.monitor.finished_at().unwrap_or(started);
-        let wall = r.dropped_at.elapsed().as_secs_f64()
-            - (self.start.elapsed().saturating_sub(finished)).as_secs_f64();
-        let s = Summary {
-            campaign: hex::encode(c),
-            package: m.name.clone(),
-            version: m.version.clone(),
-            sequence: m.sequence,
-            size: m.size,
-            nodes: total,
-            installed,
+    }
+
+    fn on_event(&mut self, ev: NmsEvent) {
+        let json = self.opts.json;
+        match ev {
+            NmsEvent::NodeDiscovered { id, known } => {
+                info!("node {id} discovered ({known} known)");
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "node-discovered", "node": id.to_string(), "known": known})
+                    );
+                }
+            }
+            NmsEvent::NodeIncompatible { id, version } => {
+                warn!("{id} speaks protocol {version}; this NMS speaks {PROTOCOL_VERSION}; not using it")
+            }
+            NmsEvent::NodeLeft { id } => info!("node {id} left"),
+            NmsEvent::DropWaiting {
+                drop_id,
+                found,
+                needed,
+            } => info!(
+                "{}: waiting for discovery to settle ({found} node(s) found, {needed} needed)",
+                self.path(drop_id)
+            ),
+            NmsEvent::DropAbandoned { drop_id, reason } => {
+                error!("{reason}");
+                self.drops.remove(&drop_id);
+            }
+            NmsEvent::DropFailed { drop_id, reason } => {
+                self.drop_error(&self.path(drop_id), &reason);
+                self.drops.remove(&drop_id);
+                self.prepared.remove(&drop_id);
+            }
+            NmsEvent::CampaignStarted { drop_id, manifest } => {
+                self.drops.remove(&drop_id);
+                let m = &manifest;
+                info!(
+                    "campaign {}: {} {} (sequence {}), {} bytes to {} nodes, fanout {}, {:?}",
+                    hex::encode(m.campaign),
+                    m.name,
+                    m.version,
+                    m.sequence,
+                    m.size,
+                    m.addressees.len(),
+                    m.plan.fanout,
+                    m.plan.transfer
+                );
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "campaign-started", "campaign": hex::encode(m.campaign), "package": m.name,
+                            "version": m.version, "sequence": m.sequence, "size": m.size, "nodes": m.addressees.len()})
+                    );
+                }
+                self.uis.insert(m.campaign, Ui::new(m, json));
+                if let Some((data, dir)) = self.prepared.remove(&drop_id) {
+                    self.files.insert(
+                        m.campaign,
+                        Files {
+                            manifest: Arc::new(*manifest),
+                            data,
+                            dir,
+                        },
+                    );
+                }
+            }
+            NmsEvent::NodeProgress { campaign, .. }
+            | NmsEvent::NodeInstalled { campaign, .. }
+            | NmsEvent::NodeFailed { campaign, .. }
+            | NmsEvent::AuthRefused { campaign, .. } => {
+                if let Some(ui) = self.uis.get_mut(&campaign) {
+                    ui.event(&ev);
+                }
+            }
+            NmsEvent::CampaignDone { summary } => {
+                if let Some(ui) = self.uis.get(&summary.campaign) {
+                    ui.finish();
+                }
+                let s = Summary::from_core(&summary);
+                if json {
+                    println!("{}", serde_json::json!({"event": "campaign-done", "summary": s}));
+                } else {
+                    print_summary(&s);
+                }
+                self.summaries.push(s);
+            }
+        }
+    }
+}
+
+impl Summary {
+    /// The operator's and scripts' form of the endpoint's summary.
+    pub fn from_core(s: &CampaignSummary) -> Summary {
+        let failed = s
+            .failed()
+            .map(|(node, reason)| FailedNode {
+                node: node.to_string(),
+                reason: reason.to_string(),
+            })
+            .collect();
+        let per_node = s
+            .nodes
+            .iter()
+            .map(|o| NodeResult {
+                node: o.node.to_string(),
+                status: match &o.status {
+                    NodeStatus::Installed => "installed".to_string(),
+                    NodeStatus::Failed(_) => "failed".to_string(),
+                    other => format!("{other:?}").to_lowercase(),
+                },
+                secs: o.took.map(|t| t.as_secs_f64()),
+            })
+            .collect();
+        Summary {
+            campaign: hex::encode(s.campaign),
+            package: s.package.clone(),
+            version: s.version.clone(),
+            sequence: s.sequence,
+            size: s.size,
+            nodes: s.nodes.len(),
+            installed: s.installed,
             failed,
-            wall_secs: wall,
-            nms_bytes_sent: r.bytes_sent,
-            nms_copies: r.bytes_sent as f64 / m.size.max(1) as f64,
+            wall_secs: s.wall().as_secs_f64(),
+            nms_bytes_sent: s.bytes_sent,
+            nms_copies: s.bytes_sent as f64 / s.size.max(1) as f64,
             per_node,
-        };
-        if let Err(e) = std::fs::write(
-            r.dir.join("summary.json"),
-            serde_json::to_string_pretty(&s).unwrap_or_default(),
-        ) {
-            warn!("cannot save the campaign summary: {e}");
         }
-        if self.opts.json {
-            println!("{}", serde_json::json!({"event": "campaign-done", "summary": s}));
-        } else {
-            print_summary(&s);
-        }
-        self.summaries.push(s);
     }
 }
 

@@ -1,9 +1,12 @@
 //! The operator's live view of a campaign: an overall bar and one bar per node
-//! (indicatif; hidden when stderr is not a terminal), or JSON lines with `--json`.
+//! (indicatif; hidden when stderr is not a terminal), or JSON lines with `--json`. It is
+//! drawn from the NMS endpoint's events ([`NmsEvent`]), nothing else.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use baton_protocol::{CampaignMonitor, Manifest, MonitorNote, NodeId, NodeStatus};
+use baton_protocol::endpoint::nms::NmsEvent;
+use baton_protocol::{Manifest, NodeId, NodeStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 /// Per-node bars are drawn for fleets up to this size; larger ones get the overall bar.
@@ -17,6 +20,8 @@ pub struct Ui {
     overall: ProgressBar,
     bars: HashMap<NodeId, ProgressBar>,
     size: u64,
+    /// Where each addressee stands, from the events seen so far.
+    nodes: HashMap<NodeId, (NodeStatus, u64)>,
 }
 
 impl Ui {
@@ -48,50 +53,102 @@ impl Ui {
                 bars.insert(*id, b);
             }
         }
+        if !json {
+            // redraws the elapsed time between events (indicatif's own thread)
+            overall.enable_steady_tick(Duration::from_millis(500));
+        }
+        let nodes = m
+            .addressees
+            .iter()
+            .map(|id| (*id, (NodeStatus::Waiting, 0)))
+            .collect();
         Ui {
             json,
             mp,
             overall,
             bars,
             size: m.size.max(1),
+            nodes,
         }
     }
 
-    /// Redraws from the monitor's view.
-    pub fn update(&self, monitor: &CampaignMonitor) {
+    /// Shows one of this campaign's events: progress redraws, installs and failures are
+    /// also logged as lines.
+    pub fn event(&mut self, ev: &NmsEvent) {
+        match ev {
+            NmsEvent::NodeProgress {
+                node,
+                status,
+                verified,
+                ..
+            } => self.set(*node, status.clone(), *verified),
+            NmsEvent::NodeInstalled { node, .. } => {
+                self.set(*node, NodeStatus::Installed, self.size);
+                self.line(Note::Installed(node));
+            }
+            NmsEvent::NodeFailed { node, reason, .. } => {
+                let verified = self.nodes.get(node).map_or(0, |n| n.1);
+                self.set(*node, NodeStatus::Failed(reason.clone()), verified);
+                self.line(Note::Failed(node, reason));
+            }
+            NmsEvent::AuthRefused { node, reason, .. } => self.line(Note::AuthRefused(node, reason)),
+            _ => {}
+        }
+    }
+
+    fn set(&mut self, id: NodeId, status: NodeStatus, verified: u64) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.0.is_final() && !status.is_final() {
+            return;
+        }
+        *n = (status, verified);
+        let verified = if n.0 == NodeStatus::Installed {
+            self.size
+        } else {
+            n.1
+        };
+        if let Some(b) = self.bars.get(&id) {
+            b.set_position(verified);
+            b.set_message(match &n.0 {
+                NodeStatus::Failed(r) => format!("FAILED: {}", r.chars().take(60).collect::<String>()),
+                s => format!("{s:?}").to_lowercase(),
+            });
+        }
         let mut total = 0;
-        for (id, v) in monitor.nodes() {
-            let verified = if v.status == NodeStatus::Installed {
-                self.size
-            } else {
-                v.verified
-            };
-            total += verified;
-            if let Some(b) = self.bars.get(id) {
-                b.set_position(verified);
-                b.set_message(match &v.status {
-                    NodeStatus::Failed(r) => format!("FAILED: {}", r.chars().take(60).collect::<String>()),
-                    s => format!("{s:?}").to_lowercase(),
-                });
+        let (mut installed, mut failed) = (0, 0);
+        for (s, v) in self.nodes.values() {
+            match s {
+                NodeStatus::Installed => {
+                    installed += 1;
+                    total += self.size;
+                }
+                NodeStatus::Failed(_) => {
+                    failed += 1;
+                    total += v;
+                }
+                _ => total += v,
             }
         }
-        let (installed, failed, n) = monitor.counts();
         self.overall.set_position(total);
-        self.overall
-            .set_message(format!("installed {installed}/{n}, failed {failed}"));
+        self.overall.set_message(format!(
+            "installed {installed}/{}, failed {failed}",
+            self.nodes.len()
+        ));
     }
 
     /// Logs an event line.
-    pub fn note(&self, n: &MonitorNote) {
+    fn line(&self, n: Note<'_>) {
         let line = match n {
-            MonitorNote::Installed(id) => {
+            Note::Installed(id) => {
                 if self.json {
                     serde_json::json!({"event": "installed", "node": id.to_string()}).to_string()
                 } else {
                     format!("installed on {id}")
                 }
             }
-            MonitorNote::Failed(id, reason) => {
+            Note::Failed(id, reason) => {
                 if self.json {
                     serde_json::json!({"event": "failed", "node": id.to_string(), "reason": reason})
                         .to_string()
@@ -99,7 +156,7 @@ impl Ui {
                     format!("FAILED on {id}: {reason}")
                 }
             }
-            MonitorNote::AuthRefused(id, reason) => {
+            Note::AuthRefused(id, reason) => {
                 if self.json {
                     serde_json::json!({"event": "auth-refused", "node": id.to_string(), "reason": reason})
                         .to_string()
@@ -107,7 +164,6 @@ impl Ui {
                     format!("authentication refused for {id}: {reason}")
                 }
             }
-            MonitorNote::Done => return,
         };
         if self.json {
             println!("{line}");
@@ -118,10 +174,18 @@ impl Ui {
         }
     }
 
+    /// Stops the bars where they are.
     pub fn finish(&self) {
         self.overall.finish();
         for b in self.bars.values() {
             b.finish();
         }
     }
+}
+
+/// A line for the operator's log.
+enum Note<'a> {
+    Installed(&'a NodeId),
+    Failed(&'a NodeId, &'a str),
+    AuthRefused(&'a NodeId, &'a str),
 }
