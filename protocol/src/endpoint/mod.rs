@@ -5,4 +5,5 @@
 //! entry is `poll_timeout`.
 
 pub mod nms;
+pub mod node;
 pub mod timer;
