@@ -1,20 +1,23 @@
-//! The node daemon: a thin tokio shell around [`NodeCampaign`]s.
+//! The node daemon: a thin tokio shell around a [`NodeEndpoint`].
 //!
-//! It turns libp2p requests, discovery, disk and timers into events for the protocol's
-//! state machines, and their actions into requests, disk writes and install runs.
+//! It only translates I/O: libp2p requests, discovery, disk, background jobs and the clock
+//! become [`Input`]s; the endpoint's [`Action`]s become requests, disk writes, jobs and
+//! journal lines; its [`Event`]s become log lines. Every decision (admission, retries,
+//! which peers can be offered to, what a restart resumes, what is kept on disk) is the
+//! endpoint's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use baton_protocol::endpoint::node::{self as ep, Action, Event, Input, NodeEndpoint, OutId, ReplyId};
 use baton_protocol::receiver::Refusal;
-use baton_protocol::wire::{PROTOCOL_VERSION, RefuseReason, Verdict};
+use baton_protocol::wire::{PROTOCOL_VERSION, RefuseReason};
 use baton_protocol::{
-    AdmissionContext, Admitted, CampaignId, ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind,
-    InstallOutcome, Manifest, NodeAction, NodeCampaign, NodeConfig, NodeId, Note, Offer, OpenedOffer, Phase,
-    RequestId, ServeAction, admit, open_offer,
+    CampaignId, ChunkRequest, ChunkResponse, Control, InstallOutcome, Manifest, NodeConfig, NodeId, Note,
+    OpenedOffer, Phase, open_offer,
 };
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
@@ -23,6 +26,7 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use crate::journal::Journal;
 use crate::store::{InstallCmd, Store};
 use baton_shell::discovery::{Advert, Discovery, DiscoveryEvent, Interfaces, Role};
 use baton_shell::net::{self, Behaviour, BehaviourEvent, Inbound};
@@ -44,29 +48,27 @@ pub struct NodeOptions {
     /// Testing only: corrupt every chunk served (a faulty relay).
     pub corrupt_served: bool,
     pub protocol: NodeConfig,
+    /// Installed versions kept per package (current included; 0 = all).
+    pub keep_versions: usize,
 }
 
 /// File in the data directory holding NMS ids pinned by `--trust-first`.
 pub const PINNED_FILE: &str = "trusted-nms.txt";
 /// The identify agent version prefix of an NMS.
 pub const NMS_AGENT_PREFIX: &str = "baton-nms/";
-/// Offers from one peer being verified at once; more are answered `Busy`.
-pub const MAX_VERIFYING_PER_PEER: usize = 2;
-/// Offers being verified at once in total; more are answered `Busy`.
-pub const MAX_VERIFYING: usize = 8;
 
 enum Internal {
     Hashed(CampaignId, std::io::Result<[u8; 32]>),
     Installed(CampaignId, InstallOutcome),
     /// An offer was opened (decoded, signature checked) off the event loop.
     Opened {
-        ticket: u64,
+        ticket: ep::OfferTicket,
         result: Box<Result<OpenedOffer, Refusal>>,
     },
 }
 
-struct Running {
-    machine: NodeCampaign,
+/// A campaign's files, open from [`Action::Prepare`] to [`Action::Forget`].
+struct Open {
     manifest: Arc<Manifest>,
     /// The package file, kept open: chunks are written and served by offset.
     data: Arc<std::fs::File>,
@@ -77,31 +79,21 @@ struct Agent {
     opts: NodeOptions,
     me: NodeId,
     store: Store,
-    trusted: Vec<NodeId>,
+    journal: Journal,
     swarm: Swarm<Behaviour>,
     start: Instant,
-    campaigns: HashMap<CampaignId, Running>,
-    out_control: HashMap<OutboundRequestId, (CampaignId, NodeId, ControlKind)>,
-    out_chunk: HashMap<OutboundRequestId, (CampaignId, NodeId, u32)>,
-    in_chunk: HashMap<(CampaignId, RequestId), ResponseChannel<ChunkResponse>>,
-    next_req: u64,
+    endpoint: NodeEndpoint,
+    files: HashMap<CampaignId, Open>,
+    /// Requests out: the transport's handle to the endpoint's id.
+    out_control: HashMap<OutboundRequestId, OutId>,
+    out_chunk: HashMap<OutboundRequestId, OutId>,
+    /// Requests to answer, by the handle the endpoint answers with.
+    in_control: HashMap<ReplyId, ResponseChannel<Control>>,
+    in_chunk: HashMap<ReplyId, ResponseChannel<ChunkResponse>>,
+    next_reply: u64,
     internal: mpsc::UnboundedSender<Internal>,
-    known: HashSet<PeerId>,
-    /// Peers that advertise themselves as an NMS (mDNS role or identify agent).
-    advertised_nms: HashSet<NodeId>,
-    /// Offers being opened off the loop, by ticket: who sent it and where to answer.
-    verifying: HashMap<u64, (PeerId, ResponseChannel<Control>)>,
-    next_ticket: u64,
     failures: net::FailureLog,
-    /// Some campaign ended here and was dropped (for `--once`).
-    finished_any: bool,
-    /// Campaigns that ended here and were dropped, newest last (at most [`MAX_OVER`]):
-    /// offers for them are refused, not downloaded again.
-    over: std::collections::VecDeque<CampaignId>,
 }
-
-/// Finished campaigns remembered to refuse later offers for them.
-pub const MAX_OVER: usize = 4096;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -116,6 +108,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
     let keypair = baton_shell::identity::load_or_create(&opts.data_dir)?;
     let me = NodeId::of(&keypair);
     let store = Store::open(&opts.data_dir)?;
+    let (journal, entries) = Journal::open(&opts.data_dir)?;
     let mut trusted = opts.trust.clone();
     let pinned = read_pinned(&opts.data_dir)?;
     for p in pinned {
@@ -138,30 +131,42 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
     info!(peer_id = %me, port, data = %opts.data_dir.display(), "baton-node started");
     println!("baton-node {me} listening on port {port}");
     let (itx, mut irx) = mpsc::unbounded_channel();
+    let start = Instant::now();
+    let cfg = ep::Config {
+        campaign: opts.protocol.clone(),
+        trust_first: opts.trust_first,
+        unix_origin: unix_now(),
+        keep_versions: opts.keep_versions,
+        ..ep::Config::default()
+    };
+    let boot = ep::Start {
+        trusted,
+        installed: store.installed_packages(),
+        journal: entries,
+        saved: store.saved_campaigns(),
+    };
+    let endpoint = NodeEndpoint::new(Duration::ZERO, me, cfg, boot);
     let mut agent = Agent {
         opts: opts.clone(),
         me,
         store,
-        trusted,
+        journal,
         swarm,
-        start: Instant::now(),
-        campaigns: HashMap::new(),
+        start,
+        endpoint,
+        files: HashMap::new(),
         out_control: HashMap::new(),
         out_chunk: HashMap::new(),
+        in_control: HashMap::new(),
         in_chunk: HashMap::new(),
-        next_req: 0,
+        next_reply: 0,
         internal: itx,
-        known: HashSet::new(),
-        advertised_nms: HashSet::new(),
-        verifying: HashMap::new(),
-        next_ticket: 0,
         failures: net::FailureLog::default(),
-        finished_any: false,
-        over: std::collections::VecDeque::new(),
     };
     for p in &opts.peers {
         if let Some(id) = net::peer_of(p) {
             agent.swarm.add_peer_address(id, p.clone());
+            agent.input(Input::PeerAddressKnown(NodeId(id)));
         }
         if let Err(e) = agent.swarm.dial(p.clone()) {
             warn!("cannot dial static peer {p}: {e}");
@@ -180,7 +185,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
     } else {
         (None, mpsc::channel(1).1)
     };
-    agent.resume();
+    agent.drive();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let deadline = agent.next_deadline();
@@ -188,13 +193,15 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             ev = agent.swarm.select_next_some() => agent.on_swarm(ev),
             Some(d) = disco_rx.recv() => agent.on_discovery(d),
             Some(i) = irx.recv() => agent.on_internal(i),
-            _ = tokio::time::sleep_until(deadline.into()) => agent.on_timeout(),
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let now = agent.now();
+                agent.endpoint.handle_timeout(now);
+            }
             _ = tokio::signal::ctrl_c() => { info!("interrupted; stopping"); break; }
             _ = term.recv() => { info!("terminated; stopping"); break; }
         }
-        agent.drive_all();
-        // finished campaigns are dropped when the machine reports `RelayDone`
-        if opts.once && agent.finished_any && agent.campaigns.is_empty() {
+        agent.drive();
+        if opts.once && agent.endpoint.finished_any() && !agent.endpoint.busy() {
             info!("--once: campaign installed and relayed; exiting");
             break;
         }
@@ -249,35 +256,20 @@ impl Agent {
     }
 
     fn next_deadline(&self) -> Instant {
-        // every timer (the end of relaying included) is the machines' own
         let far = self.now() + Duration::from_secs(3600);
-        let t = self
-            .campaigns
-            .values()
-            .filter_map(|r| r.machine.poll_timeout())
-            .min()
-            .unwrap_or(far)
-            .min(far);
+        let t = self.endpoint.poll_timeout().unwrap_or(far).min(far);
         self.start + t
     }
 
-    /// Pins `nms` (trust on first use), after admission decided so.
-    fn pin(&mut self, nms: NodeId) {
-        warn!(
-            "TRUST ON FIRST USE: pinning NMS {nms}, which sent this node a valid offer signed by itself; from now on this node installs only what {nms} signs. To undo: `baton-node trust forget {nms}`"
-        );
-        self.trusted.push(nms);
-        if let Err(e) = write_pinned(&self.opts.data_dir, &self.trusted) {
-            error!("could not save the pinned NMS: {e:#}");
-        }
+    /// Feeds one input to the endpoint (its outputs are carried out by [`Self::drive`]).
+    fn input(&mut self, i: Input) {
+        let now = self.now();
+        self.endpoint.handle(now, i);
     }
 
-    /// A peer claims to be an NMS (its mDNS advert or identify agent). This alone trusts
-    /// nothing: it only makes the peer a candidate for trust on first use.
-    fn heard_nms(&mut self, peer: PeerId, how: &str) {
-        if self.advertised_nms.insert(NodeId(peer)) {
-            info!("{peer} advertises itself as an NMS ({how})");
-        }
+    fn reply_id(&mut self) -> ReplyId {
+        self.next_reply += 1;
+        ReplyId(self.next_reply)
     }
 
     fn on_discovery(&mut self, ev: DiscoveryEvent) {
@@ -293,114 +285,20 @@ impl Agent {
                     );
                     return;
                 }
+                let dialable = !addrs.is_empty();
                 for ip in addrs {
                     self.swarm.add_peer_address(peer, net::tcp_addr(ip, advert.port));
                 }
-                if self.known.insert(peer) {
+                if dialable && !self.endpoint.knows_address(&NodeId(peer)) {
                     info!(role = %advert.role, "discovered {peer}");
+                    self.input(Input::PeerAddressKnown(NodeId(peer)));
                 }
                 if advert.role == Role::Nms {
-                    self.heard_nms(peer, "mDNS");
+                    self.input(Input::PeerHeardAsNms(NodeId(peer)));
                 }
             }
             DiscoveryEvent::Lost { peer_id } => info!("{peer_id} left"),
         }
-    }
-
-    fn resume(&mut self) {
-        for (dir, offer) in self.store.saved_offers() {
-            let offer = match offer {
-                Ok(o) => o,
-                Err(e) => {
-                    warn!("ignoring unreadable saved campaign in {}: {e:#}", dir.display());
-                    continue;
-                }
-            };
-            let from = if offer.path.len() >= 2 {
-                offer.path[offer.path.len() - 2]
-            } else {
-                match offer.manifest.open_unchecked() {
-                    Ok(m) => m.nms,
-                    Err(_) => continue,
-                }
-            };
-            // a campaign resumes only under a trust already held: no pinning here
-            match open_offer(offer, from, self.me).and_then(|o| self.admit_and_start(o, false)) {
-                Ok(c) => info!("resumed campaign {} from disk", hex::encode(c)),
-                Err(r) => {
-                    info!("not resuming the campaign in {}: {}", dir.display(), r.detail);
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-            }
-        }
-    }
-
-    /// Admits an opened offer (trust, expiry, rollback, duplicates) and starts the campaign,
-    /// pinning its NMS if trust on first use says so and `may_pin`.
-    fn admit_and_start(&mut self, opened: OpenedOffer, may_pin: bool) -> Result<CampaignId, Refusal> {
-        let campaign = opened.manifest.campaign;
-        let ctx = AdmissionContext {
-            trusted: &self.trusted,
-            trust_first: self.opts.trust_first && may_pin,
-            advertised_nms: &self.advertised_nms,
-            unix_now: unix_now(),
-            installed: self.store.installed(&opened.manifest.name),
-            held: self.campaigns.contains_key(&campaign),
-            finished: self.over.contains(&campaign),
-            // only `resume` passes `may_pin = false`: a campaign restarted from disk
-            resuming: !may_pin,
-        };
-        match admit(&opened, &ctx)? {
-            Admitted::AlreadyHeld => return Ok(campaign),
-            Admitted::Start { pin: Some(nms) } => self.pin(nms),
-            Admitted::Start { pin: None } => {}
-        }
-        let OpenedOffer {
-            offer,
-            manifest,
-            from,
-        } = opened;
-        let have = self.store.prepare(&offer, &manifest).map_err(|e| Refusal {
-            reason: RefuseReason::Busy,
-            detail: format!("cannot store the package: {e:#}"),
-        })?;
-        let resumed = have.count();
-        if resumed > 0 {
-            info!("{} of {} chunks already verified on disk", resumed, have.len());
-        }
-        info!(
-            package = %manifest.name, version = %manifest.version, sequence = manifest.sequence,
-            size = manifest.size, part = offer.part.len(), "accepted campaign {} from {from}",
-            hex::encode(manifest.campaign)
-        );
-        let file = self.store.data_file(&campaign);
-        let data = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&file)
-            .map(Arc::new)
-            .map_err(|e| Refusal {
-                reason: RefuseReason::Busy,
-                detail: format!("cannot open the package file {}: {e}", file.display()),
-            })?;
-        let machine = NodeCampaign::accept(
-            self.now(),
-            self.me,
-            offer,
-            manifest.clone(),
-            self.opts.protocol.clone(),
-            have,
-        );
-        self.campaigns.insert(
-            campaign,
-            Running {
-                machine,
-                manifest: Arc::new(manifest),
-                data,
-                file,
-            },
-        );
-        Ok(campaign)
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
@@ -411,29 +309,36 @@ impl Agent {
                 peer_id,
                 info,
                 ..
-            })) if info.agent_version.starts_with(NMS_AGENT_PREFIX) => self.heard_nms(peer_id, "identify"),
+            })) if info.agent_version.starts_with(NMS_AGENT_PREFIX) => {
+                self.input(Input::PeerHeardAsNms(NodeId(peer_id)))
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                // a peer with an open connection can be sent to (repeats are no-ops)
+                self.input(Input::PeerAddressKnown(NodeId(peer_id)))
+            }
             SwarmEvent::NewListenAddr { address, .. } => info!("listening on {address}"),
             _ => {}
         }
     }
 
     fn on_control(&mut self, ev: request_response::Event<Inbound<Control>, Control>) {
-        let now = self.now();
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => match request {
                     Inbound::Unreadable(why) => self.failures.unreadable(peer, "control", &why),
-                    Inbound::Msg(Control::Offer(offer)) => self.on_offer(peer, *offer, channel),
-                    Inbound::Msg(other) => {
-                        let answer = self.answer(NodeId(peer), other);
-                        let _ = self.swarm.behaviour_mut().control.send_response(channel, answer);
+                    Inbound::Msg(msg) => {
+                        let reply = self.reply_id();
+                        self.in_control.insert(reply, channel);
+                        self.input(Input::ControlRequest {
+                            from: NodeId(peer),
+                            reply,
+                            msg,
+                        });
                     }
                 },
                 request_response::Message::Response { request_id, response } => {
-                    if let Some((c, to, _)) = self.out_control.remove(&request_id)
-                        && let Some(r) = self.campaigns.get_mut(&c)
-                    {
-                        r.machine.response(now, to, response);
+                    if let Some(id) = self.out_control.remove(&request_id) {
+                        self.input(Input::ControlResponse { id, msg: response });
                     }
                 }
             },
@@ -443,70 +348,327 @@ impl Agent {
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => {
-                if let Some((c, to, kind)) = self.out_control.remove(&request_id) {
-                    warn!("{kind:?} to {to} failed: {error}");
-                    if let Some(r) = self.campaigns.get_mut(&c) {
-                        r.machine.send_failed(now, to, kind, &error.to_string());
-                    }
+                if let Some(id) = self.out_control.remove(&request_id) {
+                    self.input(Input::SendFailed {
+                        id,
+                        reason: error.to_string(),
+                    });
                 }
             }
             _ => {}
         }
     }
 
-    /// An offer arrived: open it (decode, check the signature) off the event loop, at most
-    /// [`MAX_VERIFYING_PER_PEER`] per peer and [`MAX_VERIFYING`] in all; more are `Busy`.
-    fn on_offer(&mut self, peer: PeerId, offer: Offer, channel: ResponseChannel<Control>) {
-        let from_peer = self.verifying.values().filter(|(p, _)| *p == peer).count();
-        if from_peer >= MAX_VERIFYING_PER_PEER || self.verifying.len() >= MAX_VERIFYING {
-            let verdict = Verdict::Refuse {
-                reason: RefuseReason::Busy,
-                detail: "too many offers being checked; try again later".into(),
-            };
-            let reply = Control::OfferReply {
-                campaign: CampaignId::default(),
-                verdict,
-            };
-            if let Some(line) = self.failures.record(
-                Instant::now(),
-                peer,
-                "offer",
-                &"refused as busy: too many offers being checked",
-            ) {
-                warn!("{line}");
+    fn on_chunk(&mut self, ev: request_response::Event<Inbound<ChunkRequest>, ChunkResponse>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request: Inbound::Unreadable(why),
+                    ..
+                } => self.failures.unreadable(peer, "chunk", &why),
+                request_response::Message::Request {
+                    request: Inbound::Msg(req),
+                    channel,
+                    ..
+                } => {
+                    let reply = self.reply_id();
+                    self.in_chunk.insert(reply, channel);
+                    self.input(Input::ChunkRequest {
+                        from: NodeId(peer),
+                        reply,
+                        req,
+                    });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(id) = self.out_chunk.remove(&request_id) {
+                        self.input(Input::ChunkResponse { id, resp: response });
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(id) = self.out_chunk.remove(&request_id) {
+                    self.input(Input::ChunkFailed {
+                        id,
+                        reason: error.to_string(),
+                    });
+                }
             }
-            let _ = self.swarm.behaviour_mut().control.send_response(channel, reply);
-            return;
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                self.failures.inbound(peer, "chunk", &error)
+            }
+            _ => {}
         }
-        self.next_ticket += 1;
-        let ticket = self.next_ticket;
-        self.verifying.insert(ticket, (peer, channel));
-        let tx = self.internal.clone();
-        let me = self.me;
-        tokio::task::spawn_blocking(move || {
-            let result = Box::new(open_offer(offer, NodeId(peer), me));
-            let _ = tx.send(Internal::Opened { ticket, result });
-        });
     }
 
-    /// An offer was opened off the loop: admit it and answer its sender.
-    fn on_opened(&mut self, ticket: u64, result: Result<OpenedOffer, Refusal>) {
-        let Some((peer, channel)) = self.verifying.remove(&ticket) else {
-            return;
-        };
-        let (campaign, signer) = match &result {
-            Ok(o) => (o.manifest.campaign, Some(o.manifest.nms)),
-            Err(_) => (CampaignId::default(), None),
-        };
-        let verdict = match result.and_then(|o| self.admit_and_start(o, true)) {
-            Ok(_) => Verdict::Accept,
-            Err(r) => {
-                self.log_refusal(peer, signer, &r);
-                r.verdict()
+    fn on_internal(&mut self, i: Internal) {
+        match i {
+            Internal::Hashed(campaign, Ok(root)) => self.input(Input::FileHashed { campaign, root }),
+            Internal::Hashed(campaign, Err(e)) => {
+                error!("cannot hash the received package: {e}");
+                self.input(Input::HashFailed {
+                    campaign,
+                    reason: e.to_string(),
+                })
             }
-        };
-        let reply = Control::OfferReply { campaign, verdict };
-        let _ = self.swarm.behaviour_mut().control.send_response(channel, reply);
+            Internal::Opened { ticket, result } => self.input(Input::OfferOpened { ticket, result }),
+            Internal::Installed(campaign, outcome) => self.input(Input::InstallDone { campaign, outcome }),
+        }
+    }
+
+    /// Carries out the endpoint's actions and logs its events, until both are drained.
+    fn drive(&mut self) {
+        loop {
+            if let Some(a) = self.endpoint.poll_action() {
+                self.act(a);
+            } else if let Some(e) = self.endpoint.poll_event() {
+                self.log_event(e);
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn act(&mut self, a: Action) {
+        match a {
+            Action::SendControl { id, to, msg } => {
+                let rid = self
+                    .swarm
+                    .behaviour_mut()
+                    .control
+                    .send_request(&to.0, Inbound::Msg(msg));
+                self.out_control.insert(rid, id);
+            }
+            Action::Reply { reply, msg } => {
+                if let Some(ch) = self.in_control.remove(&reply) {
+                    let _ = self.swarm.behaviour_mut().control.send_response(ch, msg);
+                }
+            }
+            Action::RequestChunk { id, to, req } => {
+                let rid = self
+                    .swarm
+                    .behaviour_mut()
+                    .chunk
+                    .send_request(&to.0, Inbound::Msg(req));
+                self.out_chunk.insert(rid, id);
+            }
+            Action::StoreChunk {
+                campaign,
+                index,
+                data,
+            } => {
+                // the endpoint serves the chunk only once the write is confirmed
+                let Some(o) = self.files.get(&campaign) else {
+                    return;
+                };
+                let input = match Store::write_chunk(&o.data, &o.manifest, index, &data) {
+                    Ok(()) => Input::ChunkStored { campaign, index },
+                    Err(e) => {
+                        error!("cannot write chunk {index}: {e:#}; the campaign fails");
+                        Input::StoreFailed {
+                            campaign,
+                            index,
+                            reason: format!("{e:#}"),
+                        }
+                    }
+                };
+                self.input(input);
+            }
+            Action::SendChunk {
+                reply,
+                campaign,
+                index,
+                key,
+                ..
+            } => {
+                let Some(ch) = self.in_chunk.remove(&reply) else {
+                    return;
+                };
+                let Some(o) = self.files.get(&campaign) else {
+                    return;
+                };
+                // inline: a chunk read from the page cache and sealed costs less than
+                // handing it to another thread and back
+                let mut resp = baton_shell::chunkfile::read_and_seal(&o.data, &o.manifest, index, &key);
+                if self.opts.corrupt_served
+                    && let Some(b) = resp.data.first_mut()
+                {
+                    *b ^= 0x40;
+                }
+                let _ = self.swarm.behaviour_mut().chunk.send_response(ch, resp);
+            }
+            Action::AnswerChunk {
+                reply,
+                campaign,
+                index,
+                status,
+            } => {
+                if let Some(ch) = self.in_chunk.remove(&reply) {
+                    let resp = ChunkResponse {
+                        campaign,
+                        index,
+                        status,
+                        data: Vec::new(),
+                    };
+                    let _ = self.swarm.behaviour_mut().chunk.send_response(ch, resp);
+                }
+            }
+            Action::OpenOffer { ticket, from, offer } => {
+                let tx = self.internal.clone();
+                let me = self.me;
+                tokio::task::spawn_blocking(move || {
+                    let result = Box::new(open_offer(*offer, from, me));
+                    let _ = tx.send(Internal::Opened { ticket, result });
+                });
+            }
+            Action::Prepare {
+                campaign,
+                offer,
+                manifest,
+            } => {
+                let result = self.prepare(&offer, manifest).map_err(|e| format!("{e:#}"));
+                self.input(Input::Prepared { campaign, result });
+            }
+            Action::HashFile { campaign } => {
+                let Some(o) = self.files.get(&campaign) else {
+                    return;
+                };
+                let file = o.file.clone();
+                let tx = self.internal.clone();
+                tokio::task::spawn_blocking(move || {
+                    let r = Store::hash_file(&file).map_err(std::io::Error::other);
+                    let _ = tx.send(Internal::Hashed(campaign, r));
+                });
+            }
+            Action::Install { campaign } => {
+                let Some(o) = self.files.get(&campaign) else {
+                    return;
+                };
+                let manifest = o.manifest.clone();
+                let tx = self.internal.clone();
+                let store = self.store.clone();
+                let cmd = self.opts.install.clone();
+                tokio::spawn(async move {
+                    let outcome = match store.install(&manifest, cmd.as_ref()).await {
+                        Ok(()) => InstallOutcome::Installed,
+                        Err(reason) => InstallOutcome::Failed { reason },
+                    };
+                    let _ = tx.send(Internal::Installed(campaign, outcome));
+                });
+            }
+            Action::Forget { campaign } => forget(&mut self.files, &self.store, &campaign),
+            Action::RemoveVersion { name, sequence } => match self.store.remove_version(&name, sequence) {
+                Ok(()) => info!("removed {name} sequence {sequence} (older than the versions kept)"),
+                Err(e) => warn!("could not remove {name} sequence {sequence}: {e:#}"),
+            },
+            Action::Pin { nms, trusted } => {
+                warn!(
+                    "TRUST ON FIRST USE: pinning NMS {nms}, which sent this node a valid offer signed by itself; from now on this node installs only what {nms} signs. To undo: `baton-node trust forget {nms}`"
+                );
+                if let Err(e) = write_pinned(&self.opts.data_dir, &trusted) {
+                    error!("could not save the pinned NMS: {e:#}");
+                }
+            }
+            Action::Journal(entry) => {
+                if let Err(e) = self.journal.append(&entry) {
+                    error!("{e:#}; a restart may resume this campaign again");
+                }
+            }
+        }
+    }
+
+    /// Makes a campaign's working files and opens its package file.
+    fn prepare(
+        &mut self,
+        offer: &baton_protocol::Offer,
+        manifest: Arc<Manifest>,
+    ) -> Result<baton_protocol::ChunkSet> {
+        let have = self
+            .store
+            .prepare(offer, &manifest)
+            .context("cannot store the package")?;
+        let file = self.store.data_file(&manifest.campaign);
+        let data = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+            .map(Arc::new)
+            .with_context(|| format!("cannot open the package file {}", file.display()))?;
+        self.files
+            .insert(manifest.campaign, Open { manifest, data, file });
+        Ok(have)
+    }
+
+    fn log_event(&mut self, e: Event) {
+        match e {
+            Event::Accepted {
+                campaign,
+                from,
+                resumed,
+                name,
+                version,
+                sequence,
+                size,
+                part,
+                chunks_on_disk,
+                chunks,
+            } => {
+                if chunks_on_disk > 0 {
+                    info!("{chunks_on_disk} of {chunks} chunks already verified on disk");
+                }
+                let how = if resumed { "resumed from disk" } else { "accepted" };
+                info!(
+                    package = %name, version = %version, sequence, size, part,
+                    "{how} campaign {} from {from}", hex::encode(campaign)
+                );
+            }
+            Event::Refused {
+                from,
+                signer,
+                refusal,
+            } => self.log_refusal(from.0, signer, &refusal),
+            Event::NotResumed { campaign, reason } => {
+                info!("not resuming campaign {}: {reason}", hex::encode(campaign))
+            }
+            Event::Pinned { nms } => info!("pinned NMS {nms}"),
+            Event::HeardNms { peer } => info!("{peer} advertises itself as an NMS"),
+            Event::Note { note, .. } => log_note(&note),
+            Event::Installed {
+                name,
+                version,
+                sequence,
+                ..
+            } => info!("installed {name} {version} (sequence {sequence})"),
+            Event::Failed { reason, .. } => error!("campaign failed here: {reason}"),
+            Event::SendRetry {
+                to,
+                kind,
+                attempt,
+                wait,
+                reason,
+                ..
+            } => warn!("{kind:?} to {to} failed (attempt {attempt}): {reason}; again in {wait:.1?}"),
+            Event::SendFailed { to, kind, reason, .. } => warn!("{kind:?} to {to} failed: {reason}"),
+            Event::Finished {
+                campaign,
+                phase,
+                served_chunks,
+                fetched_chunks,
+                faults,
+            } => info!(
+                served_chunks,
+                fetched_chunks,
+                faults,
+                "campaign {} finished here: {} and relayed; dropped",
+                hex::encode(campaign),
+                if phase == Phase::Installed {
+                    "installed"
+                } else {
+                    "failed"
+                },
+            ),
+        }
     }
 
     fn log_refusal(&mut self, peer: PeerId, signer: Option<NodeId>, r: &Refusal) {
@@ -525,255 +687,14 @@ impl Agent {
             }
         }
     }
-
-    fn answer(&mut self, from: NodeId, request: Control) -> Control {
-        match request {
-            Control::Probe { nonce } => Control::ProbeReply { nonce },
-            other => {
-                let now = self.now();
-                match other.campaign().and_then(|c| self.campaigns.get_mut(c)) {
-                    Some(r) => r.machine.request(now, from, &other),
-                    None => Control::Error {
-                        reason: "this node does not know that campaign".into(),
-                    },
-                }
-            }
-        }
-    }
-
-    fn on_chunk(&mut self, ev: request_response::Event<Inbound<ChunkRequest>, ChunkResponse>) {
-        let now = self.now();
-        match ev {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request: Inbound::Unreadable(why),
-                    ..
-                } => self.failures.unreadable(peer, "chunk", &why),
-                request_response::Message::Request {
-                    request: Inbound::Msg(request),
-                    channel,
-                    ..
-                } => {
-                    let campaign = request.campaign;
-                    match self.campaigns.get_mut(&campaign) {
-                        Some(r) => {
-                            self.next_req += 1;
-                            let rid = RequestId(self.next_req);
-                            self.in_chunk.insert((campaign, rid), channel);
-                            r.machine.chunk_request(now, rid, NodeId(peer), &request);
-                        }
-                        None => {
-                            let resp = ChunkResponse {
-                                campaign,
-                                index: request.index,
-                                status: ChunkStatus::UnknownCampaign,
-                                data: Vec::new(),
-                            };
-                            let _ = self.swarm.behaviour_mut().chunk.send_response(channel, resp);
-                        }
-                    }
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some((c, from, _)) = self.out_chunk.remove(&request_id)
-                        && let Some(r) = self.campaigns.get_mut(&c)
-                    {
-                        r.machine.chunk_response(now, from, response);
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                if let Some((c, from, index)) = self.out_chunk.remove(&request_id)
-                    && let Some(r) = self.campaigns.get_mut(&c)
-                {
-                    r.machine.chunk_failed(now, from, index, &error.to_string());
-                }
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                self.failures.inbound(peer, "chunk", &error)
-            }
-            _ => {}
-        }
-    }
-
-    fn on_internal(&mut self, i: Internal) {
-        let now = self.now();
-        match i {
-            Internal::Hashed(c, res) => {
-                if let Some(r) = self.campaigns.get_mut(&c) {
-                    match res {
-                        Ok(root) => r.machine.file_hashed(now, root),
-                        Err(e) => {
-                            error!("cannot hash the received package: {e}");
-                            r.machine.hash_failed(now, &e.to_string());
-                        }
-                    }
-                }
-            }
-            Internal::Opened { ticket, result } => self.on_opened(ticket, *result),
-            Internal::Installed(c, outcome) => {
-                if let Some(r) = self.campaigns.get_mut(&c) {
-                    match &outcome {
-                        InstallOutcome::Installed => info!(
-                            "installed {} {} (sequence {})",
-                            r.manifest.name, r.manifest.version, r.manifest.sequence
-                        ),
-                        InstallOutcome::Failed { reason } => error!("install failed: {reason}"),
-                    }
-                    r.machine.install_done(now, outcome);
-                }
-            }
-        }
-    }
-
-    fn on_timeout(&mut self) {
-        let now = self.now();
-        for r in self.campaigns.values_mut() {
-            if r.machine.poll_timeout().is_some_and(|t| t <= now) {
-                r.machine.timeout(now);
-            }
-        }
-    }
-
-    fn drive_all(&mut self) {
-        let ids: Vec<CampaignId> = self.campaigns.keys().copied().collect();
-        for c in ids {
-            self.drive(c);
-        }
-    }
-
-    /// Carries out a campaign's actions.
-    fn drive(&mut self, c: CampaignId) {
-        let mut over = false;
-        loop {
-            let Some(r) = self.campaigns.get_mut(&c) else {
-                return;
-            };
-            let Some(action) = r.machine.poll_action() else {
-                break;
-            };
-            let manifest = r.manifest.clone();
-            let file = r.file.clone();
-            let data_file = r.data.clone();
-            match action {
-                NodeAction::Send { to, msg } => {
-                    let kind = msg.kind();
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .control
-                        .send_request(&to.0, Inbound::Msg(msg));
-                    self.out_control.insert(id, (c, to, kind));
-                }
-                NodeAction::RequestChunk { to, req } => {
-                    let index = req.index;
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .chunk
-                        .send_request(&to.0, Inbound::Msg(req));
-                    self.out_chunk.insert(id, (c, to, index));
-                }
-                NodeAction::Store { index, data } => {
-                    // the machine serves the chunk only once the write is confirmed
-                    let now = self.now();
-                    let written = Store::write_chunk(&data_file, &manifest, index, &data);
-                    if let Some(r) = self.campaigns.get_mut(&c) {
-                        match written {
-                            Ok(()) => r.machine.chunk_stored(now, index),
-                            Err(e) => {
-                                error!("cannot write chunk {index}: {e:#}; the campaign fails");
-                                r.machine.store_failed(now, index, &format!("{e:#}"));
-                            }
-                        }
-                    }
-                }
-                NodeAction::HashFile => {
-                    let tx = self.internal.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let r = Store::hash_file(&file).map_err(std::io::Error::other);
-                        let _ = tx.send(Internal::Hashed(c, r));
-                    });
-                }
-                NodeAction::Install => {
-                    let tx = self.internal.clone();
-                    let store = self.store.clone();
-                    let cmd = self.opts.install.clone();
-                    tokio::spawn(async move {
-                        let outcome = match store.install(&manifest, cmd.as_ref()).await {
-                            Ok(()) => InstallOutcome::Installed,
-                            Err(reason) => InstallOutcome::Failed { reason },
-                        };
-                        let _ = tx.send(Internal::Installed(c, outcome));
-                    });
-                }
-                NodeAction::Serve(ServeAction::SendChunk { req, index, key, .. }) => {
-                    // inline: a chunk read from the page cache and sealed costs less than
-                    // handing it to another thread and back
-                    let mut resp = baton_shell::chunkfile::read_and_seal(&data_file, &manifest, index, &key);
-                    if self.opts.corrupt_served
-                        && let Some(b) = resp.data.first_mut()
-                    {
-                        *b ^= 0x40;
-                    }
-                    if let Some(ch) = self.in_chunk.remove(&(c, req)) {
-                        let _ = self.swarm.behaviour_mut().chunk.send_response(ch, resp);
-                    }
-                }
-                NodeAction::Serve(ServeAction::Answer { req, index, status }) => {
-                    if let Some(ch) = self.in_chunk.remove(&(c, req)) {
-                        let resp = ChunkResponse {
-                            campaign: c,
-                            index,
-                            status,
-                            data: Vec::new(),
-                        };
-                        let _ = self.swarm.behaviour_mut().chunk.send_response(ch, resp);
-                    }
-                }
-                NodeAction::Note(n) => log_note(&n),
-                NodeAction::RelayDone => over = true,
-            }
-        }
-        if over {
-            self.end_campaign(c);
-        }
-    }
-
-    /// The campaign is over here (installed or failed, relaying done): drop it, its open
-    /// file and its working directory. Later requests for it are answered as for an
-    /// unknown campaign, and later offers are refused (admission's `finished`).
-    fn end_campaign(&mut self, c: CampaignId) {
-        let Some(r) = retire(&mut self.campaigns, &self.store, &c) else {
-            return;
-        };
-        self.finished_any = true;
-        info!(
-            served_chunks = r.machine.served_chunks(),
-            fetched_chunks = r.machine.fetched_chunks(),
-            faults = r.machine.total_faults(),
-            outcome = ?r.machine.outcome(),
-            "campaign {} finished here: {} and relayed; dropped",
-            hex::encode(c),
-            if r.machine.phase() == Phase::Installed { "installed" } else { "failed" },
-        );
-        // answering a held request needs the campaign: none is held when it is over
-        self.in_chunk.retain(|(campaign, _), _| *campaign != c);
-        if self.over.len() >= MAX_OVER {
-            self.over.pop_front();
-        }
-        self.over.push_back(c);
-    }
 }
 
-/// Drops campaign `c`: its running state (and with it the open package file) and its
-/// `partial/<campaign>` directory. The installed version is a hard link to (or a copy
-/// of) the partial file, so it stays. Returns what was dropped.
-fn retire(campaigns: &mut HashMap<CampaignId, Running>, store: &Store, c: &CampaignId) -> Option<Running> {
-    let r = campaigns.remove(c)?;
+/// Drops campaign `c`'s files: its open package file and its `partial/<campaign>`
+/// directory. The installed version is a hard link to (or a copy of) the partial file, so
+/// it stays.
+fn forget(files: &mut HashMap<CampaignId, Open>, store: &Store, c: &CampaignId) {
+    files.remove(c);
     store.forget(c);
-    Some(r)
 }
 
 fn log_note(n: &Note) {
@@ -794,9 +715,8 @@ fn log_note(n: &Note) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_protocol::chunk::ChunkSet;
     use baton_protocol::manifest::{HashList, MANIFEST_FORMAT, PlanParams, RelayPolicy};
-    use baton_protocol::{HopToken, Keypair, PackageHasher, SignedManifest};
+    use baton_protocol::{HopToken, Keypair, Offer, PackageHasher, SignedManifest};
 
     /// Descriptors of this process open on files under `dir`.
     fn open_under(dir: &std::path::Path) -> usize {
@@ -808,9 +728,9 @@ mod tests {
             .count()
     }
 
-    /// A campaign as `admit_and_start` leaves it: prepared in the store, its file open,
-    /// its machine running; then received and installed.
-    async fn installed_campaign(store: &Store, nms: &Keypair, me: NodeId, seq: u64) -> (CampaignId, Running) {
+    /// A campaign as `Action::Prepare` leaves it: prepared in the store, its file open;
+    /// then received and installed.
+    async fn installed_campaign(store: &Store, nms: &Keypair, me: NodeId, seq: u64) -> (CampaignId, Open) {
         let content = vec![seq as u8; 10_000];
         let mut h = PackageHasher::new(4096);
         h.update(&content);
@@ -854,19 +774,9 @@ mod tests {
             Store::write_chunk(&data, &m, i as u32, c).unwrap();
         }
         store.install(&m, None).await.unwrap();
-        let count = m.layout().unwrap().count();
-        let machine = NodeCampaign::accept(
-            Duration::ZERO,
-            me,
-            offer,
-            m.clone(),
-            NodeConfig::default(),
-            ChunkSet::full(count),
-        );
         (
             m.campaign,
-            Running {
-                machine,
+            Open {
                 manifest: Arc::new(m),
                 data,
                 file,
@@ -875,24 +785,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn finished_campaigns_keep_no_file_open_and_leave_no_partial_dir() {
+    async fn forgotten_campaigns_keep_no_file_open_and_leave_no_partial_dir() {
         let dir = tempfile::tempdir().unwrap();
         let dir_path = dir.path().canonicalize().unwrap();
         let store = Store::open(&dir_path).unwrap();
         let nms = Keypair::generate_ed25519();
         let me = NodeId::of(&Keypair::generate_ed25519());
-        let mut campaigns = HashMap::new();
+        let mut files = HashMap::new();
         let n = 50u64; // more than a `ulimit -n 64` node could hold open
         for seq in 1..=n {
-            let (c, r) = installed_campaign(&store, &nms, me, seq).await;
-            campaigns.insert(c, r);
+            let (c, o) = installed_campaign(&store, &nms, me, seq).await;
+            files.insert(c, o);
         }
         assert_eq!(open_under(&dir_path), n as usize);
         for seq in 1..=n {
-            assert!(retire(&mut campaigns, &store, &[seq as u8; 16]).is_some());
+            forget(&mut files, &store, &[seq as u8; 16]);
         }
         assert_eq!(open_under(&dir_path), 0, "files left open");
-        assert!(campaigns.is_empty());
+        assert!(files.is_empty());
         let partial: Vec<_> = std::fs::read_dir(dir_path.join("partial")).unwrap().collect();
         assert!(partial.is_empty(), "partial dirs left: {partial:?}");
         // every installed version is intact (the partial file was a hard link to it)
@@ -906,7 +816,7 @@ mod tests {
             );
         }
         assert_eq!(store.installed("frob").map(|(s, _)| s), Some(n));
-        // retiring twice is harmless
-        assert!(retire(&mut campaigns, &store, &[1; 16]).is_none());
+        // forgetting twice is harmless
+        forget(&mut files, &store, &[1; 16]);
     }
 }

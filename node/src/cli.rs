@@ -59,6 +59,10 @@ pub struct Cli {
     /// Chunk requests in flight.
     #[arg(long, default_value_t = 3)]
     window: usize,
+    /// Installed versions kept per package, the current one included (0 = keep all).
+    /// After each install, older versions beyond this are removed.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    keep_versions: usize,
     /// Testing only: flip a bit in every chunk this node serves (a faulty relay).
     #[arg(long, hide = true)]
     test_corrupt_served: bool,
@@ -205,6 +209,7 @@ pub fn options(cli: Cli) -> Result<NodeOptions> {
             window: cli.window,
             ..NodeConfig::default()
         },
+        keep_versions: cli.keep_versions,
     })
 }
 

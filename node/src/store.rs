@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use baton_protocol::chunk::{ChunkSet, hash_chunk};
+use baton_protocol::endpoint::node::{InstalledPackage, SavedCampaign};
 use baton_protocol::manifest::is_plain_file_name;
 use baton_protocol::wire::{decode_control, encode_control};
 use baton_protocol::{CampaignId, Control, Hash, InstallCheck, Manifest, Offer};
@@ -176,6 +177,74 @@ impl Store {
                 (e.path(), r)
             })
             .collect()
+    }
+
+    /// Campaigns left in the working area by an earlier run, for the endpoint to decide
+    /// what resumes. A directory whose name is not a campaign id is removed.
+    pub fn saved_campaigns(&self) -> Vec<SavedCampaign> {
+        let mut out = Vec::new();
+        for (dir, offer) in self.saved_offers() {
+            let id = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| hex::decode(n).ok())
+                .and_then(|b| CampaignId::try_from(b.as_slice()).ok());
+            match id {
+                Some(campaign) => out.push(SavedCampaign {
+                    campaign,
+                    offer: offer.map_err(|e| format!("{e:#}")),
+                }),
+                None => {
+                    let _ = fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        out
+    }
+
+    /// Every installed package: its current version and the sequences on disk.
+    pub fn installed_packages(&self) -> Vec<InstalledPackage> {
+        let Ok(rd) = fs::read_dir(self.root.join("packages")) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in rd.flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if component(&name).is_err() {
+                continue;
+            }
+            let sequences = fs::read_dir(e.path())
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|v| v.file_type().is_ok_and(|t| t.is_dir()))
+                        .filter_map(|v| v.file_name().to_str()?.parse::<u64>().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(InstalledPackage {
+                current: self.installed(&name),
+                name,
+                sequences,
+            });
+        }
+        out
+    }
+
+    /// Removes installed version `sequence` of package `name` (retention), never the
+    /// current one.
+    pub fn remove_version(&self, name: &str, sequence: u64) -> Result<()> {
+        if self.installed(name).is_some_and(|(s, _)| s == sequence) {
+            bail!("{name} sequence {sequence} is current; not removing it");
+        }
+        let dir = self.package_dir(name)?.join(sequence.to_string());
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", dir.display()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Writes a verified chunk at its offset.
@@ -503,6 +572,42 @@ mod tests {
                 assert!(r1.unwrap_err().contains("a newer sequence 2"));
             }
         }
+    }
+
+    #[tokio::test]
+    async fn installed_packages_and_removing_old_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let nms = Keypair::generate_ed25519();
+        let me = NodeId::of(&Keypair::generate_ed25519());
+        for seq in 1..=3 {
+            let m = campaign(&store, &nms, me, seq, &[seq as u8; 5_000]);
+            store.install(&m, None).await.unwrap();
+        }
+        let mut p = store.installed_packages();
+        assert_eq!(p.len(), 1);
+        p[0].sequences.sort();
+        assert_eq!(p[0].name, "frob");
+        assert_eq!(p[0].sequences, vec![1, 2, 3]);
+        assert_eq!(p[0].current.map(|(s, _)| s), Some(3));
+        // the endpoint decided (keep 2): sequence 1 goes; the current one never does
+        store.remove_version("frob", 1).unwrap();
+        assert!(!dir.path().join("packages/frob/1").exists());
+        assert!(store.remove_version("frob", 3).is_err());
+        assert!(dir.path().join("packages/frob/3").exists());
+        store.remove_version("frob", 1).unwrap(); // already gone: fine
+        assert!(store.remove_version("../x", 1).is_err());
+        assert_eq!(
+            fs::read(store.current_file("frob").unwrap()).unwrap(),
+            vec![3u8; 5_000]
+        );
+        // working dirs: one per campaign, resumable ones listed with their id
+        let saved = store.saved_campaigns();
+        assert_eq!(saved.len(), 3);
+        assert!(saved.iter().all(|s| s.offer.is_ok()));
+        fs::create_dir_all(dir.path().join("partial/not-a-campaign")).unwrap();
+        assert_eq!(store.saved_campaigns().len(), 3);
+        assert!(!dir.path().join("partial/not-a-campaign").exists());
     }
 
     #[tokio::test]
