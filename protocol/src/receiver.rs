@@ -259,6 +259,8 @@ pub struct NodeCampaign {
     /// Progress messages in a row that could not be delivered.
     progress_fails: u32,
     relay_done_sent: bool,
+    /// The package is current on this node already (see [`NodeCampaign::already_installed`]).
+    installed_before: bool,
 }
 
 impl NodeCampaign {
@@ -328,6 +330,7 @@ impl NodeCampaign {
             retries: 0,
             progress_fails: 0,
             relay_done_sent: false,
+            installed_before: false,
             manifest,
         };
         c.offer_children();
@@ -404,6 +407,9 @@ impl NodeCampaign {
         let idle = self.linger_end().is_none_or(|t| now >= t);
         matches!(self.phase, Phase::Installed | Phase::Failed)
             && self.server.held_count() == 0
+            // an offer still unanswered may come back refused: the rest of that part is
+            // then offered to its next node, which only this node can do
+            && !self.children.iter().any(|c| c.state == ChildState::Offered)
             && (children_done || idle)
     }
 
@@ -658,9 +664,24 @@ impl NodeCampaign {
                 },
             );
         }
+        if self.installed_before {
+            // installed in an earlier run, after the NMS's acknowledgement: nothing to
+            // authenticate or install again; report it and relay
+            self.finish(InstallOutcome::Installed);
+            return;
+        }
         self.phase = Phase::Authenticating;
         self.send_progress(now);
         self.send_auth();
+    }
+
+    /// The shell resumed this campaign from its disk and finds its package current already
+    /// (the node crashed after the install, before its relaying was done). Once the file
+    /// hashes to the root the campaign ends [`Phase::Installed`] without asking the NMS
+    /// again: an unreachable NMS cannot turn an install that happened into a failure.
+    /// Call right after [`Self::accept`].
+    pub fn already_installed(&mut self) {
+        self.installed_before = true;
     }
 
     /// A control request for this campaign from `from`; returns the answer.

@@ -213,6 +213,24 @@ fn receive_and_hash(w: &World, c: &mut NodeCampaign) -> Vec<NodeAction> {
     drain(c)
 }
 
+/// The NMS answers every report `N` sent it, and `P` and `Q` accept their offers: what
+/// `N`'s relaying waits for besides its children's receipts.
+fn settle(w: &World, c: &mut NodeCampaign, now: Duration) {
+    for _ in 0..5 {
+        c.response(now, w.nms, Control::Ack);
+    }
+    for child in [P, Q] {
+        c.response(
+            now,
+            id(child),
+            Control::OfferReply {
+                campaign: w.campaign(),
+                verdict: Verdict::Accept,
+            },
+        );
+    }
+}
+
 // ---------- the node ----------
 
 #[test]
@@ -440,21 +458,20 @@ fn a_file_that_hashes_wrong_fails_the_install() {
     drain(&mut c);
     receive_all(&w, &mut c);
     c.file_hashed(t(2), [0; 32]);
-    // nobody pulls from it: its relaying is over at once
     assert!(matches!(
         &drain(&mut c)[..],
-        [
-            NodeAction::Send {
-                msg: Control::InstallReport {
-                    outcome: InstallOutcome::Failed { .. },
-                    ..
-                },
+        [NodeAction::Send {
+            msg: Control::InstallReport {
+                outcome: InstallOutcome::Failed { .. },
                 ..
             },
-            NodeAction::RelayDone
-        ]
+            ..
+        }]
     ));
     assert_eq!(c.phase(), Phase::Failed);
+    // nobody pulls from it: its relaying is over once its reports and offers are answered
+    settle(&w, &mut c, t(2));
+    assert_eq!(drain(&mut c), vec![NodeAction::RelayDone]);
 }
 
 /// The frame a shell sends for a [`ServeAction::Answer`] of `N` (protocol.md 6.2).
@@ -851,6 +868,7 @@ fn relaying_is_done_on_receipts_or_after_a_silent_child_lingered() {
         );
         c.install_done(t(4), InstallOutcome::Installed);
         drain(c);
+        settle(&w, c, t(4));
     };
     // N's children are P and Q (fanout 2); the receipts of both end its relaying
     let mut c = node_n(&w);
@@ -882,6 +900,90 @@ fn relaying_is_done_on_receipts_or_after_a_silent_child_lingered() {
     drain(&mut c);
     assert!(!c.relay_done(t(6) + RELAY_LINGER / 2));
     assert!(c.relay_done(t(6) + RELAY_LINGER));
+}
+
+#[test]
+fn relaying_is_not_done_while_an_offer_to_a_child_is_unanswered() {
+    // found by the fault explorer: a relay whose disk filled up was "done" with its offer
+    // to a child still out; the child's refusal then reached no one, and the rest of the
+    // part was never offered nor reported
+    let w = node_world();
+    let mut c = node_n(&w);
+    drain(&mut c); // offers to P and Q, progress, chunk requests
+    c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], 0));
+    drain(&mut c);
+    c.store_failed(t(1), 0, "No space left on device (os error 28)");
+    drain(&mut c);
+    c.response(t(1), w.nms, Control::Ack); // progress
+    c.response(t(1), w.nms, Control::Ack); // install report (failed)
+    assert_eq!(c.phase(), Phase::Failed);
+    assert!(!c.relay_done(t(1)), "the offers to P and Q are unanswered");
+    let refused = Control::OfferReply {
+        campaign: w.campaign(),
+        verdict: Verdict::Refuse {
+            reason: RefuseReason::Rollback,
+            detail: "a newer sequence is installed".into(),
+        },
+    };
+    c.response(t(2), id(P), refused);
+    let actions = drain(&mut c);
+    assert!(
+        actions.iter().any(
+            |a| matches!(a, NodeAction::Send { msg: Control::Trouble { node, .. }, .. } if *node == id(P))
+        ),
+        "{actions:?}"
+    );
+    c.response(
+        t(2),
+        id(Q),
+        Control::OfferReply {
+            campaign: w.campaign(),
+            verdict: Verdict::Accept,
+        },
+    );
+    c.response(t(2), w.nms, Control::Ack); // trouble
+    assert!(c.relay_done(t(2) + baton_protocol::receiver::RELAY_LINGER));
+}
+
+#[test]
+fn a_resumed_campaign_already_installed_ends_installed_without_the_nms() {
+    // found by the fault explorer: a node that installed, crashed before its relaying was
+    // done and resumed while the NMS was unreachable reported the campaign failed
+    let w = node_world();
+    let offer = w.offer(&[A, B, N], &[N, P, Q]);
+    let m = check_offer(&offer, &id(B), &w.ctx(N)).unwrap();
+    let count = m.layout().unwrap().count();
+    let mut c = NodeCampaign::accept(t(0), id(N), offer, m, cfg(), ChunkSet::full(count));
+    c.already_installed();
+    let actions = drain(&mut c);
+    assert_eq!(actions.last(), Some(&NodeAction::HashFile), "{actions:?}");
+    c.file_hashed(t(1), w.manifest.root);
+    let actions = drain(&mut c);
+    assert!(
+        !actions.iter().any(|a| matches!(
+            a,
+            NodeAction::Install
+                | NodeAction::Send {
+                    msg: Control::AuthRequest { .. },
+                    ..
+                }
+        )),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            NodeAction::Send {
+                msg: Control::InstallReport {
+                    outcome: InstallOutcome::Installed,
+                    ..
+                },
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
+    assert_eq!(c.phase(), Phase::Installed);
 }
 
 // ---------- offers ----------
@@ -1282,6 +1384,7 @@ fn relay_done_is_reported_once_at_its_time() {
         );
         drain(c);
         c.install_done(t(4), InstallOutcome::Installed);
+        settle(&w, c, t(4));
     };
     let done = |actions: &[NodeAction]| actions.iter().filter(|a| **a == NodeAction::RelayDone).count();
 
@@ -1338,8 +1441,11 @@ fn relay_done_is_reported_once_at_its_time() {
             c.store_failed(t(1), index, "No space left on device (os error 28)");
         }
     }
-    // its children were offered, but a failed store serves nothing (Gated): done at once
+    // its children were offered, and a failed store serves nothing (Gated): done as soon
+    // as the offers and its reports are answered
     assert_eq!(c.phase(), Phase::Failed);
+    assert_eq!(done(&drain(&mut c)), 0, "offers unanswered");
+    settle(&w, &mut c, t(1));
     assert_eq!(done(&drain(&mut c)), 1);
     assert_eq!(c.poll_timeout(), None);
 }
