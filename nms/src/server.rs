@@ -21,9 +21,9 @@ use baton_protocol::{
 };
 use baton_shell::chunkfile::read_and_seal;
 use baton_shell::discovery::{Advert, Discovery, DiscoveryEvent, Interfaces, Role};
-use baton_shell::net::{self, Behaviour, BehaviourEvent, Inbound};
+use baton_shell::net::{self, Behaviour, BehaviourEvent, Inbound, Incoming};
 use futures::StreamExt;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::ResponseChannel;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use serde::Serialize;
@@ -115,7 +115,8 @@ struct Nms {
     prepared: HashMap<DropId, (Arc<std::fs::File>, PathBuf)>,
     files: HashMap<CampaignId, Files>,
     uis: HashMap<CampaignId, Ui>,
-    out_control: HashMap<OutboundRequestId, (OutboundId, NodeId, ControlKind)>,
+    control_reqs: net::Requests<(OutboundId, NodeId, ControlKind)>,
+    chunk_reqs: net::Requests<()>,
     in_control: HashMap<RequestId, ResponseChannel<Control>>,
     in_chunk: HashMap<RequestId, ResponseChannel<ChunkResponse>>,
     internal: mpsc::UnboundedSender<Internal>,
@@ -165,7 +166,8 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         prepared: HashMap::new(),
         files: HashMap::new(),
         uis: HashMap::new(),
-        out_control: HashMap::new(),
+        control_reqs: net::Requests::new("control"),
+        chunk_reqs: net::Requests::new("chunk"),
         in_control: HashMap::new(),
         in_chunk: HashMap::new(),
         internal: itx,
@@ -347,77 +349,44 @@ impl Nms {
 
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::Behaviour(BehaviourEvent::Control(e)) => match e {
-                request_response::Event::Message { peer, message, .. } => match message {
-                    request_response::Message::Request {
-                        request: Inbound::Unreadable(why),
-                        ..
-                    } => self.failures.unreadable(peer, "control", &why),
-                    request_response::Message::Request {
-                        request: Inbound::Msg(msg),
-                        channel,
-                        ..
-                    } => {
-                        if let Some(req) = self.input(NmsInput::ControlRequest {
-                            from: NodeId(peer),
+            SwarmEvent::Behaviour(BehaviourEvent::Control(e)) => {
+                match self.control_reqs.classify(e, &mut self.failures) {
+                    Some(Incoming::Request { from, msg, channel }) => {
+                        let input = NmsInput::ControlRequest {
+                            from: NodeId(from),
                             msg,
-                        }) {
+                        };
+                        if let Some(req) = self.input(input) {
                             self.in_control.insert(req, channel);
                         }
                     }
-                    request_response::Message::Response { request_id, response } => {
-                        if let Some((id, ..)) = self.out_control.remove(&request_id) {
-                            self.input(NmsInput::ControlResponse { id, msg: response });
-                        }
+                    Some(Incoming::Response { id: (id, ..), msg }) => {
+                        self.input(NmsInput::ControlResponse { id, msg });
                     }
-                },
-                request_response::Event::OutboundFailure {
-                    request_id, error, ..
-                } => {
-                    if let Some((id, to, kind)) = self.out_control.remove(&request_id) {
-                        warn!("{kind:?} to {to} failed: {error}");
-                        self.input(NmsInput::SendFailed {
-                            id,
-                            reason: error.to_string(),
-                        });
+                    Some(Incoming::Failed {
+                        id: (id, to, kind),
+                        reason,
+                    }) => {
+                        warn!("{kind:?} to {to} failed: {reason}");
+                        self.input(NmsInput::SendFailed { id, reason });
                     }
-                }
-                request_response::Event::InboundFailure { peer, error, .. } => {
-                    self.failures.inbound(peer, "control", &error)
-                }
-                _ => {}
-            },
-            SwarmEvent::Behaviour(BehaviourEvent::Chunk(request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request: Inbound::Msg(request),
-                        channel,
-                        ..
-                    },
-                ..
-            })) => {
-                if let Some(req) = self.input(NmsInput::ChunkRequest {
-                    from: NodeId(peer),
-                    request,
-                }) {
-                    self.in_chunk.insert(req, channel);
+                    None => {}
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Chunk(request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request: Inbound::Unreadable(why),
-                        ..
-                    },
-                ..
-            })) => self.failures.unreadable(peer, "chunk", &why),
-            SwarmEvent::Behaviour(BehaviourEvent::Chunk(request_response::Event::InboundFailure {
-                peer,
-                error,
-                ..
-            })) => self.failures.inbound(peer, "chunk", &error),
+            SwarmEvent::Behaviour(BehaviourEvent::Chunk(e)) => {
+                // the NMS only serves chunks: it never requests them
+                if let Some(Incoming::Request { from, msg, channel }) =
+                    self.chunk_reqs.classify(e, &mut self.failures)
+                {
+                    let input = NmsInput::ChunkRequest {
+                        from: NodeId(from),
+                        request: msg,
+                    };
+                    if let Some(req) = self.input(input) {
+                        self.in_chunk.insert(req, channel);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -451,7 +420,7 @@ impl Nms {
                     .behaviour_mut()
                     .control
                     .send_request(&to.0, Inbound::Msg(msg));
-                self.out_control.insert(rid, (id, to, kind));
+                self.control_reqs.sent(rid, (id, to, kind));
             }
             NmsAction::AnswerControl { req, msg } => {
                 if let Some(ch) = self.in_control.remove(&req) {

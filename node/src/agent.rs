@@ -20,7 +20,7 @@ use baton_protocol::{
     OpenedOffer, Phase, open_offer,
 };
 use futures::StreamExt;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::mpsc;
@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 use crate::journal::Journal;
 use crate::store::{InstallCmd, Store};
 use baton_shell::discovery::{Advert, Discovery, DiscoveryEvent, Interfaces, Role};
-use baton_shell::net::{self, Behaviour, BehaviourEvent, Inbound};
+use baton_shell::net::{self, Behaviour, BehaviourEvent, Inbound, Incoming};
 
 /// How the node runs.
 #[derive(Debug, Clone)]
@@ -85,8 +85,8 @@ struct Agent {
     endpoint: NodeEndpoint,
     files: HashMap<CampaignId, Open>,
     /// Requests out: the transport's handle to the endpoint's id.
-    out_control: HashMap<OutboundRequestId, OutId>,
-    out_chunk: HashMap<OutboundRequestId, OutId>,
+    control_reqs: net::Requests<OutId>,
+    chunk_reqs: net::Requests<OutId>,
     /// Requests to answer, by the handle the endpoint answers with.
     in_control: HashMap<ReplyId, ResponseChannel<Control>>,
     in_chunk: HashMap<ReplyId, ResponseChannel<ChunkResponse>>,
@@ -155,8 +155,8 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         start,
         endpoint,
         files: HashMap::new(),
-        out_control: HashMap::new(),
-        out_chunk: HashMap::new(),
+        control_reqs: net::Requests::new("control"),
+        chunk_reqs: net::Requests::new("chunk"),
         in_control: HashMap::new(),
         in_chunk: HashMap::new(),
         next_reply: 0,
@@ -322,83 +322,36 @@ impl Agent {
     }
 
     fn on_control(&mut self, ev: request_response::Event<Inbound<Control>, Control>) {
-        match ev {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => match request {
-                    Inbound::Unreadable(why) => self.failures.unreadable(peer, "control", &why),
-                    Inbound::Msg(msg) => {
-                        let reply = self.reply_id();
-                        self.in_control.insert(reply, channel);
-                        self.input(Input::ControlRequest {
-                            from: NodeId(peer),
-                            reply,
-                            msg,
-                        });
-                    }
-                },
-                request_response::Message::Response { request_id, response } => {
-                    if let Some(id) = self.out_control.remove(&request_id) {
-                        self.input(Input::ControlResponse { id, msg: response });
-                    }
-                }
-            },
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                self.failures.inbound(peer, "control", &error)
+        match self.control_reqs.classify(ev, &mut self.failures) {
+            Some(Incoming::Request { from, msg, channel }) => {
+                let reply = self.reply_id();
+                self.in_control.insert(reply, channel);
+                self.input(Input::ControlRequest {
+                    from: NodeId(from),
+                    reply,
+                    msg,
+                });
             }
-            request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                if let Some(id) = self.out_control.remove(&request_id) {
-                    self.input(Input::SendFailed {
-                        id,
-                        reason: error.to_string(),
-                    });
-                }
-            }
-            _ => {}
+            Some(Incoming::Response { id, msg }) => self.input(Input::ControlResponse { id, msg }),
+            Some(Incoming::Failed { id, reason }) => self.input(Input::SendFailed { id, reason }),
+            None => {}
         }
     }
 
     fn on_chunk(&mut self, ev: request_response::Event<Inbound<ChunkRequest>, ChunkResponse>) {
-        match ev {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request: Inbound::Unreadable(why),
-                    ..
-                } => self.failures.unreadable(peer, "chunk", &why),
-                request_response::Message::Request {
-                    request: Inbound::Msg(req),
-                    channel,
-                    ..
-                } => {
-                    let reply = self.reply_id();
-                    self.in_chunk.insert(reply, channel);
-                    self.input(Input::ChunkRequest {
-                        from: NodeId(peer),
-                        reply,
-                        req,
-                    });
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some(id) = self.out_chunk.remove(&request_id) {
-                        self.input(Input::ChunkResponse { id, resp: response });
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => {
-                if let Some(id) = self.out_chunk.remove(&request_id) {
-                    self.input(Input::ChunkFailed {
-                        id,
-                        reason: error.to_string(),
-                    });
-                }
+        match self.chunk_reqs.classify(ev, &mut self.failures) {
+            Some(Incoming::Request { from, msg, channel }) => {
+                let reply = self.reply_id();
+                self.in_chunk.insert(reply, channel);
+                self.input(Input::ChunkRequest {
+                    from: NodeId(from),
+                    reply,
+                    req: msg,
+                });
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                self.failures.inbound(peer, "chunk", &error)
-            }
-            _ => {}
+            Some(Incoming::Response { id, msg }) => self.input(Input::ChunkResponse { id, resp: msg }),
+            Some(Incoming::Failed { id, reason }) => self.input(Input::ChunkFailed { id, reason }),
+            None => {}
         }
     }
 
@@ -438,7 +391,7 @@ impl Agent {
                     .behaviour_mut()
                     .control
                     .send_request(&to.0, Inbound::Msg(msg));
-                self.out_control.insert(rid, id);
+                self.control_reqs.sent(rid, id);
             }
             Action::Reply { reply, msg } => {
                 if let Some(ch) = self.in_control.remove(&reply) {
@@ -451,7 +404,7 @@ impl Agent {
                     .behaviour_mut()
                     .chunk
                     .send_request(&to.0, Inbound::Msg(req));
-                self.out_chunk.insert(rid, id);
+                self.chunk_reqs.sent(rid, id);
             }
             Action::StoreChunk {
                 campaign,

@@ -164,15 +164,17 @@ pub fn parse_config(text: &str) -> Result<ConfigFile> {
     })
 }
 
-pub fn options(cli: Cli) -> Result<NodeOptions> {
-    let file = match &cli.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
-            parse_config(&text).with_context(|| format!("config {} is not valid", p.display()))?
-        }
-        None => ConfigFile::default(),
+/// Reads and checks the config file, if one is given.
+fn read_config(path: Option<&std::path::Path>) -> Result<ConfigFile> {
+    let Some(p) = path else {
+        return Ok(ConfigFile::default());
     };
+    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+    parse_config(&text).with_context(|| format!("config {} is not valid", p.display()))
+}
+
+pub fn options(cli: Cli) -> Result<NodeOptions> {
+    let file = read_config(cli.config.as_deref())?;
     let mut trust = cli.trust;
     trust.extend(file.trust);
     let mut peers = cli.peers;
@@ -235,14 +237,7 @@ where
 
 /// `baton-node trust list|forget`: the owner's view of the trust pins.
 fn trust_command(cli: &Cli, action: TrustAction) -> Result<()> {
-    let file = match &cli.config {
-        Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
-            parse_config(&text).with_context(|| format!("config {} is not valid", p.display()))?
-        }
-        None => ConfigFile::default(),
-    };
+    let file = read_config(cli.config.as_deref())?;
     let dir = cli
         .data_dir
         .clone()

@@ -508,6 +508,96 @@ pub async fn wait_for_port(swarm: &mut Swarm<Behaviour>) -> anyhow::Result<u16> 
     }
 }
 
+/// What a request-response event means to a daemon, once the transport's bookkeeping is
+/// done: a request to answer, or the answer or failure of one it sent (by its own id).
+#[derive(Debug)]
+pub enum Incoming<Req, Resp, Id> {
+    /// A readable request; answer it through `channel`.
+    Request {
+        from: PeerId,
+        msg: Req,
+        channel: request_response::ResponseChannel<Resp>,
+    },
+    /// The answer to the request this process sent as `id`.
+    Response { id: Id, msg: Resp },
+    /// The request this process sent as `id` failed (dial, stream, timeout).
+    Failed { id: Id, reason: String },
+}
+
+/// The outstanding requests of one protocol, written once for both daemons: it maps
+/// libp2p's request ids to the daemon's own, and logs unreadable and failed inbound
+/// requests (rate-limited, with the peer id).
+#[derive(Debug)]
+pub struct Requests<Id> {
+    what: &'static str,
+    out: HashMap<request_response::OutboundRequestId, Id>,
+}
+
+impl<Id> Requests<Id> {
+    /// `what` names the protocol in logs (`control`, `chunk`).
+    pub fn new(what: &'static str) -> Self {
+        Requests {
+            what,
+            out: HashMap::new(),
+        }
+    }
+
+    /// Remembers that libp2p's request `rid` is the daemon's `id`.
+    pub fn sent(&mut self, rid: request_response::OutboundRequestId, id: Id) {
+        self.out.insert(rid, id);
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn outstanding(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Turns a swarm event of this protocol into what the daemon acts on; unreadable
+    /// requests and inbound failures are logged to `log` and yield nothing.
+    pub fn classify<Req, Resp>(
+        &mut self,
+        ev: request_response::Event<Inbound<Req>, Resp>,
+        log: &mut FailureLog,
+    ) -> Option<Incoming<Req, Resp, Id>> {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message { peer, message, .. } => match message {
+                Message::Request {
+                    request: Inbound::Msg(msg),
+                    channel,
+                    ..
+                } => Some(Incoming::Request {
+                    from: peer,
+                    msg,
+                    channel,
+                }),
+                Message::Request {
+                    request: Inbound::Unreadable(why),
+                    ..
+                } => {
+                    log.unreadable(peer, self.what, &why);
+                    None
+                }
+                Message::Response { request_id, response } => self
+                    .out
+                    .remove(&request_id)
+                    .map(|id| Incoming::Response { id, msg: response }),
+            },
+            Event::OutboundFailure {
+                request_id, error, ..
+            } => self.out.remove(&request_id).map(|id| Incoming::Failed {
+                id,
+                reason: error.to_string(),
+            }),
+            Event::InboundFailure { peer, error, .. } => {
+                log.inbound(peer, self.what, &error);
+                None
+            }
+            Event::ResponseSent { .. } => None,
+        }
+    }
+}
+
 /// How often at most a peer's failed inbound requests are logged.
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Peers remembered by [`FailureLog`]; beyond this the oldest entries are forgotten.
