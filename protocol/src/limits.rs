@@ -4,10 +4,11 @@
 //! refused with a typed error, never trusted to be reasonable.
 
 /// Largest control message (CBOR) accepted on the wire, in bytes: an offer. An offer with
-/// the maximum chunk count (8 MiB of hashes) and the maximum addressee list (about 4 MB
-/// in the manifest and 4 MB in the part, for ed25519 ids) fits. Kept this small because
-/// a node holds an offer's frame and its decoded form at once.
-pub const MAX_CONTROL_MESSAGE: usize = 16 * 1024 * 1024;
+/// the maximum chunk count (8 MiB of hashes) and the maximum addressee list (2 MB in the
+/// manifest and 2 MB in the part, for ed25519 ids) fits (`the_largest_offer_fits`). Kept
+/// this small because a node holds an offer's frame and its decoded form at once, and a
+/// node under attack must stay small (`docs/security.md`).
+pub const MAX_CONTROL_MESSAGE: usize = 12 * 1024 * 1024;
 /// Largest control message other than an offer, in bytes. Only an offer carries a
 /// manifest; every other message is a few hundred bytes, so a peer cannot make a node
 /// hold megabytes by announcing a large non-offer frame.
@@ -23,7 +24,7 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 128 * 1024;
 /// Most chunks one package may have (8 MiB of hashes in a manifest).
 pub const MAX_CHUNKS: u64 = 1 << 18;
 /// Most addressees in one campaign.
-pub const MAX_ADDRESSEES: usize = 100_000;
+pub const MAX_ADDRESSEES: usize = 50_000;
 /// Longest path from the NMS to a node (hops).
 pub const MAX_PATH: usize = 64;
 /// Longest encoded peer id, in bytes.

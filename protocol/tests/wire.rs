@@ -795,3 +795,49 @@ fn decoders_accept_fields_in_any_order_and_ignore_unknown_ones() {
     missing.push(0xa0);
     assert!(decode_control(&missing).is_err());
 }
+
+#[test]
+fn the_largest_offer_fits() {
+    // the most chunks and the most addressees at once, with ed25519-sized ids (38 bytes)
+    use baton_protocol::limits::{MAX_CHUNKS, MAX_CONTROL_MESSAGE};
+    let id = |n: u64| {
+        let mut b = vec![0u8, 36];
+        b.extend_from_slice(&[8, 1, 18, 32]);
+        b.extend_from_slice(&n.to_le_bytes());
+        b.resize(38, 7);
+        NodeId::from_bytes(&b).unwrap()
+    };
+    let nms = keypair_from_seed(100);
+    let addressees: Vec<NodeId> = (0..MAX_ADDRESSEES as u64).map(id).collect();
+    let chunk_size = 4096u32;
+    let m = Manifest {
+        format: MANIFEST_FORMAT,
+        campaign: CAMPAIGN,
+        nms: NodeId::of(&nms),
+        name: "x".repeat(200),
+        version: "1".repeat(64),
+        file: "y".repeat(200),
+        sequence: u64::MAX,
+        size: MAX_CHUNKS * chunk_size as u64,
+        chunk_size,
+        chunk_hashes: HashList(vec![[9; 32]; MAX_CHUNKS as usize]),
+        root: [1; 32],
+        created_at: u64::MAX - 1,
+        expires_at: u64::MAX,
+        relay: RelayPolicy::default(),
+        plan: PlanParams::default(),
+        offline_install: true,
+        self_update: true,
+        addressees: addressees.clone(),
+    };
+    let manifest = SignedManifest::sign(&m, &nms).unwrap();
+    let offer = Control::Offer(Box::new(Offer {
+        manifest,
+        part: addressees.clone(),
+        path: addressees[..MAX_PATH].to_vec(),
+        token: HopToken([0; 32]),
+    }));
+    let bytes = encode_control(&offer);
+    assert!(bytes.len() <= MAX_CONTROL_MESSAGE, "{} > {MAX_CONTROL_MESSAGE}", bytes.len());
+    assert_eq!(decode_control(&bytes), Ok(offer));
+}
