@@ -20,7 +20,7 @@
 //! 3. phase 2, for `duration` seconds: the NMS starts, and every attack runs at once
 //!    (forged, unsigned, untrusted, expired and replayed offers, garbage, offer and chunk
 //!    floods, the single oversize frames). Once the single oversize frames are done (or half
-//!    the time has passed), the stalled 24 MiB frames start, then (once one of them holds on)
+//!    the time has passed), the stalled max-size (MAX_CONTROL_MESSAGE) frames start, then (once one of them holds on)
 //!    the slow streams, and both are kept up to the end; only then is the fleet's package
 //!    dropped, so that its campaign runs under all of it;
 //! 4. the checks: no node holds any package but the NMS's, and that one with the exact
@@ -101,7 +101,7 @@ pub struct Scale {
     /// Slow streams per node and kind (a frame a byte at a time; a control header then
     /// nothing; a chunk header then nothing).
     pub slow_streams: usize,
-    /// Control frames per node that announce 24 MiB, send all but the last byte, then stall.
+    /// Control frames per node that announce max-size (MAX_CONTROL_MESSAGE), send all but the last byte, then stall.
     pub oversize_streams: usize,
     /// Requests in flight per node and flood.
     pub concurrency: usize,
@@ -173,7 +173,7 @@ pub struct AttackArgs {
     /// Slow streams per node and kind.
     #[arg(long, default_value_t = Scale::full().slow_streams)]
     pub slow_streams: usize,
-    /// Stalled 24 MiB control frames per node.
+    /// Stalled max-size (MAX_CONTROL_MESSAGE) control frames per node.
     #[arg(long, default_value_t = Scale::full().oversize_streams)]
     pub oversize_streams: usize,
     /// Requests in flight per node and flood.
@@ -1490,10 +1490,10 @@ const G_CHUNK_MAGIC: &str = "garbage: chunk frame, wrong magic/version";
 const G_CHUNK_PATH: &str = "garbage: chunk request, bad path";
 const G_CHUNK_ZEROS: &str = "garbage: chunk frame of 8 KiB zeros";
 
-const X_CONTROL_OVER: &str = "oversize: control prefix over 24 MiB";
+const X_CONTROL_OVER: &str = "oversize: control prefix over the offer limit";
 const X_CHUNK_OVER: &str = "oversize: chunk prefix over 8 KiB";
-const X_STALL: &str = "oversize: 24 MiB announced, stalled";
-const X_FULL: &str = "oversize: complete 24 MiB offer";
+const X_STALL: &str = "oversize: max-size offer announced, stalled";
+const X_FULL: &str = "oversize: complete max-size offer";
 const X_AMPLIFY_PART: &str = "oversize: decode amplification (part)";
 const X_AMPLIFY_BODY: &str = "oversize: decode amplification (manifest)";
 
@@ -1624,18 +1624,18 @@ fn declare_all(b: &Board, s: &Scale, k: usize) {
     d(G_CHUNK_ZEROS, "8 192 zero bytes, framed (at the limit)".into());
     d(
         X_CONTROL_OVER,
-        "control prefix 24 MiB + 1, and 4 GiB, then 64 KiB".into(),
+        "control prefix max-size (MAX_CONTROL_MESSAGE) + 1, and 4 GiB, then 64 KiB".into(),
     );
     d(X_CHUNK_OVER, "chunk prefix 8 193, and 4 GiB, then 8 KiB".into());
     d(
         X_STALL,
         format!(
-            "{k} streams per node: prefix 24 MiB, an offer's first bytes, 24 MiB − 64 sent, then 1 byte / 2 s; resent when dropped"
+            "{k} streams per node: prefix max-size (MAX_CONTROL_MESSAGE), an offer's first bytes, max-size (MAX_CONTROL_MESSAGE) − 64 sent, then 1 byte / 2 s; resent when dropped"
         ),
     );
     d(
         X_FULL,
-        "one 24 MiB control frame: an offer whose manifest body is junk".into(),
+        "one max-size (MAX_CONTROL_MESSAGE) control frame: an offer whose manifest body is junk".into(),
     );
     d(
         X_AMPLIFY_PART,
@@ -2400,12 +2400,12 @@ impl Blobs {
         chunk.push((G_CHUNK_PATH, a(framed(&good[..good.len() - 3]))));
         chunk.push((G_CHUNK_ZEROS, a(framed(&[0u8; CHUNK_REQUEST_LIMIT]))));
 
-        // 24 MiB announced: a prefix of exactly the limit, the first bytes of a real offer
+        // max-size (MAX_CONTROL_MESSAGE) announced: a prefix of exactly the limit, the first bytes of a real offer
         // (only an offer may be that large), then junk
         let mut stall = (MAX_CONTROL_MESSAGE as u32).to_be_bytes().to_vec();
         stall.extend_from_slice(&offer_cbor[..64.min(offer_cbor.len())]);
         stall.resize(4 + MAX_CONTROL_MESSAGE, 0xa5);
-        // a complete, well-formed 24 MiB offer whose manifest body is junk
+        // a complete, well-formed max-size (MAX_CONTROL_MESSAGE) offer whose manifest body is junk
         let mut big = offer.clone();
         big.manifest = SignedManifest {
             body: Vec::new(),
