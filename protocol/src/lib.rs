@@ -6,9 +6,12 @@
 //! turn I/O into events and actions into I/O; the [`sim`] module drives the same machines
 //! on virtual time.
 //!
-//! Start reading at [`receiver::NodeCampaign`] (a node in one campaign) and
-//! [`monitor::CampaignMonitor`] (the NMS in one campaign). Time is a [`std::time::Duration`]
-//! since an origin the shell picks.
+//! Start reading at the endpoints: [`endpoint::node::NodeEndpoint`] (all of a node's
+//! campaigns: admission, lifecycle, retries, the journal's meaning) and
+//! [`endpoint::nms::NmsEndpoint`] (the fleet, drops becoming campaigns, the campaigns).
+//! Below them, [`receiver::NodeCampaign`] is a node in one campaign and
+//! [`monitor::CampaignMonitor`] the NMS in one campaign. Time is a
+//! [`std::time::Duration`] since an origin the shell picks.
 
 pub mod admission;
 pub mod chunk;
