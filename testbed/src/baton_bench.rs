@@ -121,9 +121,9 @@ impl Method for Baton {
         }
         let file = ctx.package_name();
         let staged = staging.join(&file);
-        if std::fs::hard_link(&ctx.package, &staged).is_err() {
-            std::fs::copy(&ctx.package, &staged).context("staging the package")?;
-        }
+        // a copy, not a hard link: the NMS refuses hard-linked drops (one could point
+        // outside the drop folder); staging happens before the clock starts
+        std::fs::copy(&ctx.package, &staged).context("staging the package")?;
         let (pkg, _) = parse_package_file_name(&file);
         let current = |i: usize| -> Result<PathBuf> {
             Ok(ctx.node_dir(i)?.join("packages").join(&pkg).join("current"))
