@@ -274,6 +274,43 @@ impl NodeCampaign {
         cfg: NodeConfig,
         have: ChunkSet,
     ) -> Self {
+        let mut c = Self::build(now, me, offer, manifest, cfg, have);
+        c.offer_children();
+        c.send_progress(now);
+        c.after_chunk(now);
+        c.request_more(now);
+        c
+    }
+
+    /// A campaign left unfinished by an earlier run that admission now refuses (e.g. a newer
+    /// sequence was installed meanwhile): it is not resumed, but it ends here
+    /// [`Phase::Failed`] with `reason` and reports that to the NMS, which would otherwise
+    /// wait for this node forever. It fetches and serves nothing (requests are answered
+    /// `Gated`, so children move up their path at once); in store-and-forward mode its
+    /// children, never offered yet, are offered now so that they fetch from higher up.
+    pub fn resume_refused(
+        now: Duration,
+        me: NodeId,
+        offer: Offer,
+        manifest: Manifest,
+        cfg: NodeConfig,
+        reason: &str,
+    ) -> Self {
+        let count = manifest.layout().expect("validated manifest").count();
+        let mut c = Self::build(now, me, offer, manifest, cfg, ChunkSet::new(count));
+        c.disk_failed(format!("not resumed after a restart: {reason}"));
+        c.check_relay_done(now);
+        c
+    }
+
+    fn build(
+        now: Duration,
+        me: NodeId,
+        offer: Offer,
+        manifest: Manifest,
+        cfg: NodeConfig,
+        have: ChunkSet,
+    ) -> Self {
         let layout = manifest.layout().expect("validated manifest");
         let path = offer.path;
         let parent = (path.len() >= 2).then(|| path[path.len() - 2]);
@@ -295,7 +332,7 @@ impl NodeCampaign {
         } else {
             ChunkSet::new(layout.count())
         };
-        let mut c = NodeCampaign {
+        NodeCampaign {
             addressees: manifest.addressees.iter().copied().collect(),
             cfg,
             me,
@@ -332,12 +369,7 @@ impl NodeCampaign {
             relay_done_sent: false,
             installed_before: false,
             manifest,
-        };
-        c.offer_children();
-        c.send_progress(now);
-        c.after_chunk(now);
-        c.request_more(now);
-        c
+        }
     }
 
     pub fn campaign(&self) -> &CampaignId {

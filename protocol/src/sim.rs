@@ -309,6 +309,8 @@ enum Ev {
         reply: bool,
         k: Option<usize>,
         epoch: u32,
+        /// An install or trouble report from a node to the NMS, or its answer.
+        report: bool,
     },
     /// A control request failed; `copy`: the request, for the shell's retries.
     ControlFailed {
@@ -383,6 +385,10 @@ struct Entity {
     saved: Vec<Option<Offer>>,
     /// Per campaign: over here (relaying done) in this run.
     over: Vec<bool>,
+    /// Per campaign: the machine's relaying is done, its reports not all delivered yet.
+    relay_done: Vec<bool>,
+    /// Per campaign: it reached a final phase here (the journal's final entry; survives).
+    ended: Vec<bool>,
     /// Installed sequence and root (survives).
     current: Option<(u64, Hash)>,
     up_free: Duration,
@@ -431,6 +437,8 @@ struct Sim {
     installs: Vec<Vec<u64>>,
     /// (node, campaign) -> reports sent again.
     resends: HashMap<(usize, usize), u32>,
+    /// (node, campaign) -> reports on their way to the NMS or waiting to be sent again.
+    reports_out: HashMap<(usize, usize), u32>,
     violations: Vec<String>,
     trace: Vec<String>,
 }
@@ -520,6 +528,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                 .collect(),
             saved: vec![None; nc],
             over: vec![false; nc],
+            relay_done: vec![false; nc],
+            ended: vec![false; nc],
             current: None,
             up_free: Duration::ZERO,
             down_free: Duration::ZERO,
@@ -563,6 +573,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         finals: HashMap::new(),
         installs: vec![Vec::new(); n_ents],
         resends: HashMap::new(),
+        reports_out: HashMap::new(),
         violations: Vec::new(),
         trace: Vec::new(),
     };
@@ -736,6 +747,12 @@ impl Sim {
     fn send_request(&mut self, from: usize, to: usize, msg: &Control, k: Option<usize>) {
         let epoch = self.ents[from].epoch;
         let kind = msg.kind();
+        // a report counts as pending from here until answered; a failure of it schedules
+        // a resend, which stays pending
+        let report = from > 0 && to == 0 && matches!(kind, ControlKind::InstallReport | ControlKind::Trouble);
+        if report && let Some(k) = k {
+            *self.reports_out.entry((from, k)).or_insert(0) += 1;
+        }
         if self.ents[to].dead || self.lost(from, to) {
             let at = self.fail_at();
             self.push(
@@ -779,6 +796,7 @@ impl Sim {
                 reply: false,
                 k,
                 epoch,
+                report,
             },
         );
     }
@@ -792,6 +810,7 @@ impl Sim {
                 reply,
                 k,
                 epoch,
+                report,
             } => {
                 let msg = decode_control(&bytes).expect("simulated peers send valid messages");
                 if reply {
@@ -801,6 +820,9 @@ impl Sim {
                     }
                     let from_id = self.ents[from].id;
                     let Some(k) = k else { return };
+                    if report {
+                        self.report_settled(to, k);
+                    }
                     if let Control::AuthReply { ok: true, .. } = msg
                         && from == 0
                     {
@@ -866,6 +888,7 @@ impl Sim {
                                 reply: true,
                                 k,
                                 epoch,
+                                report,
                             },
                         );
                     }
@@ -1031,6 +1054,10 @@ impl Sim {
                     "{} resends a report (attempt {attempt})",
                     self.name(from)
                 ));
+                // counted again as it goes out
+                if let Some(n) = self.reports_out.get_mut(&(from, k)) {
+                    *n = n.saturating_sub(1);
+                }
                 self.send_request(from, 0, &msg, Some(k));
             }
             Ev::Start { k } => {
@@ -1087,7 +1114,9 @@ impl Sim {
                 *c = None;
             }
             ent.over.iter_mut().for_each(|o| *o = false);
+            ent.relay_done.iter_mut().for_each(|o| *o = false);
             self.acked.retain(|(n, _)| *n != e);
+            self.reports_out.retain(|(n, _), _| *n != e);
             self.out.retain(|(n, _, _), _| *n != e);
         }
         // requests this entity was holding: their connections drop
@@ -1140,13 +1169,27 @@ impl Sim {
             } else {
                 self.camps[k].manifest.nms
             };
-            if let Err(r) = self.admit_and_start(e, k, offer, from, true) {
+            if let Err(r) = self.admit_and_start(e, k, offer.clone(), from, true) {
                 self.note(format!(
                     "{} does not resume campaign {k}: {}",
                     self.name(e),
                     r.detail
                 ));
-                self.forget(e, k);
+                // as the node does: one that had ended here is dropped; an unfinished one
+                // ends failed and reports why (its offer stays saved until it is over)
+                if self.ents[e].ended[k] {
+                    self.forget(e, k);
+                    continue;
+                }
+                let c = NodeCampaign::resume_refused(
+                    self.now,
+                    self.ents[e].id,
+                    offer,
+                    self.camps[k].manifest.clone(),
+                    self.cfg.node.clone(),
+                    &r.detail,
+                );
+                self.ents[e].campaigns[k] = Some(c);
             }
         }
         self.after(e);
@@ -1373,6 +1416,9 @@ impl Sim {
         while let Some(a) = self.ents[e].campaigns[k].as_mut().and_then(|c| c.poll_action()) {
             match a {
                 NodeAction::Send { to, msg } => {
+                    if let Control::InstallReport { .. } = msg {
+                        self.ents[e].ended[k] = true; // journaled before the report goes out
+                    }
                     let to = self.index[&to];
                     self.send_request(e, to, &msg, Some(k));
                 }
@@ -1445,16 +1491,41 @@ impl Sim {
                 NodeAction::Note(crate::receiver::Note::SwitchedSource { .. }) => self.ents[e].switches += 1,
                 NodeAction::Note(_) => {}
                 NodeAction::RelayDone => {
-                    // as the node does: the campaign is dropped and its partial removed
-                    let c = self.ents[e].campaigns[k].take().expect("running");
-                    self.ents[e].faults_seen += c.total_faults();
-                    self.ents[e].over[k] = true;
-                    self.forget(e, k);
-                    self.note(format!("{} is done with campaign {k}", self.name(e)));
-                    return;
+                    // as the node does: the campaign ends once its reports reached the NMS
+                    self.ents[e].relay_done[k] = true;
+                    if self.retire(e, k) {
+                        return;
+                    }
                 }
             }
         }
+    }
+
+    /// A report of node `e` in campaign `k` reached the NMS; the campaign ends if its
+    /// relaying was done.
+    fn report_settled(&mut self, e: usize, k: usize) {
+        if let Some(n) = self.reports_out.get_mut(&(e, k)) {
+            *n = n.saturating_sub(1);
+        }
+        self.retire(e, k);
+    }
+
+    /// As `NodeEndpoint` retires a campaign: once its relaying is done and no report is
+    /// on its way to the NMS, it is dropped and its partial removed. Returns whether it was.
+    fn retire(&mut self, e: usize, k: usize) -> bool {
+        let pending = self.reports_out.get(&(e, k)).is_some_and(|n| *n > 0);
+        if !self.ents[e].relay_done[k] || pending {
+            return false;
+        }
+        let Some(c) = self.ents[e].campaigns[k].take() else {
+            return false;
+        };
+        self.ents[e].relay_done[k] = false;
+        self.ents[e].faults_seen += c.total_faults();
+        self.ents[e].over[k] = true;
+        self.forget(e, k);
+        self.note(format!("{} is done with campaign {k}", self.name(e)));
+        true
     }
 
     /// The install step of the node's shell: the sequence check and the switch of

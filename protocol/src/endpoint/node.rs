@@ -617,6 +617,9 @@ struct Waiting {
 struct Held {
     machine: NodeCampaign,
     journaled: JournalPhase,
+    /// The machine's relaying is done ([`NodeAction::RelayDone`]); it is retired once no
+    /// report to the NMS is still on its way (see [`NodeEndpoint::reports_pending`]).
+    relay_done: bool,
 }
 
 #[derive(Debug, Default)]
@@ -903,7 +906,7 @@ impl NodeEndpoint {
                     self.pump(now, campaign);
                 }
             }
-            Input::OfferOpened { ticket, result } => self.on_opened(ticket, *result),
+            Input::OfferOpened { ticket, result } => self.on_opened(now, ticket, *result),
             Input::Prepared { campaign, result } => self.on_prepared(now, campaign, result),
             Input::ChunkStored { campaign, index } => {
                 self.with(now, campaign, |m| m.chunk_stored(now, index))
@@ -1130,7 +1133,7 @@ impl NodeEndpoint {
         });
     }
 
-    fn on_opened(&mut self, ticket: OfferTicket, result: Result<OpenedOffer, Refusal>) {
+    fn on_opened(&mut self, now: Duration, ticket: OfferTicket, result: Result<OpenedOffer, Refusal>) {
         let Some(origin) = self.opening.remove(&ticket) else {
             return;
         };
@@ -1153,6 +1156,33 @@ impl NodeEndpoint {
             resuming,
         };
         match admit(&opened, &ctx) {
+            // an unfinished campaign refused at restart (e.g. a newer sequence is installed
+            // now) ends failed here and is reported, or its NMS would wait for it forever;
+            // only to an NMS still trusted
+            Err(r) if resuming && r.reason != RefuseReason::Untrusted => {
+                self.events.push_back(Event::NotResumed {
+                    campaign: c,
+                    reason: r.detail.clone(),
+                });
+                let OpenedOffer { offer, manifest, .. } = opened;
+                let machine = NodeCampaign::resume_refused(
+                    now,
+                    self.me,
+                    offer,
+                    manifest,
+                    self.cfg.campaign.clone(),
+                    &r.detail,
+                );
+                self.campaigns.insert(
+                    c,
+                    Held {
+                        machine,
+                        journaled: JournalPhase::Accepted,
+                        relay_done: false,
+                    },
+                );
+                self.pump(now, c);
+            }
             Err(r) => {
                 let signer = Some(opened.manifest.nms);
                 self.refused(origin, Some(c), signer, r)
@@ -1254,6 +1284,7 @@ impl NodeEndpoint {
             Held {
                 machine,
                 journaled: JournalPhase::Accepted,
+                relay_done: false,
             },
         );
         self.pump(now, c);
@@ -1350,7 +1381,16 @@ impl NodeEndpoint {
                 NodeAction::RelayDone => over = true,
             }
         }
-        if over {
+        // the campaign ends only once its reports reached the NMS (or were given up): a
+        // retired campaign's retries are dropped
+        let relay_done = match self.campaigns.get_mut(&c) {
+            Some(h) => {
+                h.relay_done |= over;
+                h.relay_done
+            }
+            None => return,
+        };
+        if relay_done && !self.reports_pending(c) {
             self.retire(c);
             return;
         }
@@ -1358,6 +1398,20 @@ impl NodeEndpoint {
             Some(t) => self.timers.set(TimerName::Campaign(c), t),
             None => self.timers.clear(TimerName::Campaign(c)),
         }
+    }
+
+    /// True while an install report or a trouble report of campaign `c` is out, waiting
+    /// for its peer's address, or waiting to be sent again.
+    fn reports_pending(&self, c: CampaignId) -> bool {
+        let report = |k: ControlKind| matches!(k, ControlKind::InstallReport | ControlKind::Trouble);
+        self.out
+            .values()
+            .any(|o| matches!(o, Out::Control { campaign, kind, .. } if *campaign == c && report(*kind)))
+            || self
+                .resend
+                .values()
+                .chain(&self.parked)
+                .any(|w| w.campaign == c && report(w.msg.kind()))
     }
 
     /// A package was installed: it is what admission checks against from now on, and

@@ -722,3 +722,118 @@ fn the_journal_folds_to_the_last_phase_and_a_final_phase_never_changes() {
         assert_eq!(JournalPhase::parse(p.as_str()), Some(p));
     }
 }
+
+/// Answers the control requests to the NMS as the NMS would, except that the first
+/// delivery of an install report fails. Returns whether one failed.
+fn nms_answers_but_the_first_report_fails(s: &mut Shell, failed: &mut bool) {
+    let nms = s.worlds[0].nms;
+    let pending: Vec<(OutId, Control)> = s
+        .sent
+        .iter()
+        .filter(|(_, _, to, _)| *to == nms)
+        .map(|(_, id, _, m)| (*id, m.clone()))
+        .collect();
+    s.sent.retain(|(_, _, to, _)| *to != nms);
+    for (id, m) in pending {
+        match m {
+            Control::InstallReport { .. } if !*failed => {
+                *failed = true;
+                s.input(Input::SendFailed {
+                    id,
+                    reason: "connection closed".into(),
+                });
+            }
+            Control::AuthRequest { campaign, .. } => s.input(Input::ControlResponse {
+                id,
+                msg: Control::AuthReply {
+                    campaign,
+                    ok: true,
+                    reason: String::new(),
+                },
+            }),
+            _ => s.input(Input::ControlResponse {
+                id,
+                msg: Control::Ack,
+            }),
+        }
+    }
+}
+
+/// Seed 399 of the fault explorer: a node's relaying was done before its install report
+/// reached the NMS, and retiring the campaign dropped the report's retry, so the NMS
+/// never heard. The campaign ends only once its report is delivered.
+#[test]
+fn a_campaign_ends_only_once_its_install_report_is_delivered() {
+    let mut s = offered(1, &[N]);
+    let c = s.worlds[0].c();
+    s.input(Input::PeerAddressKnown(s.worlds[0].nms));
+    let mut failed = false;
+    for _ in 0..5 {
+        nms_answers_but_the_first_report_fails(&mut s, &mut failed);
+    }
+    assert!(failed, "an install report went out");
+    assert_eq!(s.installs, 1);
+    assert!(s.ep.campaign(&c).is_some(), "retired before its report arrived");
+    assert!(s.forgotten.is_empty());
+    assert!(!s.events.iter().any(|e| matches!(e, Event::Finished { .. })));
+    // the retry goes out and is answered: now the campaign is over
+    let now = s.now;
+    s.run_until(now + t(30));
+    assert_eq!(s.sent_to(s.worlds[0].nms, ControlKind::InstallReport).len(), 1);
+    s.nms_answers();
+    assert!(s.ep.campaign(&c).is_none());
+    assert_eq!(s.forgotten, vec![c]);
+    assert!(s.events.iter().any(|e| matches!(e, Event::Finished { .. })));
+}
+
+/// Seed 301 of the fault explorer: a campaign left unfinished by a crash is refused at
+/// restart because a newer sequence was installed meanwhile. It used to be dropped without
+/// a word, so its NMS waited for this node forever; now it ends failed here, with the
+/// reason, and the report goes to the NMS.
+#[test]
+fn an_unfinished_campaign_refused_at_restart_is_reported_failed() {
+    let w = world_seq(7, 1);
+    let c = w.c();
+    let newer = world_seq(8, 1);
+    let journal = vec![JournalEntry {
+        campaign: c,
+        phase: JournalPhase::Accepted,
+    }];
+    let mut start = start_with(&w, journal, vec![saved(&w, &[N])]);
+    start.installed = vec![InstalledPackage {
+        name: "frob".into(),
+        current: Some((8, newer.manifest.root)),
+        sequences: vec![8],
+    }];
+    let mut s = Shell::new(start, config(), vec![w]);
+    assert!(s.events.iter().any(|e| matches!(e, Event::NotResumed { .. })));
+    s.input(Input::PeerAddressKnown(s.worlds[0].nms));
+    let reports: Vec<Control> = s
+        .sent
+        .iter()
+        .filter(|(_, _, _, m)| m.kind() == ControlKind::InstallReport)
+        .map(|(_, _, _, m)| m.clone())
+        .collect();
+    match reports.as_slice() {
+        [
+            Control::InstallReport {
+                outcome: InstallOutcome::Failed { reason },
+                ..
+            },
+        ] => assert!(reason.contains("rollback"), "{reason}"),
+        r => panic!("no failure report: {r:?}"),
+    }
+    assert_eq!(
+        s.journal.last(),
+        Some(&JournalEntry {
+            campaign: c,
+            phase: JournalPhase::Failed
+        })
+    );
+    assert_eq!(s.installs, 0);
+    assert!(s.ep.campaign(&c).is_some(), "held until its report is delivered");
+    s.nms_answers();
+    s.run_until(t(100));
+    assert!(s.ep.campaign(&c).is_none());
+    assert_eq!(s.forgotten, vec![c]);
+}
