@@ -838,6 +838,10 @@ fn the_largest_offer_fits() {
         token: HopToken([0; 32]),
     }));
     let bytes = encode_control(&offer);
-    assert!(bytes.len() <= MAX_CONTROL_MESSAGE, "{} > {MAX_CONTROL_MESSAGE}", bytes.len());
+    assert!(
+        bytes.len() <= MAX_CONTROL_MESSAGE,
+        "{} > {MAX_CONTROL_MESSAGE}",
+        bytes.len()
+    );
     assert_eq!(decode_control(&bytes), Ok(offer));
 }
