@@ -88,7 +88,11 @@ pub fn fuzz_chunk_request(data: &[u8]) {
         return;
     };
     assert!(req.path.len() <= MAX_PATH);
-    assert_eq!(req.encode(), data, "a decoded chunk request re-encodes to other bytes");
+    assert_eq!(
+        req.encode(),
+        data,
+        "a decoded chunk request re-encodes to other bytes"
+    );
 }
 
 /// `chunk_response`: a chunk response frame. It re-encodes to exactly its bytes, and the
@@ -98,7 +102,11 @@ pub fn fuzz_chunk_response(data: &[u8]) {
         return;
     };
     assert!(resp.data.len() <= MAX_CHUNK_SIZE as usize + 16);
-    assert_eq!(resp.encode(), data, "a decoded chunk response re-encodes to other bytes");
+    assert_eq!(
+        resp.encode(),
+        data,
+        "a decoded chunk response re-encodes to other bytes"
+    );
     let mut header = Vec::new();
     resp.encode_header_into(&mut header);
     assert_eq!(header, data[..ChunkResponse::HEADER_LEN]);
@@ -128,7 +136,10 @@ pub fn fuzz_manifest(data: &[u8]) {
         signature: vec![0x5a; 64],
     };
     if let Ok(m) = forged.open_unchecked() {
-        assert_ne!(m.nms, f.nms_id, "a signature not made by the trusted NMS verified");
+        assert_ne!(
+            m.nms, f.nms_id,
+            "a signature not made by the trusted NMS verified"
+        );
     }
 
     let Some(m) = decoded.filter(|m| m.nms == f.nms_id) else {
@@ -171,8 +182,8 @@ pub fn fuzz_offer(data: &[u8]) {
     let ctx = f.ctx();
     check_offer_and_reply(&offer, &f.nms_id, &ctx);
 
-    let names_nms = ciborium::from_reader::<Manifest, _>(offer.manifest.body.as_slice())
-        .is_ok_and(|m| m.nms == f.nms_id);
+    let names_nms =
+        ciborium::from_reader::<Manifest, _>(offer.manifest.body.as_slice()).is_ok_and(|m| m.nms == f.nms_id);
     if !names_nms {
         return;
     }
