@@ -668,8 +668,7 @@ fn log_note(n: &Note) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_protocol::manifest::{HashList, MANIFEST_FORMAT, PlanParams, RelayPolicy};
-    use baton_protocol::{HopToken, Keypair, Offer, PackageHasher, SignedManifest};
+    use baton_protocol::Keypair;
 
     /// Descriptors of this process open on files under `dir`.
     fn open_under(dir: &std::path::Path) -> usize {
@@ -684,37 +683,7 @@ mod tests {
     /// A campaign as `Action::Prepare` leaves it: prepared in the store, its file open;
     /// then received and installed.
     async fn installed_campaign(store: &Store, nms: &Keypair, me: NodeId, seq: u64) -> (CampaignId, Open) {
-        let content = vec![seq as u8; 10_000];
-        let mut h = PackageHasher::new(4096);
-        h.update(&content);
-        let (size, hashes, root) = h.finish();
-        let m = Manifest {
-            format: MANIFEST_FORMAT,
-            campaign: [seq as u8; 16],
-            nms: NodeId::of(nms),
-            name: "frob".into(),
-            version: format!("1.{seq}"),
-            file: "frob.tgz".into(),
-            sequence: seq,
-            size,
-            chunk_size: 4096,
-            chunk_hashes: HashList(hashes),
-            root,
-            created_at: 1,
-            expires_at: u64::MAX,
-            relay: RelayPolicy::default(),
-            plan: PlanParams::default(),
-            offline_install: false,
-            self_update: false,
-            addressees: vec![me],
-        };
-        let offer = Offer {
-            manifest: SignedManifest::sign(&m, nms).unwrap(),
-            part: vec![me],
-            path: vec![me],
-            token: HopToken([0; 32]),
-        };
-        store.prepare(&offer, &m).unwrap();
+        let m = crate::store::tests::campaign(store, nms, me, seq, &vec![seq as u8; 10_000]);
         let file = store.data_file(&m.campaign);
         let data = Arc::new(
             std::fs::OpenOptions::new()
@@ -723,9 +692,6 @@ mod tests {
                 .open(&file)
                 .unwrap(),
         );
-        for (i, c) in content.chunks(4096).enumerate() {
-            Store::write_chunk(&data, &m, i as u32, c).unwrap();
-        }
         store.install(&m, None).await.unwrap();
         (
             m.campaign,

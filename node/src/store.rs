@@ -416,7 +416,7 @@ async fn run_install_cmd(cmd: &InstallCmd, m: &Manifest, file: &Path) -> Result<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -430,7 +430,9 @@ mod tests {
     use baton_protocol::manifest::{HashList, MANIFEST_FORMAT, PlanParams, RelayPolicy};
     use baton_protocol::{HopToken, Keypair, NodeId, PackageHasher, SignedManifest};
 
-    fn campaign(store: &Store, nms: &Keypair, me: NodeId, seq: u64, content: &[u8]) -> Manifest {
+    /// A campaign of package `frob`, sequence `seq`, prepared in `store` with every chunk
+    /// of `content` written (its file closed again).
+    pub(crate) fn campaign(store: &Store, nms: &Keypair, me: NodeId, seq: u64, content: &[u8]) -> Manifest {
         let mut h = PackageHasher::new(4096);
         h.update(content);
         let (size, hashes, root) = h.finish();

@@ -1173,15 +1173,7 @@ impl NodeEndpoint {
                     self.cfg.campaign.clone(),
                     &r.detail,
                 );
-                self.campaigns.insert(
-                    c,
-                    Held {
-                        machine,
-                        journaled: JournalPhase::Accepted,
-                        relay_done: false,
-                    },
-                );
-                self.pump(now, c);
+                self.hold(now, c, machine);
             }
             Err(r) => {
                 let signer = Some(opened.manifest.nms);
@@ -1279,6 +1271,12 @@ impl NodeEndpoint {
             });
         }
         let machine = NodeCampaign::accept(now, self.me, offer, manifest, self.cfg.campaign.clone(), have);
+        self.hold(now, c, machine);
+    }
+
+    /// Holds campaign `c`'s new machine (its acceptance is journaled) and carries out what
+    /// it decided.
+    fn hold(&mut self, now: Duration, c: CampaignId, machine: NodeCampaign) {
         self.campaigns.insert(
             c,
             Held {
