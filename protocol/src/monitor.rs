@@ -347,6 +347,28 @@ impl CampaignMonitor {
         }
     }
 
+    /// The NMS restarted with this campaign's state from its disk. The requests it had
+    /// sent died with the old process, so every first-tier node that had not answered its
+    /// offer is offered it again; one that already holds the campaign takes the repeat as
+    /// a duplicate and accepts.
+    pub fn restarted(&mut self) {
+        let waiting: Vec<Assignment> = self
+            .manifest
+            .addressees
+            .iter()
+            .filter_map(|n| self.offered.get(n))
+            .filter(|a| {
+                self.nodes
+                    .get(&a.head)
+                    .is_some_and(|v| v.status == NodeStatus::Waiting)
+            })
+            .cloned()
+            .collect();
+        for a in waiting {
+            self.offer(a);
+        }
+    }
+
     /// A request the NMS sent could not be delivered.
     pub fn send_failed(&mut self, now: Duration, to: NodeId, kind: ControlKind, reason: &str) {
         if kind == ControlKind::Offer {

@@ -1150,7 +1150,12 @@ impl Sim {
         self.note(format!("{} restarts", self.name(e)));
         if e == 0 {
             // the campaign state was kept (as in the NMS's data directory); campaigns
-            // due while it was down start now
+            // due while it was down start now; offers lost in the crash go out again
+            for c in &mut self.camps {
+                if let Some(m) = c.monitor.as_mut() {
+                    m.restarted();
+                }
+            }
             for k in 0..self.camps.len() {
                 if !self.started[k] && self.queue_has_passed_start(k) {
                     self.start(k);

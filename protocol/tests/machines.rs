@@ -1101,6 +1101,27 @@ fn a_refused_first_tier_offer_is_replanned_to_the_next_head() {
 }
 
 #[test]
+fn a_restarted_nms_offers_again_to_heads_that_had_not_answered() {
+    // vopr seed 585: the NMS crashed just after its offers went out; the restarted one
+    // waited for answers that had died with the old process
+    let w = world(&[A, B, N, P, Q], Transfer::CutThrough, false);
+    let mut m = monitor(&w);
+    drain_monitor(&mut m);
+    m.response(
+        t(1),
+        id(A),
+        Control::OfferReply {
+            campaign: w.campaign(),
+            verdict: Verdict::Accept,
+        },
+    );
+    drain_monitor(&mut m);
+    m.restarted();
+    // A accepted before the crash; only P's offer goes out again
+    assert_eq!(drain_monitor(&mut m), vec![first_tier_offer(&w, &[P, Q])]);
+}
+
+#[test]
 fn the_nms_checks_auth_codes() {
     let w = world(&[A, B, N], Transfer::CutThrough, false);
     let mut m = monitor(&w);
