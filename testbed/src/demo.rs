@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use crate::bench::parse_size;
-use crate::bench::procs::{install_interrupt_handler, interrupted};
-use crate::cluster::Cluster;
-use crate::netns::{self, NetSpec};
+use crate::bench::procs::interrupted;
+use crate::cluster::{Cluster, prepare_host};
+use crate::netns::NetSpec;
 
 /// `baton-testbed demo` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -49,23 +49,10 @@ const FILE: &str = "frobnicator-2.4.1.tar.gz";
 
 /// Runs the demo; fails if any node did not install the exact bytes.
 pub fn run(args: &DemoArgs) -> Result<()> {
-    if let Err(why) = netns::check_privileges() {
-        bail!(
-            "the demo builds a private network out of Linux network namespaces, and cannot here: {why}\n\
-             Run it as root (e.g. `sudo target/release/baton-testbed demo`) on Linux with iproute2 installed."
-        );
-    }
     if args.nodes == 0 || args.nodes > 250 {
         bail!("--nodes must be between 1 and 250");
     }
-    install_interrupt_handler();
-    let removed = netns::clean_stale()?;
-    if !removed.is_empty() {
-        println!(
-            "removed {} namespaces left by an earlier crashed run",
-            removed.len()
-        );
-    }
+    prepare_host("the demo")?;
     let exe = std::env::current_exe()?;
     println!(
         "Creating a private network: 1 NMS + {} nodes, each in its own network namespace, on a bridge connected to nothing else (198.18.0.0/15){}",
