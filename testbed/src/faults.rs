@@ -514,6 +514,7 @@ impl<'a> Run<'a> {
                 | Scenario::LateJoin
                 | Scenario::ReplaceFile
         );
+        let mut late_injection = None;
         let mut ended_at: Option<Instant> = None;
         let mut end: Option<Instant> = None;
         let mut last_check = t0;
@@ -531,6 +532,9 @@ impl<'a> Run<'a> {
                     / present.len() as f64;
                 if mean >= 0.5 {
                     injected = true;
+                    if mean >= 0.95 {
+                        late_injection = Some(mean);
+                    }
                     self.event(format!(
                         "fleet at {:.0}%: injecting {}",
                         mean * 100.0,
@@ -577,6 +581,13 @@ impl<'a> Run<'a> {
             out.nms_copies = Some(tx1.saturating_sub(tx0) as f64 / size.max(1) as f64);
         }
         out.secs = end.map(|e| e.duration_since(t0).as_secs_f64());
+        if let Some(at) = late_injection {
+            out.failures.push(format!(
+                "the fault landed after the transfer (the fleet held {:.0}% of the package): \
+                 use a larger --size or a lower --rate",
+                at * 100.0
+            ));
+        }
         if !injected {
             out.failures.push(format!(
                 "the fault was never injected: the fleet did not reach half the package within {} s",
@@ -820,6 +831,9 @@ impl<'a> Run<'a> {
             Role::Dead => ", killed",
             Role::FullDisk => ", full disk",
         };
+        if self.s == Scenario::LateJoin && i == self.o.nodes {
+            return "joined late".into();
+        }
         format!("chain {}/{}{role}", k + 1, chain.len())
     }
 
@@ -836,9 +850,10 @@ impl<'a> Run<'a> {
         }
         let root = self.c.nms_dir().join("campaigns");
         for d in dir_names(&root) {
-            for f in ["summary.json"] {
-                let _ = fs::copy(root.join(&d).join(f), dir.join(format!("summary-{d}.json")));
-            }
+            let _ = fs::copy(
+                root.join(&d).join("summary.json"),
+                dir.join(format!("summary-{d}.json")),
+            );
         }
         let ids: String = (1..=self.o.nodes)
             .map(|i| format!("node-{i} {} {}\n", self.c.node_ids[i - 1], self.position(i)))
@@ -851,4 +866,42 @@ impl<'a> Run<'a> {
 struct CampaignFiles {
     manifest: Manifest,
     summary: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_names_parse_back_and_unknown_ones_are_refused_with_the_list() {
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::parse(s.name()), Ok(s));
+        }
+        let e = Scenario::parse("kill-everything").unwrap_err();
+        assert!(e.contains("kill-relays") && e.contains("replace-file"), "{e}");
+    }
+
+    #[test]
+    fn the_table_shows_multiples_of_the_baseline_and_why_a_scenario_failed() {
+        let row = |s, secs, failures: &[&str]| Outcome {
+            scenario: s,
+            exact: (8, 8),
+            secs,
+            nms_copies: Some(1.0),
+            reported: "8/8 installed".into(),
+            failures: failures.iter().map(|f| f.to_string()).collect(),
+        };
+        let t = render(&[
+            row(Scenario::Baseline, Some(4.0), &[]),
+            row(Scenario::Loss, Some(6.0), &[]),
+            row(Scenario::KillRelays, None, &["did not end within 120 s"]),
+        ]);
+        assert!(t.contains("1.50x (6.0 s)"), "{t}");
+        assert!(t.contains("did not end "), "{t}");
+        assert!(
+            t.contains("kill-relays FAILED:\n  - did not end within 120 s"),
+            "{t}"
+        );
+        assert!(!t.contains("loss FAILED"), "{t}");
+    }
 }
