@@ -808,7 +808,14 @@ impl<'a> Run<'a> {
             .map(|(i, (s, _))| format!("node-{i} {s}"))
             .collect();
         out.reported = if cs.iter().all(|c| c.summary.is_none()) {
-            "nothing".into()
+            // no summary: what its live view (--json events) had said
+            let log = self.c.log("nms");
+            let count = |ev: &str| log.matches(&format!("{{\"event\":\"{ev}\"")).count();
+            format!(
+                "no summary (live: {} installed, {} failed)",
+                count("installed"),
+                count("failed")
+            )
         } else {
             let mut r = format!("{installed}/{} installed", addressed.len());
             if !failed.is_empty() {
