@@ -383,7 +383,7 @@ pub fn run(args: &AttackArgs) -> Result<()> {
     if args.nodes == 0 || args.nodes > 64 {
         bail!("--nodes must be between 1 and 64");
     }
-    install_interrupt_handler();
+    install_interrupt_handler("attack");
     let removed = netns::clean_stale()?;
     if !removed.is_empty() {
         println!(
