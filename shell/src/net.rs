@@ -482,8 +482,12 @@ pub fn parse_listen(s: &str, default_port: u16) -> Result<std::net::SocketAddr, 
     if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
         return Ok(std::net::SocketAddr::new(ip, default_port));
     }
+    let port = match s.parse::<u16>() {
+        Ok(p) => format!("{p}"),
+        Err(_) => format!("{default_port}"),
+    };
     Err(format!(
-        "`{s}` is not a listen address: give an IP address and a TCP port, e.g. 0.0.0.0:{default_port} (every IPv4 address) or [::]:{default_port} (IPv6)"
+        "`{s}` is not a listen address: give an IP address and a TCP port, e.g. 0.0.0.0:{port} (every IPv4 address) or [::]:{port} (IPv6)"
     ))
 }
 
@@ -877,7 +881,10 @@ mod tests {
         assert_eq!(ok("10.1.2.3"), "10.1.2.3:4100");
         assert_eq!(ok("::1"), "[::1]:4100");
         assert_eq!(ok("[fe80::1]"), "[fe80::1]:4100");
-        for bad in ["4200", "localhost:4200", "0.0.0.0:99999", "eth0", "", "0.0.0.0:"] {
+        // a port alone is shown how to write it
+        let e = parse_listen("4200", NMS_PORT).unwrap_err();
+        assert!(e.contains("e.g. 0.0.0.0:4200") && e.contains("[::]:4200"), "{e}");
+        for bad in ["localhost:4200", "0.0.0.0:99999", "eth0", "", "0.0.0.0:"] {
             let e = parse_listen(bad, NMS_PORT).unwrap_err();
             assert!(
                 e.contains("not a listen address") && e.contains("0.0.0.0:4101") && e.contains("[::]:4101"),
