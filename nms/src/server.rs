@@ -91,7 +91,9 @@ struct Nms {
     failures: net::FailureLog,
 }
 
-/// Runs the NMS until Ctrl-C (or, with `--once`, until its first campaign ends).
+/// Runs the NMS until Ctrl-C (or, with `--once`, until its first campaign ends). Returns
+/// the summaries of the campaigns that ended (with `--once` only: a long-running NMS keeps
+/// none in memory; they are in `campaigns/<id>/summary.json`).
 pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
     let _lock = baton_shell::identity::lock_data_dir(&opts.data_dir, "baton-nms")?;
     let keypair = baton_shell::identity::load_or_create(&opts.data_dir)?;
@@ -403,10 +405,8 @@ impl Nms {
                 }
             }
             NmsAction::CampaignFinished { summary } => {
-                let Some(f) = self.files.get(&summary.campaign) else {
-                    return;
-                };
-                // the view's summary (it knows where the bytes came from), if it made one
+                // the view's summary (it knows where the bytes came from), if it made one;
+                // a long-running NMS keeps none in memory (only --once reports them)
                 let id = hex::encode(summary.campaign);
                 let s = self
                     .summaries
@@ -415,6 +415,12 @@ impl Nms {
                     .find(|s| s.campaign == id)
                     .cloned()
                     .unwrap_or_else(|| Summary::from_core(&summary));
+                if !self.opts.once {
+                    self.summaries.retain(|s| s.campaign != id);
+                }
+                let Some(f) = self.files.get(&summary.campaign) else {
+                    return;
+                };
                 if let Err(e) = std::fs::write(
                     f.dir.join("summary.json"),
                     serde_json::to_string_pretty(&s).unwrap_or_default(),
