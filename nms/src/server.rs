@@ -164,7 +164,8 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
             port,
             tags: Vec::new(),
         };
-        let (d, rx) = Discovery::start(&advert, &[], &opts.interfaces).context("starting mDNS discovery")?;
+        let (d, rx) = Discovery::start(&advert, &net::advertised_ips(&opts.listen), &opts.interfaces)
+            .context("starting mDNS discovery")?;
         (Some(d), rx)
     } else {
         (None, mpsc::channel(1).1)

@@ -506,6 +506,17 @@ pub fn socket_of(addr: &Multiaddr) -> Option<std::net::SocketAddr> {
     Some(std::net::SocketAddr::new(ip?, port?))
 }
 
+/// The addresses discovery should advertise for a daemon listening on `listen`: its IP
+/// when it is a specific one, none (discovery then publishes every interface's) when it
+/// is `0.0.0.0` or `::`.
+pub fn advertised_ips(listen: &Multiaddr) -> Vec<std::net::IpAddr> {
+    socket_of(listen)
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+        .into_iter()
+        .collect()
+}
+
 /// `/ip4/<ip>/tcp/<port>` (or ip6).
 pub fn tcp_addr(ip: std::net::IpAddr, port: u16) -> Multiaddr {
     let mut a = Multiaddr::from(ip);
@@ -894,5 +905,12 @@ mod tests {
         let m = tcp_addr("198.18.0.1".parse().unwrap(), 4100);
         assert_eq!(socket_of(&m).unwrap().to_string(), "198.18.0.1:4100");
         assert_eq!(socket_of(&"/ip4/1.2.3.4".parse().unwrap()), None);
+        // a daemon bound to one address advertises that one only
+        assert_eq!(
+            advertised_ips(&m),
+            ["198.18.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(advertised_ips(&tcp_addr("0.0.0.0".parse().unwrap(), 4100)).is_empty());
+        assert!(advertised_ips(&tcp_addr("::".parse().unwrap(), 4100)).is_empty());
     }
 }
