@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use baton_protocol::endpoint::nms::{
-    CampaignSummary, DropId, NmsAction, NmsConfig, NmsEndpoint, NmsEvent, NmsInput, OutboundId, PeerRole,
+    DropId, NmsAction, NmsConfig, NmsEndpoint, NmsEvent, NmsInput, OutboundId, PeerRole,
 };
 use baton_protocol::wire::PROTOCOL_VERSION;
 use baton_protocol::{
-    CampaignId, ChunkResponse, Control, ControlKind, Keypair, Manifest, MonitorConfig, NodeId, NodeStatus,
-    RequestId,
+    CampaignId, ChunkResponse, Control, ControlKind, Keypair, Manifest, MonitorConfig, NodeId, RequestId,
 };
 use baton_shell::chunkfile::read_and_seal;
 use baton_shell::discovery::{Advert, Discovery, DiscoveryEvent, Interfaces, Role};
@@ -26,12 +25,12 @@ use futures::StreamExt;
 use libp2p::request_response::ResponseChannel;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
-use serde::Serialize;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::campaign::{CampaignSettings, Prepared, intake};
-use crate::ui::Ui;
+pub use crate::ui::{FailedNode, NodeResult, Summary};
+use crate::ui::{Mode, View};
 use crate::watch::{DropEvent, DropWatcher};
 
 /// How the NMS runs.
@@ -52,42 +51,10 @@ pub struct NmsOptions {
     /// Only nodes with all of these tags are addressees.
     pub tags: Vec<String>,
     pub settings: CampaignSettings,
-    pub json: bool,
+    /// How the operator's output is written (bars, lines, JSON lines).
+    pub output: Mode,
     /// Exit after the first campaign ends.
     pub once: bool,
-}
-
-/// The end of a campaign, for the operator and for scripts.
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub campaign: String,
-    pub package: String,
-    pub version: String,
-    pub sequence: u64,
-    pub size: u64,
-    pub nodes: usize,
-    pub installed: usize,
-    pub failed: Vec<FailedNode>,
-    /// Seconds from the drop being detected to the last install.
-    pub wall_secs: f64,
-    /// Bytes the NMS sent (chunk frames and control messages).
-    pub nms_bytes_sent: u64,
-    /// `nms_bytes_sent / size`.
-    pub nms_copies: f64,
-    pub per_node: Vec<NodeResult>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct FailedNode {
-    pub node: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeResult {
-    pub node: String,
-    pub status: String,
-    pub secs: Option<f64>,
 }
 
 enum Internal {
@@ -114,7 +81,7 @@ struct Nms {
     /// Prepared campaigns' files, until the endpoint says the campaign started.
     prepared: HashMap<DropId, (Arc<std::fs::File>, PathBuf)>,
     files: HashMap<CampaignId, Files>,
-    uis: HashMap<CampaignId, Ui>,
+    view: View,
     control_reqs: net::Requests<(OutboundId, NodeId, ControlKind)>,
     chunk_reqs: net::Requests<()>,
     in_control: HashMap<RequestId, ResponseChannel<Control>>,
@@ -124,7 +91,9 @@ struct Nms {
     failures: net::FailureLog,
 }
 
-/// Runs the NMS until Ctrl-C (or, with `--once`, until its first campaign ends).
+/// Runs the NMS until Ctrl-C (or, with `--once`, until its first campaign ends). Returns
+/// the summaries of the campaigns that ended (with `--once` only: a long-running NMS keeps
+/// none in memory; they are in `campaigns/<id>/summary.json`).
 pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
     let _lock = baton_shell::identity::lock_data_dir(&opts.data_dir, "baton-nms")?;
     let keypair = baton_shell::identity::load_or_create(&opts.data_dir)?;
@@ -138,8 +107,12 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
     )?;
     let port = net::wait_for_port(&mut swarm).await?;
     info!(peer_id = %me, port, watch = %opts.watch.display(), "baton-nms started");
+    let at = net::socket_of(&opts.listen).map_or_else(
+        || format!("TCP port {port}"),
+        |a| std::net::SocketAddr::new(a.ip(), port).to_string(),
+    );
     eprintln!(
-        "baton-nms {me}\n  watching {}\n  nodes must trust it: baton-node --trust {me}",
+        "baton-nms {me}\n  listening on {at} (TCP: firewalls must let the nodes reach it)\n  watching {} (drop packages there)\n  nodes must trust it: baton-node --trust {me}",
         watcher.dir().display()
     );
     let (itx, mut irx) = mpsc::unbounded_channel();
@@ -165,7 +138,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         next_drop: 0,
         prepared: HashMap::new(),
         files: HashMap::new(),
-        uis: HashMap::new(),
+        view: View::new(opts.output),
         control_reqs: net::Requests::new("control"),
         chunk_reqs: net::Requests::new("chunk"),
         in_control: HashMap::new(),
@@ -191,7 +164,8 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
             port,
             tags: Vec::new(),
         };
-        let (d, rx) = Discovery::start(&advert, &[], &opts.interfaces).context("starting mDNS discovery")?;
+        let (d, rx) = Discovery::start(&advert, &net::advertised_ips(&opts.listen), &opts.interfaces)
+            .context("starting mDNS discovery")?;
         (Some(d), rx)
     } else {
         (None, mpsc::channel(1).1)
@@ -213,9 +187,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
             _ = term.recv() => { info!("terminated; stopping"); break; }
         }
     }
-    for ui in nms.uis.values() {
-        ui.finish();
-    }
+    nms.view.finish();
     drop(watcher);
     if let Some(d) = discovery {
         d.shutdown_async().await;
@@ -237,12 +209,6 @@ impl Nms {
     fn next_deadline(&self) -> Instant {
         let far = self.now() + Duration::from_secs(3600);
         self.start + self.endpoint.poll_timeout().unwrap_or(far).min(far)
-    }
-
-    fn path(&self, d: DropId) -> String {
-        self.drops
-            .get(&d)
-            .map_or_else(|| format!("drop {}", d.0), |p| p.display().to_string())
     }
 
     fn on_discovery(&mut self, ev: DiscoveryEvent) {
@@ -286,14 +252,8 @@ impl Nms {
         }
     }
 
-    fn drop_error(&self, path: &str, message: &str) {
-        error!("{path}: {message}; no campaign started");
-        if self.opts.json {
-            println!(
-                "{}",
-                serde_json::json!({"event": "drop-error", "path": path, "message": message})
-            );
-        }
+    fn drop_error(&mut self, path: &str, message: &str) {
+        self.view.drop_error(path, message);
     }
 
     /// Copies, hashes and signs a drop off the event loop.
@@ -446,10 +406,22 @@ impl Nms {
                 }
             }
             NmsAction::CampaignFinished { summary } => {
+                // the view's summary (it knows where the bytes came from), if it made one;
+                // a long-running NMS keeps none in memory (only --once reports them)
+                let id = hex::encode(summary.campaign);
+                let s = self
+                    .summaries
+                    .iter()
+                    .rev()
+                    .find(|s| s.campaign == id)
+                    .cloned()
+                    .unwrap_or_else(|| Summary::from_core(&summary));
+                if !self.opts.once {
+                    self.summaries.retain(|s| s.campaign != id);
+                }
                 let Some(f) = self.files.get(&summary.campaign) else {
                     return;
                 };
-                let s = Summary::from_core(&summary);
                 if let Err(e) = std::fs::write(
                     f.dir.join("summary.json"),
                     serde_json::to_string_pretty(&s).unwrap_or_default(),
@@ -461,63 +433,32 @@ impl Nms {
     }
 
     fn on_event(&mut self, ev: NmsEvent) {
-        let json = self.opts.json;
+        // the operator sees every event (bars, lines or JSON lines: ui.rs)
+        let drop = match &ev {
+            NmsEvent::DropWaiting { drop_id, .. }
+            | NmsEvent::DropAbandoned { drop_id, .. }
+            | NmsEvent::DropFailed { drop_id, .. }
+            | NmsEvent::CampaignStarted { drop_id, .. } => {
+                self.drops.get(drop_id).map(|p| p.display().to_string())
+            }
+            _ => None,
+        };
+        if let Some(s) = self.view.event(&ev, drop.as_deref()) {
+            self.summaries.push(s);
+        }
         match ev {
-            NmsEvent::NodeDiscovered { id, known } => {
-                info!("node {id} discovered ({known} known)");
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"event": "node-discovered", "node": id.to_string(), "known": known})
-                    );
-                }
-            }
-            NmsEvent::NodeIncompatible { id, version } => {
-                warn!("{id} speaks protocol {version}; this NMS speaks {PROTOCOL_VERSION}; not using it")
-            }
-            NmsEvent::NodeLeft { id } => info!("node {id} left"),
-            NmsEvent::DropWaiting {
-                drop_id,
-                found,
-                needed,
-            } => info!(
-                "{}: waiting for discovery to settle ({found} node(s) found, {needed} needed)",
-                self.path(drop_id)
-            ),
-            NmsEvent::DropAbandoned { drop_id, reason } => {
-                error!("{reason}");
+            NmsEvent::DropAbandoned { drop_id, .. } => {
                 self.drops.remove(&drop_id);
             }
-            NmsEvent::DropFailed { drop_id, reason } => {
-                self.drop_error(&self.path(drop_id), &reason);
+            NmsEvent::DropFailed { drop_id, .. } => {
                 self.drops.remove(&drop_id);
                 self.prepared.remove(&drop_id);
             }
             NmsEvent::CampaignStarted { drop_id, manifest } => {
                 self.drops.remove(&drop_id);
-                let m = &manifest;
-                info!(
-                    "campaign {}: {} {} (sequence {}), {} bytes to {} nodes, fanout {}, {:?}",
-                    hex::encode(m.campaign),
-                    m.name,
-                    m.version,
-                    m.sequence,
-                    m.size,
-                    m.addressees.len(),
-                    m.plan.fanout,
-                    m.plan.transfer
-                );
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"event": "campaign-started", "campaign": hex::encode(m.campaign), "package": m.name,
-                            "version": m.version, "sequence": m.sequence, "size": m.size, "nodes": m.addressees.len()})
-                    );
-                }
-                self.uis.insert(m.campaign, Ui::new(m, json));
                 if let Some((data, dir)) = self.prepared.remove(&drop_id) {
                     self.files.insert(
-                        m.campaign,
+                        manifest.campaign,
                         Files {
                             manifest: Arc::new(*manifest),
                             data,
@@ -526,89 +467,7 @@ impl Nms {
                     );
                 }
             }
-            NmsEvent::NodeProgress { campaign, .. }
-            | NmsEvent::NodeInstalled { campaign, .. }
-            | NmsEvent::NodeFailed { campaign, .. }
-            | NmsEvent::AuthRefused { campaign, .. } => {
-                if let Some(ui) = self.uis.get_mut(&campaign) {
-                    ui.event(&ev);
-                }
-            }
-            NmsEvent::CampaignDone { summary } => {
-                if let Some(ui) = self.uis.get(&summary.campaign) {
-                    ui.finish();
-                }
-                let s = Summary::from_core(&summary);
-                if json {
-                    println!("{}", serde_json::json!({"event": "campaign-done", "summary": s}));
-                } else {
-                    print_summary(&s);
-                }
-                self.summaries.push(s);
-            }
+            _ => {}
         }
     }
-}
-
-impl Summary {
-    /// The operator's and scripts' form of the endpoint's summary.
-    pub fn from_core(s: &CampaignSummary) -> Summary {
-        let failed = s
-            .failed()
-            .map(|(node, reason)| FailedNode {
-                node: node.to_string(),
-                reason: reason.to_string(),
-            })
-            .collect();
-        let per_node = s
-            .nodes
-            .iter()
-            .map(|o| NodeResult {
-                node: o.node.to_string(),
-                status: match &o.status {
-                    NodeStatus::Installed => "installed".to_string(),
-                    NodeStatus::Failed(_) => "failed".to_string(),
-                    other => format!("{other:?}").to_lowercase(),
-                },
-                secs: o.took.map(|t| t.as_secs_f64()),
-            })
-            .collect();
-        Summary {
-            campaign: hex::encode(s.campaign),
-            package: s.package.clone(),
-            version: s.version.clone(),
-            sequence: s.sequence,
-            size: s.size,
-            nodes: s.nodes.len(),
-            installed: s.installed,
-            failed,
-            wall_secs: s.wall().as_secs_f64(),
-            nms_bytes_sent: s.bytes_sent,
-            nms_copies: s.bytes_sent as f64 / s.size.max(1) as f64,
-            per_node,
-        }
-    }
-}
-
-/// The operator's end-of-campaign summary.
-pub fn print_summary(s: &Summary) {
-    let mib = s.size as f64 / (1024.0 * 1024.0);
-    println!(
-        "campaign {} — {} {} (sequence {}), {:.1} MiB",
-        &s.campaign[..12],
-        s.package,
-        s.version,
-        s.sequence,
-        mib
-    );
-    println!("  installed: {}/{} nodes", s.installed, s.nodes);
-    for f in &s.failed {
-        println!("  FAILED {}: {}", f.node, f.reason);
-    }
-    println!("  wall time, drop to last install: {:.2} s", s.wall_secs);
-    println!(
-        "  NMS sent {:.1} MiB = {:.2} x the package",
-        s.nms_bytes_sent as f64 / (1024.0 * 1024.0),
-        s.nms_copies
-    );
 }

@@ -180,7 +180,8 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             port,
             tags: opts.tags.clone(),
         };
-        let (d, rx) = Discovery::start(&advert, &[], &opts.interfaces).context("starting mDNS discovery")?;
+        let (d, rx) = Discovery::start(&advert, &net::advertised_ips(&opts.listen), &opts.interfaces)
+            .context("starting mDNS discovery")?;
         (Some(d), rx)
     } else {
         (None, mpsc::channel(1).1)

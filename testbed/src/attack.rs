@@ -377,7 +377,7 @@ pub fn run(args: &AttackArgs) -> Result<()> {
     if args.nodes == 0 || args.nodes > 64 {
         bail!("--nodes must be between 1 and 64");
     }
-    prepare_host("the attack suite")?;
+    prepare_host("the attack suite", "attack")?;
     let opts = args.options();
     println!(
         "Attack suite: NMS + {} nodes + 1 trust-first node + 1 rogue host, {:.1} MiB package, attacks for {:.0} s",

@@ -333,14 +333,15 @@ impl Drop for Cluster {
 
 /// Checks that this process may build namespaces (saying how to run `what` otherwise),
 /// installs the Ctrl-C handler and removes what an earlier crashed run left behind.
-pub fn prepare_host(what: &str) -> Result<()> {
+/// `command` names the subcommand in interrupt messages.
+pub fn prepare_host(what: &str, command: &'static str) -> Result<()> {
     if let Err(why) = crate::netns::check_privileges() {
         bail!(
             "{what} builds a private network out of Linux network namespaces, and cannot here: {why}\n\
              Run it as root (e.g. `sudo target/release/baton-testbed ...`) on Linux with iproute2 installed."
         );
     }
-    crate::bench::procs::install_interrupt_handler();
+    crate::bench::procs::install_interrupt_handler(command);
     let removed = crate::netns::clean_stale()?;
     if !removed.is_empty() {
         println!(

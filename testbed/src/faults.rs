@@ -179,7 +179,7 @@ pub fn run(args: &FaultArgs) -> Result<()> {
     if args.size < 64 * 1024 {
         bail!("--size must be at least 64KiB, so that a fault can land mid-transfer");
     }
-    prepare_host("the fault suite")?;
+    prepare_host("the fault suite", "faults")?;
     let opts = FaultOptions {
         nodes: args.nodes,
         size: args.size,
@@ -813,8 +813,8 @@ impl<'a> Run<'a> {
             let count = |ev: &str| log.matches(&format!("{{\"event\":\"{ev}\"")).count();
             format!(
                 "no summary (live: {} installed, {} failed)",
-                count("installed"),
-                count("failed")
+                count("node-installed"),
+                count("node-failed")
             )
         } else {
             let mut r = format!("{installed}/{} installed", addressed.len());

@@ -281,6 +281,8 @@ pub enum NmsEvent {
         status: NodeStatus,
         /// Bytes it verified.
         verified: u64,
+        /// The peer it last reported fetching from (the NMS or a relay), if it said.
+        source: Option<NodeId>,
     },
     /// A node installed the package.
     NodeInstalled {
@@ -815,6 +817,7 @@ impl NmsEndpoint {
                 node,
                 status: v.status.clone(),
                 verified: v.verified,
+                source: v.source,
             });
         }
     }

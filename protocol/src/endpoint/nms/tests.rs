@@ -421,7 +421,7 @@ fn requests_responses_and_failures_reach_the_right_campaign() {
                     campaign: [1; 16],
                     phase: Phase::Receiving,
                     verified: 4096,
-                    source: None,
+                    source: Some(id(B)),
                     parent: None,
                 },
             },
@@ -440,7 +440,8 @@ fn requests_responses_and_failures_reach_the_right_campaign() {
             campaign: [1; 16],
             node: id(A),
             status: NodeStatus::Receiving,
-            verified: 4096
+            verified: 4096,
+            source: Some(id(B)),
         }]
     );
     assert_eq!(e.campaign(&[2; 16]).unwrap().nodes()[&id(A)].verified, 0);
