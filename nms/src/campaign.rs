@@ -1,19 +1,27 @@
 //! Building a campaign from a dropped file: open it once and check what was opened
-//! ([`Dropped::open`]), copy it from that descriptor into the NMS's store while hashing it,
-//! pick the sequence number (persisted, only grows), sign the manifest.
+//! ([`Dropped::open`]), refuse it before copying if it is too large, copy it from that
+//! descriptor into the NMS's store while hashing it, decide with the package's history
+//! whether it is a new version ([`baton_protocol::inbox`]), pick the sequence number
+//! (in the database, only grows), sign the manifest and record the campaign.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
+use baton_protocol::inbox::{Drop as InboxDrop, Intake as Decision, decide};
+use baton_protocol::limits::MAX_CHUNKS;
 use baton_protocol::manifest::{
     HashList, MANIFEST_FORMAT, PlanParams, RelayPolicy, is_plain_file_name, parse_package_file_name,
 };
-use baton_protocol::{CampaignSecret, Hash, Keypair, Manifest, NodeId, PackageHasher, SignedManifest};
+use baton_protocol::{
+    CampaignId, CampaignSecret, Hash, Keypair, Manifest, NodeId, PackageHasher, SignedManifest,
+};
+
+use crate::db::{Db, DropStamp, NewCampaign};
 
 /// Campaign settings from the command line.
 #[derive(Debug, Clone)]
@@ -34,6 +42,8 @@ pub struct Prepared {
     /// The NMS's own copy of the package, served to the first tier.
     pub file: PathBuf,
     pub dir: PathBuf,
+    /// The package's campaigns that were running and are now superseded by this one.
+    pub superseded: Vec<CampaignId>,
 }
 
 /// A package file dropped into the watched folder, opened exactly once and checked on the
@@ -135,52 +145,102 @@ fn copy_and_hash(dropped: &Dropped, to: &Path, chunk_size: u32) -> Result<(u64, 
     Ok((size, hashes, root))
 }
 
-/// The persisted per-package sequence numbers.
-fn next_sequence(data_dir: &Path, name: &str) -> Result<u64> {
-    let path = data_dir.join("sequences.json");
-    let mut seqs: BTreeMap<String, u64> = match fs::read_to_string(&path) {
-        Ok(t) => serde_json::from_str(&t).with_context(|| {
-            format!(
-                "{} is corrupt; fix or remove it (sequence numbers must only grow)",
-                path.display()
-            )
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => bail!("cannot read {}: {e}", path.display()),
-    };
-    let seq = seqs.get(name).copied().unwrap_or(0) + 1;
-    seqs.insert(name.to_string(), seq);
-    let tmp = data_dir.join(".sequences.json.tmp");
-    fs::write(&tmp, serde_json::to_string_pretty(&seqs)?)?;
-    fs::File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, &path)?;
-    Ok(seq)
+/// Where dropped files go once taken in: the database that remembers them and the
+/// versions distributed, the data directory that holds the copies, and the optional
+/// archive folder taken-in files are moved to.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    pub db: Arc<Mutex<Db>>,
+    pub data_dir: PathBuf,
+    pub archive: Option<PathBuf>,
+}
+
+/// What came of a drop that was not refused.
+#[derive(Debug)]
+pub enum Intook {
+    /// A new campaign, signed and recorded.
+    Campaign(Box<Prepared>),
+    /// Nothing to do (the content distributed last, or a file taken in before); says why.
+    Nothing(String),
+}
+
+/// The largest package a campaign can carry with this chunk size.
+pub fn max_package_size(chunk_size: u32) -> u64 {
+    MAX_CHUNKS.saturating_mul(u64::from(chunk_size))
+}
+
+/// How a file of the drop folder is remembered: size, mtime, device and inode.
+pub fn stamp_of(meta: &fs::Metadata) -> DropStamp {
+    DropStamp {
+        size: meta.len(),
+        mtime_ns: meta
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.mtime_nsec()),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    }
+}
+
+/// The refusal of a drop too large for one campaign, or `None`.
+pub fn oversize(path: &Path, size: u64, chunk_size: u32) -> Option<String> {
+    let max = max_package_size(chunk_size);
+    (size > max).then(|| {
+        format!(
+            "{} is {size} bytes, more than the {max} bytes ({MAX_CHUNKS} chunks of {chunk_size} bytes) \
+             one campaign can carry; nothing was copied and no sequence number was used: raise \
+             --chunk-size or split the package",
+            path.display()
+        )
+    })
+}
+
+fn lock(db: &Mutex<Db>) -> std::sync::MutexGuard<'_, Db> {
+    db.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The sidecar by which the operator asks for a rollback: `<file>.rollback` next to it.
+pub fn rollback_sidecar(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".rollback");
+    path.with_file_name(name)
 }
 
 /// Intake of a file the watcher reported: opens it once ([`Dropped::open`]) and builds the
 /// campaign from that descriptor ([`prepare`]).
 pub fn intake(
-    data_dir: &Path,
+    inbox: &Inbox,
     path: &Path,
     nms: &Keypair,
     addressees: Vec<NodeId>,
     settings: &CampaignSettings,
-) -> Result<Prepared> {
-    let dropped = Dropped::open(path, data_dir)?;
-    prepare(data_dir, dropped, nms, addressees, settings)
+) -> Result<Intook> {
+    let dropped = Dropped::open(path, &inbox.data_dir)?;
+    prepare(inbox, dropped, nms, addressees, settings)
 }
 
-/// Copies the dropped file from its descriptor into `data/campaigns/<id>/`, hashing the
-/// bytes as they are copied, and signs the manifest. Refuses (signing nothing) if the file
-/// changed in size or mtime since it was opened: it was still being written.
+/// Takes in a dropped file from its descriptor: refuses it before copying if it is too
+/// large; copies it into `data/campaigns/<id>/` while hashing it (refusing, signing
+/// nothing, if it changed since it was opened: it was still being written); asks
+/// [`baton_protocol::inbox::decide`] whether it is a new version, the content distributed
+/// last, or an older version not asked for; and for a new version signs the manifest with
+/// the package's next sequence number and records the campaign (superseding the package's
+/// running campaigns). The file is remembered whatever came of it, so that it is not taken
+/// in again, also after a restart.
 pub fn prepare(
-    data_dir: &Path,
+    inbox: &Inbox,
     dropped: Dropped,
     nms: &Keypair,
     addressees: Vec<NodeId>,
     settings: &CampaignSettings,
-) -> Result<Prepared> {
-    let shown = dropped.path.display();
+) -> Result<Intook> {
+    let shown = dropped.path.display().to_string();
     let file_name = dropped
         .path
         .file_name()
@@ -192,6 +252,15 @@ pub fn prepare(
             )
         })?
         .to_string();
+    let stamp = stamp_of(&dropped.meta);
+    let remember = |content: Option<&Hash>, outcome: &str| -> Result<()> {
+        lock(&inbox.db).remember_drop(&file_name, stamp, content, outcome, unix_now())?;
+        Ok(())
+    };
+    if let Some(why) = oversize(&dropped.path, dropped.meta.len(), settings.chunk_size) {
+        remember(None, "refused: too large")?;
+        bail!(why);
+    }
     let (name, version) = parse_package_file_name(&file_name);
     if addressees.is_empty() {
         bail!("no nodes to send {file_name} to");
@@ -207,21 +276,51 @@ pub fn prepare(
             plan.fanout
         );
     }
+    let sidecar = rollback_sidecar(&dropped.path);
+    let rollback = fs::symlink_metadata(&sidecar).is_ok_and(|m| m.is_file());
     let campaign = random_bytes::<16>()?;
-    let dir = data_dir.join("campaigns").join(hex::encode(campaign));
+    let dir = inbox.data_dir.join("campaigns").join(hex::encode(campaign));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let file = dir.join(&file_name);
-    let copied = copy_and_hash(&dropped, &file, settings.chunk_size);
-    let (size, hashes, root) = match copied {
+    let discard = || {
+        // nothing of a file not distributed stays in the store
+        let _ = fs::remove_dir_all(&dir);
+    };
+    let (size, hashes, root) = match copy_and_hash(&dropped, &file, settings.chunk_size) {
         Ok(hashed) => hashed,
         Err(e) => {
-            // nothing of a refused file stays in the store
-            let _ = fs::remove_dir_all(&dir);
+            discard();
             return Err(e);
         }
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let sequence = next_sequence(data_dir, &name)?;
+    let mut db = lock(&inbox.db);
+    let this = InboxDrop {
+        file: &file_name,
+        package: &name,
+        version: &version,
+        content: root,
+        rollback,
+    };
+    let history = db.history(&name)?;
+    let sequence = match decide(&this, &history, db.last_sequence(&name)?) {
+        Decision::Accept { sequence } => sequence,
+        Decision::Unchanged { sequence } => {
+            discard();
+            db.remember_drop(&file_name, stamp, Some(&root), "unchanged", unix_now())?;
+            drop(db);
+            archive(inbox, &dropped.path);
+            return Ok(Intook::Nothing(format!(
+                "{shown}: its content is {name} {version} as distributed with sequence {sequence}; \
+                 nothing to do"
+            )));
+        }
+        Decision::Refused(why) => {
+            discard();
+            db.remember_drop(&file_name, stamp, Some(&root), "refused: older", unix_now())?;
+            bail!(why);
+        }
+    };
+    let now = unix_now();
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         campaign,
@@ -242,36 +341,121 @@ pub fn prepare(
         self_update: false,
         addressees,
     };
-    let signed = SignedManifest::sign(&manifest, nms).context("cannot sign the manifest")?;
-    fs::write(dir.join("manifest.cbor"), &signed.body)?;
-    Ok(Prepared {
+    let signed = match SignedManifest::sign(&manifest, nms).context("cannot sign the manifest") {
+        Ok(s) => s,
+        Err(e) => {
+            discard();
+            return Err(e);
+        }
+    };
+    let secret = CampaignSecret(random_bytes::<32>()?);
+    if let Err(e) = fs::write(dir.join("manifest.cbor"), &signed.body) {
+        discard();
+        bail!("cannot write {}: {e}", dir.join("manifest.cbor").display());
+    }
+    let superseded = db.record_campaign(&NewCampaign {
+        id: campaign,
+        package: &manifest.name,
+        version: &manifest.version,
+        sequence,
+        content: root,
+        size,
+        manifest: &signed.body,
+        signature: &signed.signature,
+        secret: &secret.0,
+        copy: &file,
+        rollback,
+        at: now,
+    });
+    let superseded = match superseded {
+        Ok(s) => s,
+        Err(e) => {
+            discard();
+            return Err(e.into());
+        }
+    };
+    db.remember_drop(&manifest.file, stamp, Some(&root), "campaign", now)?;
+    drop(db);
+    if rollback {
+        // asked for once: the next drop of an older version is refused again
+        let _ = fs::remove_file(&sidecar);
+    }
+    archive(inbox, &dropped.path);
+    Ok(Intook::Campaign(Box::new(Prepared {
         manifest,
         signed,
-        secret: CampaignSecret(random_bytes::<32>()?),
+        secret,
         file,
         dir,
-    })
+        superseded,
+    })))
+}
+
+/// Moves a file taken in to the archive folder, if there is one (same filesystem).
+fn archive(inbox: &Inbox, path: &Path) {
+    let Some(dir) = &inbox.archive else { return };
+    let Some(name) = path.file_name() else { return };
+    let to = dir.join(name);
+    if let Err(e) = fs::rename(path, &to) {
+        tracing::warn!(
+            "cannot move {} to the archive {}: {e} (the archive must be on the same filesystem as \
+             the drop folder); it stays where it is and is not taken in again",
+            path.display(),
+            to.display()
+        );
+    }
+}
+
+/// Test helpers: an inbox over `data`, and intake that expects a campaign.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub(crate) fn inbox(data: &Path) -> Inbox {
+        Inbox {
+            db: Arc::new(Mutex::new(Db::open(data).unwrap())),
+            data_dir: data.to_path_buf(),
+            archive: None,
+        }
+    }
+
+    pub(crate) fn campaign(r: Result<Intook>) -> Result<Prepared> {
+        match r? {
+            Intook::Campaign(p) => Ok(*p),
+            Intook::Nothing(why) => bail!("no campaign: {why}"),
+        }
+    }
+
+    pub(crate) fn intake_at(
+        data: &Path,
+        path: &Path,
+        nms: &Keypair,
+        addressees: Vec<NodeId>,
+        settings: &CampaignSettings,
+    ) -> Result<Prepared> {
+        campaign(intake(&inbox(data), path, nms, addressees, settings))
+    }
+
+    pub(crate) fn prepare_at(
+        data: &Path,
+        dropped: Dropped,
+        nms: &Keypair,
+        addressees: Vec<NodeId>,
+        settings: &CampaignSettings,
+    ) -> Result<Prepared> {
+        campaign(prepare(&inbox(data), dropped, nms, addressees, settings))
+    }
+
+    /// True if no campaign was ever recorded in `data` and no sequence number was used.
+    pub(crate) fn nothing_recorded(data: &Path) -> bool {
+        !data.join(crate::db::DB_FILE).exists() || Db::open(data).unwrap().campaigns().unwrap().is_empty()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::testing::intake_at as intake;
     use super::*;
-
-    #[test]
-    fn sequences_only_grow_and_survive_restarts() {
-        let d = tempfile::tempdir().unwrap();
-        assert_eq!(next_sequence(d.path(), "frob").unwrap(), 1);
-        assert_eq!(next_sequence(d.path(), "frob").unwrap(), 2);
-        assert_eq!(next_sequence(d.path(), "other").unwrap(), 1);
-        assert_eq!(next_sequence(d.path(), "frob").unwrap(), 3);
-        fs::write(d.path().join("sequences.json"), "garbage").unwrap();
-        assert!(
-            next_sequence(d.path(), "frob")
-                .unwrap_err()
-                .to_string()
-                .contains("corrupt")
-        );
-    }
 
     #[test]
     fn prepare_hashes_the_copy_and_signs() {
@@ -307,6 +491,7 @@ mod tests {
 
 #[cfg(test)]
 mod intake_tests {
+    use super::testing::{intake_at as intake, nothing_recorded, prepare_at as prepare};
     use super::*;
     use crate::watch::{DropEvent, DropWatcher};
     use std::time::Duration;
@@ -339,10 +524,7 @@ mod intake_tests {
                 }
             }
         }
-        assert!(
-            !data.join("sequences.json").exists(),
-            "a sequence number was used"
-        );
+        assert!(nothing_recorded(data), "a sequence number was used");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,7 +665,7 @@ mod intake_tests {
         .unwrap();
         let err = r.expect_err("a FIFO was read").to_string();
         assert!(err.contains("FIFO"), "{err}");
-        assert!(!data.join("sequences.json").exists());
+        assert!(nothing_recorded(&data));
     }
 
     fn drop_file(d: &Path) -> (PathBuf, PathBuf) {
@@ -500,10 +682,7 @@ mod intake_tests {
             err.contains("changed while it was being copied") && err.contains("nothing was signed"),
             "{err}"
         );
-        assert!(
-            !data.join("sequences.json").exists(),
-            "a sequence number was used"
-        );
+        assert!(nothing_recorded(data), "a sequence number was used");
         let left = fs::read_dir(data.join("campaigns"))
             .map(|d| d.count())
             .unwrap_or(0);

@@ -41,6 +41,13 @@ pub struct Cli {
     /// Seconds without a newly discovered node before discovery counts as settled.
     #[arg(long, default_value_t = 2.0)]
     settle: f64,
+    /// Seconds a dropped file must stay unchanged, after its writer closed it, before it is
+    /// taken in. Keep it above the pauses of whatever writes into the drop folder.
+    #[arg(long, default_value_t = crate::watch::DEFAULT_SETTLE.as_secs_f64())]
+    settle_file: f64,
+    /// Move files taken in to this folder (on the same filesystem as --watch).
+    #[arg(long, value_name = "DIR")]
+    archive: Option<PathBuf>,
     /// Seconds to wait for --min-nodes before giving up on a dropped file.
     #[arg(long, default_value_t = 60.0)]
     discovery_timeout: f64,
@@ -96,6 +103,12 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
     {
         bail!("--settle and --discovery-timeout are seconds, 0 or more");
     }
+    if !cli.settle_file.is_finite() || !(0.05..=3600.0).contains(&cli.settle_file) {
+        bail!(
+            "--settle-file is seconds, between 0.05 and 3600 (default {})",
+            crate::watch::DEFAULT_SETTLE.as_secs_f64()
+        );
+    }
     if !cli.watch.is_dir() {
         bail!(
             "the watched folder {} does not exist or is not a folder: create it (mkdir -p) or pass another --watch",
@@ -105,6 +118,21 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
     let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
     // Nothing may ever be distributed from the data directory (it holds the private key).
     check_folders(&cli.watch, &data_dir)?;
+    if let Some(archive) = &cli.archive {
+        if !archive.is_dir() {
+            bail!(
+                "--archive {} does not exist or is not a folder: create it (mkdir -p) on the same filesystem as --watch",
+                archive.display()
+            );
+        }
+        if archive.canonicalize().ok() == cli.watch.canonicalize().ok() {
+            bail!(
+                "--archive must not be the watched folder itself: files moved there would be taken in again; pass another folder"
+            );
+        }
+        check_folders(archive, &data_dir)
+            .map_err(|e| anyhow::anyhow!("--archive {}: {e:#}", archive.display()))?;
+    }
     Ok(NmsOptions {
         data_dir,
         listen: format!("/ip4/0.0.0.0/tcp/{}", cli.port).parse()?,
@@ -134,6 +162,8 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
             expiry_secs: cli.expiry_hours.max(1) * 3600,
             offline_install: cli.offline_install,
         },
+        settle_file: Duration::from_secs_f64(cli.settle_file),
+        archive: cli.archive,
         json: cli.json,
         once: cli.once,
     })

@@ -30,7 +30,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::campaign::{CampaignSettings, Prepared, intake};
+use crate::campaign::{CampaignSettings, Inbox, Intook, intake, oversize, stamp_of};
+use crate::db::{CampaignState, Db, SavedCampaign};
 use crate::ui::Ui;
 use crate::watch::{DropEvent, DropWatcher};
 
@@ -52,6 +53,10 @@ pub struct NmsOptions {
     /// Only nodes with all of these tags are addressees.
     pub tags: Vec<String>,
     pub settings: CampaignSettings,
+    /// How long a dropped file must stay unchanged before it is taken in.
+    pub settle_file: Duration,
+    /// Where files taken in are moved (same filesystem as the drop folder).
+    pub archive: Option<PathBuf>,
     pub json: bool,
     /// Exit after the first campaign ends.
     pub once: bool,
@@ -91,7 +96,7 @@ pub struct NodeResult {
 }
 
 enum Internal {
-    Prepared(DropId, Box<Result<Prepared>>),
+    Prepared(DropId, Box<Result<Intook>>),
 }
 
 /// What the shell keeps for a campaign: its files and its live view.
@@ -122,6 +127,8 @@ struct Nms {
     internal: mpsc::UnboundedSender<Internal>,
     summaries: Vec<Summary>,
     failures: net::FailureLog,
+    /// The state that survives a restart.
+    inbox: Inbox,
 }
 
 /// Runs the NMS until Ctrl-C (or, with `--once`, until its first campaign ends).
@@ -129,7 +136,13 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
     let _lock = baton_shell::identity::lock_data_dir(&opts.data_dir, "baton-nms")?;
     let keypair = baton_shell::identity::load_or_create(&opts.data_dir)?;
     let me = NodeId::of(&keypair);
-    let (watcher, mut drops) = DropWatcher::start(&opts.watch, crate::watch::DEFAULT_SETTLE)?;
+    let db = Db::open(&opts.data_dir)?;
+    let inbox = Inbox {
+        db: Arc::new(std::sync::Mutex::new(db)),
+        data_dir: opts.data_dir.clone(),
+        archive: opts.archive.clone(),
+    };
+    let (watcher, mut drops) = DropWatcher::start(&opts.watch, opts.settle_file)?;
     let mut swarm = net::build_swarm(
         keypair.clone(),
         opts.listen.clone(),
@@ -173,6 +186,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         internal: itx,
         summaries: Vec::new(),
         failures: net::FailureLog::default(),
+        inbox,
     };
     for p in &opts.peers {
         match net::peer_of(p) {
@@ -183,6 +197,9 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
             None => warn!("--peer {p} has no /p2p/<peer id> at its end; ignoring it"),
         }
     }
+    // after the static peers, so that offers made again can reach them
+    nms.resume_campaigns(me)?;
+    nms.retention();
     let (discovery, mut disco_rx) = if opts.mdns {
         let advert = Advert {
             peer_id: me.to_string(),
@@ -251,8 +268,15 @@ impl Nms {
                 let Ok(peer) = advert.peer_id.parse::<PeerId>() else {
                     return;
                 };
+                let mut seen = Vec::new();
                 for ip in &addrs {
-                    self.swarm.add_peer_address(peer, net::tcp_addr(*ip, advert.port));
+                    let a = net::tcp_addr(*ip, advert.port);
+                    seen.push(a.to_string());
+                    self.swarm.add_peer_address(peer, a);
+                }
+                if advert.role == Role::Node {
+                    let r = self.db().node_seen(&NodeId(peer), &seen, unix_now());
+                    self.db_error(r);
                 }
                 self.input(NmsInput::NodeSeen {
                     id: NodeId(peer),
@@ -275,6 +299,9 @@ impl Nms {
     fn on_drop(&mut self, ev: DropEvent) {
         match ev {
             DropEvent::Ready { path, size } => {
+                if self.taken_in_before(&path) {
+                    return;
+                }
                 info!("dropped: {} ({size} bytes)", path.display());
                 self.next_drop += 1;
                 let drop_id = DropId(self.next_drop);
@@ -301,8 +328,8 @@ impl Nms {
         let Some(path) = self.drops.get(&drop_id).cloned() else {
             return;
         };
-        let (data, kp, settings, tx) = (
-            self.opts.data_dir.clone(),
+        let (inbox, kp, settings, tx) = (
+            self.inbox.clone(),
             self.keypair.clone(),
             self.opts.settings.clone(),
             self.internal.clone(),
@@ -310,8 +337,8 @@ impl Nms {
         tokio::task::spawn_blocking(move || {
             let t = Instant::now();
             // opens the dropped file once, without following links, and reads only from that
-            let r = intake(&data, &path, &kp, addressees, &settings);
-            if r.is_ok() {
+            let r = intake(&inbox, &path, &kp, addressees, &settings);
+            if matches!(r, Ok(Intook::Campaign(_))) {
                 info!("copied, hashed and signed in {} ms", t.elapsed().as_millis());
             }
             let _ = tx.send(Internal::Prepared(drop_id, Box::new(r)));
@@ -322,8 +349,21 @@ impl Nms {
         match i {
             Internal::Prepared(drop_id, r) => {
                 let input = match *r {
-                    Ok(p) => match std::fs::File::open(&p.file) {
+                    Ok(Intook::Nothing(why)) => {
+                        info!("{why}");
+                        NmsInput::PrepareFailed { drop_id, reason: why }
+                    }
+                    Ok(Intook::Campaign(p)) => match std::fs::File::open(&p.file) {
                         Ok(f) => {
+                            for old in &p.superseded {
+                                info!(
+                                    "campaign {} of {} is superseded by campaign {} (sequence {})",
+                                    hex::encode(old),
+                                    p.manifest.name,
+                                    hex::encode(p.manifest.campaign),
+                                    p.manifest.sequence
+                                );
+                            }
                             self.prepared.insert(drop_id, (Arc::new(f), p.dir));
                             NmsInput::Prepared {
                                 drop_id,
@@ -332,10 +372,16 @@ impl Nms {
                                 secret: p.secret,
                             }
                         }
-                        Err(e) => NmsInput::PrepareFailed {
-                            drop_id,
-                            reason: format!("cannot open the campaign's copy {}: {e}", p.file.display()),
-                        },
+                        Err(e) => {
+                            let r = self
+                                .db()
+                                .set_state(&p.manifest.campaign, CampaignState::Cancelled);
+                            self.db_error(r);
+                            NmsInput::PrepareFailed {
+                                drop_id,
+                                reason: format!("cannot open the campaign's copy {}: {e}", p.file.display()),
+                            }
+                        }
                     },
                     Err(e) => NmsInput::PrepareFailed {
                         drop_id,
@@ -526,10 +572,38 @@ impl Nms {
                     );
                 }
             }
-            NmsEvent::NodeProgress { campaign, .. }
-            | NmsEvent::NodeInstalled { campaign, .. }
-            | NmsEvent::NodeFailed { campaign, .. }
-            | NmsEvent::AuthRefused { campaign, .. } => {
+            NmsEvent::NodeProgress {
+                campaign,
+                node,
+                ref status,
+                verified,
+            } => {
+                let source = self
+                    .endpoint
+                    .campaign(&campaign)
+                    .and_then(|m| m.nodes().get(&node))
+                    .and_then(|v| v.source);
+                let r = self
+                    .db()
+                    .save_node(&campaign, &node, status, verified, source.as_ref(), unix_now());
+                self.db_error(r);
+                if let Some(ui) = self.uis.get_mut(&campaign) {
+                    ui.event(&ev);
+                }
+            }
+            NmsEvent::NodeInstalled { campaign, node } => {
+                if let Some(f) = self.files.get(&campaign) {
+                    let m = &f.manifest;
+                    let r = self
+                        .db()
+                        .node_installed(&node, &m.name, &m.version, m.sequence, unix_now());
+                    self.db_error(r);
+                }
+                if let Some(ui) = self.uis.get_mut(&campaign) {
+                    ui.event(&ev);
+                }
+            }
+            NmsEvent::NodeFailed { campaign, .. } | NmsEvent::AuthRefused { campaign, .. } => {
                 if let Some(ui) = self.uis.get_mut(&campaign) {
                     ui.event(&ev);
                 }
@@ -538,6 +612,9 @@ impl Nms {
                 if let Some(ui) = self.uis.get(&summary.campaign) {
                     ui.finish();
                 }
+                let r = self.db().campaign_ended(&summary.campaign, unix_now());
+                self.db_error(r);
+                self.retention();
                 let s = Summary::from_core(&summary);
                 if json {
                     println!("{}", serde_json::json!({"event": "campaign-done", "summary": s}));
@@ -548,6 +625,198 @@ impl Nms {
             }
         }
     }
+}
+
+impl Nms {
+    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.inbox.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Logs a failed write to the database; the NMS carries on (what was not saved is
+    /// asked again after a restart, at worst as a duplicate offer).
+    fn db_error(&self, r: Result<(), crate::db::DbError>) {
+        if let Err(e) = r {
+            error!("{e}: this state is lost at a restart; check the disk holding the data directory");
+        }
+    }
+
+    /// True (and says so) if `path` is the very file (name, size, mtime, inode) taken in
+    /// before, by this process or one before the restart; refuses an oversize file at once.
+    fn taken_in_before(&mut self, path: &std::path::Path) -> bool {
+        let (Some(name), Ok(meta)) = (
+            path.file_name().and_then(|n| n.to_str()),
+            std::fs::symlink_metadata(path),
+        ) else {
+            return false;
+        };
+        let stamp = stamp_of(&meta);
+        let seen = self.db().drop_seen(name);
+        match seen {
+            Ok(Some((was, outcome))) if was == stamp => {
+                info!(
+                    "{}: taken in before ({outcome}); not taken in again",
+                    path.display()
+                );
+                return true;
+            }
+            Ok(_) => {}
+            Err(e) => error!("{e}"),
+        }
+        if let Some(why) = oversize(path, meta.len(), self.opts.settings.chunk_size) {
+            let r = self
+                .db()
+                .remember_drop(name, stamp, None, "refused: too large", unix_now());
+            self.db_error(r);
+            self.drop_error(&path.display().to_string(), &why);
+            return true;
+        }
+        false
+    }
+
+    /// Takes back every campaign the database holds as unfinished: same manifest, same
+    /// secret, the addressees' saved statuses. Nothing is signed again.
+    fn resume_campaigns(&mut self, me: NodeId) -> Result<()> {
+        let (saved, inventory) = {
+            let db = self.db();
+            (db.unfinished()?, db.inventory()?)
+        };
+        // where the nodes were last seen, so that offers made again can reach them before
+        // discovery finds them
+        for (node, addrs, ..) in &inventory {
+            if let Ok(peer) = node.parse::<PeerId>() {
+                for a in addrs
+                    .split_whitespace()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok())
+                {
+                    self.swarm.add_peer_address(peer, a);
+                }
+            }
+        }
+        for c in saved {
+            let id = hex::encode(c.id);
+            match self.resume_one(me, &c) {
+                Ok(()) => info!(
+                    "campaign {id}: {} sequence {} resumed after a restart (nothing signed again)",
+                    c.package, c.sequence
+                ),
+                Err(why) => {
+                    error!(
+                        "campaign {id} of {} cannot be resumed: {why}; it is cancelled",
+                        c.package
+                    );
+                    let r = self.db().set_state(&c.id, CampaignState::Cancelled);
+                    self.db_error(r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resume_one(&mut self, me: NodeId, c: &SavedCampaign) -> std::result::Result<(), String> {
+        let signed = baton_protocol::SignedManifest {
+            body: c.manifest.clone(),
+            signature: c.signature.clone(),
+        };
+        let manifest = signed
+            .open_unchecked()
+            .map_err(|e| format!("its saved manifest does not decode ({e})"))?;
+        if manifest.nms != me || manifest.campaign != c.id {
+            return Err(format!(
+                "it was signed by {} for campaign {}, not by this NMS {me}",
+                manifest.nms,
+                hex::encode(manifest.campaign)
+            ));
+        }
+        if manifest.expires_at <= unix_now() {
+            return Err("its manifest expired while the NMS was down; drop the file again".into());
+        }
+        let copy = c.copy.as_ref().ok_or("its copy of the package was removed")?;
+        let file = std::fs::File::open(copy)
+            .map_err(|e| format!("its copy {} cannot be opened ({e})", copy.display()))?;
+        let nodes = self.db().nodes_of(&c.id).map_err(|e| e.to_string())?;
+        let saved: Vec<(NodeId, NodeStatus, u64)> = nodes
+            .into_iter()
+            .filter_map(|n| Some((NodeId(n.node.parse::<PeerId>().ok()?), n.status, n.verified)))
+            .collect();
+        self.next_drop += 1;
+        let drop_id = DropId(self.next_drop);
+        let dir = copy.parent().map(PathBuf::from).unwrap_or_default();
+        self.prepared.insert(drop_id, (Arc::new(file), dir));
+        let now = self.now();
+        let secret = baton_protocol::CampaignSecret(c.secret);
+        if !self
+            .endpoint
+            .restore(now, drop_id, signed, manifest, secret, &saved)
+        {
+            self.prepared.remove(&drop_id);
+            return Err("it is already running".into());
+        }
+        Ok(())
+    }
+
+    /// Keeps the copies of each package's newest campaign and of the newest one done before
+    /// it (the current and the previous version); removes every other copy once its
+    /// campaign has ended (a superseded campaign keeps its copy until its nodes are done).
+    fn retention(&mut self) {
+        let all = match self.db().campaigns() {
+            Ok(all) => all,
+            Err(e) => return error!("{e}"),
+        };
+        let store = self.opts.data_dir.join("campaigns");
+        let mut by_package: std::collections::BTreeMap<&str, Vec<&SavedCampaign>> = Default::default();
+        for c in &all {
+            by_package.entry(c.package.as_str()).or_default().push(c);
+        }
+        for list in by_package.values_mut() {
+            list.sort_by_key(|c| std::cmp::Reverse(c.sequence));
+            let newest = list[0].id;
+            let previous = list[1..]
+                .iter()
+                .find(|c| c.state == CampaignState::Done)
+                .map(|c| c.id);
+            for c in list.iter() {
+                let Some(copy) = &c.copy else { continue };
+                let keep = c.id == newest
+                    || Some(c.id) == previous
+                    || !(c.ended || c.state == CampaignState::Cancelled);
+                if keep {
+                    continue;
+                }
+                // only ever a campaign folder of this NMS's store
+                let Some(dir) = copy.parent().filter(|d| d.parent() == Some(store.as_path())) else {
+                    warn!(
+                        "not removing {}: it is not in {}",
+                        copy.display(),
+                        store.display()
+                    );
+                    continue;
+                };
+                match std::fs::remove_dir_all(dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        warn!("cannot remove the old campaign copy {}: {e}", dir.display());
+                        continue;
+                    }
+                }
+                info!(
+                    "removed the copy of campaign {} ({} sequence {}): neither the current nor the previous version",
+                    hex::encode(c.id),
+                    c.package,
+                    c.sequence
+                );
+                self.files.remove(&c.id);
+                let r = self.db().copy_removed(&c.id);
+                self.db_error(r);
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Summary {
