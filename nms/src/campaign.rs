@@ -21,7 +21,7 @@ use baton_protocol::{
     CampaignId, CampaignSecret, Hash, Keypair, Manifest, NodeId, PackageHasher, SignedManifest,
 };
 
-use crate::db::{Db, DropStamp, NewCampaign};
+use crate::db::{CampaignState, Db, DropStamp, NewCampaign, SavedCampaign};
 
 /// Campaign settings from the command line.
 #[derive(Debug, Clone)]
@@ -391,6 +391,103 @@ pub fn prepare(
     })))
 }
 
+/// What the database knows of a file the watcher reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Before {
+    /// Not this file (name, size, mtime, inode): take it in.
+    New,
+    /// This very file was taken in before, with this outcome.
+    Same(String),
+    /// Too large for a campaign: refused now (and remembered), nothing copied.
+    Refused(String),
+}
+
+/// Looks `path` up (without opening it) among the files taken in before, also by the
+/// process before a restart, and refuses a file too large for one campaign before anything
+/// is copied.
+pub fn taken_in_before(db: &Db, path: &Path, chunk_size: u32) -> Result<Before> {
+    let (Some(name), Ok(meta)) = (
+        path.file_name().and_then(|n| n.to_str()),
+        fs::symlink_metadata(path),
+    ) else {
+        return Ok(Before::New);
+    };
+    let stamp = stamp_of(&meta);
+    if let Some((was, outcome)) = db.drop_seen(name)?
+        && was == stamp
+    {
+        return Ok(Before::Same(outcome));
+    }
+    if meta.is_file()
+        && let Some(why) = oversize(path, meta.len(), chunk_size)
+    {
+        db.remember_drop(name, stamp, None, "refused: too large", unix_now())?;
+        return Ok(Before::Refused(why));
+    }
+    Ok(Before::New)
+}
+
+/// Retention: keeps the copies of each package's newest campaign and of the newest one done
+/// before it (the current and the previous version), and removes every other copy once its
+/// campaign has ended (a superseded campaign keeps its copy until its nodes are done).
+/// Removes only folders directly inside `store`. Returns the campaigns whose copy went.
+pub fn remove_old_copies(db: &Db, store: &Path) -> Vec<CampaignId> {
+    let all = match db.campaigns() {
+        Ok(all) => all,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Vec::new();
+        }
+    };
+    let mut by_package: std::collections::BTreeMap<&str, Vec<&SavedCampaign>> = Default::default();
+    for c in &all {
+        by_package.entry(c.package.as_str()).or_default().push(c);
+    }
+    let mut removed = Vec::new();
+    for list in by_package.values_mut() {
+        list.sort_by_key(|c| std::cmp::Reverse(c.sequence));
+        let newest = list[0].id;
+        let previous = list[1..]
+            .iter()
+            .find(|c| c.state == CampaignState::Done)
+            .map(|c| c.id);
+        for c in list.iter() {
+            let Some(copy) = &c.copy else { continue };
+            let ended = c.ended || c.state == CampaignState::Cancelled;
+            if c.id == newest || Some(c.id) == previous || !ended {
+                continue;
+            }
+            let Some(dir) = copy.parent().filter(|d| d.parent() == Some(store)) else {
+                tracing::warn!(
+                    "not removing {}: it is not in {}",
+                    copy.display(),
+                    store.display()
+                );
+                continue;
+            };
+            match fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!("cannot remove the old campaign copy {}: {e}", dir.display());
+                    continue;
+                }
+            }
+            tracing::info!(
+                "removed the copy of campaign {} ({} sequence {}): neither the current nor the previous version",
+                hex::encode(c.id),
+                c.package,
+                c.sequence
+            );
+            if let Err(e) = db.copy_removed(&c.id) {
+                tracing::error!("{e}");
+            }
+            removed.push(c.id);
+        }
+    }
+    removed
+}
+
 /// Moves a file taken in to the archive folder, if there is one (same filesystem).
 fn archive(inbox: &Inbox, path: &Path) {
     let Some(dir) = &inbox.archive else { return };
@@ -743,5 +840,232 @@ mod intake_tests {
             err.contains("same folder") && err.contains("is not distributed"),
             "{err}"
         );
+    }
+}
+
+/// The drop folder as an inbox (issue 9, points 2, 3, 4 and 8).
+#[cfg(test)]
+mod inbox_tests {
+    use super::testing::{campaign, inbox};
+    use super::*;
+    use crate::db::CampaignState;
+
+    fn settings() -> CampaignSettings {
+        CampaignSettings {
+            chunk_size: 4096,
+            plan: PlanParams::default(),
+            relay: RelayPolicy::default(),
+            expiry_secs: 3600,
+            offline_install: false,
+        }
+    }
+
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        watch: PathBuf,
+        data: PathBuf,
+        kp: Keypair,
+        node: NodeId,
+    }
+
+    fn setup() -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let (watch, data) = (tmp.path().join("drop"), tmp.path().join("data"));
+        fs::create_dir(&watch).unwrap();
+        Setup {
+            _tmp: tmp,
+            watch,
+            data,
+            kp: Keypair::generate_ed25519(),
+            node: NodeId::of(&Keypair::generate_ed25519()),
+        }
+    }
+
+    impl Setup {
+        fn put(&self, name: &str, content: &[u8]) -> PathBuf {
+            let p = self.watch.join(name);
+            // a new inode, as a copy into the folder makes
+            let _ = fs::remove_file(&p);
+            fs::write(&p, content).unwrap();
+            p
+        }
+        fn take(&self, inbox: &Inbox, path: &Path) -> Result<Intook> {
+            intake(inbox, path, &self.kp, vec![self.node], &settings())
+        }
+        fn copies(&self) -> usize {
+            fs::read_dir(self.data.join("campaigns")).map_or(0, |d| d.count())
+        }
+    }
+
+    #[test]
+    fn a_file_taken_in_is_not_taken_in_again_after_a_restart() {
+        // point 2: the restarted NMS signed every file of the folder again
+        let s = setup();
+        let path = s.put("frob-1.0.bin", &[1u8; 10_000]);
+        let first = campaign(s.take(&inbox(&s.data), &path)).unwrap();
+        assert_eq!(first.manifest.sequence, 1);
+        // the restart: a new process, the same data directory
+        let again = inbox(&s.data);
+        let db = again.db.lock().unwrap();
+        assert!(
+            matches!(taken_in_before(&db, &path, 4096).unwrap(), Before::Same(ref o) if o == "campaign"),
+            "the very file is taken in again after a restart"
+        );
+        drop(db);
+        // copied in again (new inode and mtime), same bytes: nothing signed
+        let path = s.put("frob-1.0.bin", &[1u8; 10_000]);
+        let db = again.db.lock().unwrap();
+        assert_eq!(taken_in_before(&db, &path, 4096).unwrap(), Before::New);
+        drop(db);
+        match s.take(&again, &path).unwrap() {
+            Intook::Nothing(why) => assert!(why.contains("sequence 1; nothing to do"), "{why}"),
+            Intook::Campaign(p) => panic!("signed again as sequence {}", p.manifest.sequence),
+        }
+        let db = again.db.lock().unwrap();
+        assert_eq!(db.last_sequence("frob").unwrap(), 1);
+        assert_eq!(db.campaigns().unwrap().len(), 1);
+        assert_eq!(s.copies(), 1, "a second copy was kept");
+    }
+
+    #[test]
+    fn an_older_version_is_refused_and_taken_only_as_a_rollback_asked_for() {
+        // point 2: files re-sent in directory order downgraded nodes (2.0, then 1.0)
+        let s = setup();
+        let inbox = inbox(&s.data);
+        let new = s.put("frob-2.0.bin", &[2u8; 10_000]);
+        assert_eq!(campaign(s.take(&inbox, &new)).unwrap().manifest.sequence, 1);
+        let old = s.put("frob-1.0.bin", &[1u8; 10_000]);
+        let err = format!(
+            "{:#}",
+            campaign(s.take(&inbox, &old)).expect_err("a downgrade was signed")
+        );
+        assert!(
+            err.contains("older than the latest distributed version 2.0")
+                && err.contains("frob-1.0.bin.rollback"),
+            "{err}"
+        );
+        assert_eq!(inbox.db.lock().unwrap().last_sequence("frob").unwrap(), 1);
+        assert_eq!(s.copies(), 1, "the refused file's copy was kept");
+        // asked for in so many words: a rollback, with a higher sequence
+        fs::write(rollback_sidecar(&old), b"").unwrap();
+        let p = campaign(s.take(&inbox, &old)).unwrap();
+        assert_eq!((p.manifest.version.as_str(), p.manifest.sequence), ("1.0", 2));
+        assert!(!rollback_sidecar(&old).exists(), "the sidecar is used once");
+        // 2.0's content under another name, without a sidecar: refused (it is older now)
+        let back = s.put("frob-3.0.bin", &[2u8; 10_000]);
+        let err = format!("{:#}", campaign(s.take(&inbox, &back)).unwrap_err());
+        assert!(err.contains("content is that of version 2.0"), "{err}");
+    }
+
+    #[test]
+    fn a_file_changed_after_its_campaign_started_is_a_new_version_superseding_it() {
+        // point 3: a file replaced during its campaign left nodes on the older version
+        let s = setup();
+        let inbox = inbox(&s.data);
+        let path = s.put("frob-1.0.bin", &[1u8; 10_000]);
+        let first = campaign(s.take(&inbox, &path)).unwrap();
+        let path = s.put("frob-1.0.bin", &[9u8; 12_000]);
+        let second = campaign(s.take(&inbox, &path)).unwrap();
+        assert_eq!(second.manifest.sequence, 2);
+        assert_eq!(second.superseded, vec![first.manifest.campaign]);
+        let states: Vec<_> = inbox
+            .db
+            .lock()
+            .unwrap()
+            .campaigns()
+            .unwrap()
+            .iter()
+            .map(|c| (c.sequence, c.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![(1, CampaignState::Superseded), (2, CampaignState::Running)]
+        );
+    }
+
+    #[test]
+    fn an_oversize_drop_is_refused_before_anything_is_copied() {
+        // point 4: an oversize drop was copied whole and used up a sequence number
+        let s = setup();
+        let inbox = inbox(&s.data);
+        let path = s.watch.join("huge-1.0.img");
+        let f = fs::File::create(&path).unwrap();
+        f.set_len(max_package_size(4096) + 1).unwrap(); // sparse
+        drop(f);
+        let db = inbox.db.lock().unwrap();
+        match taken_in_before(&db, &path, 4096).unwrap() {
+            Before::Refused(why) => assert!(why.contains("nothing was copied"), "{why}"),
+            other => panic!("not refused at once: {other:?}"),
+        }
+        // and remembered: not refused again and again
+        assert!(matches!(
+            taken_in_before(&db, &path, 4096).unwrap(),
+            Before::Same(_)
+        ));
+        drop(db);
+        // intake itself refuses it from the descriptor's size, before copying
+        let err = format!("{:#}", campaign(s.take(&inbox, &path)).unwrap_err());
+        assert!(
+            err.contains("nothing was copied and no sequence number was used"),
+            "{err}"
+        );
+        assert_eq!(s.copies(), 0);
+        assert_eq!(inbox.db.lock().unwrap().last_sequence("huge").unwrap(), 0);
+    }
+
+    #[test]
+    fn only_the_current_and_previous_copies_are_kept_once_campaigns_end() {
+        // point 8: an NMS held 4.4 GB of old campaign copies
+        let s = setup();
+        let inbox = inbox(&s.data);
+        let store = s.data.join("campaigns");
+        let mut ids = Vec::new();
+        for v in 1..=4u8 {
+            let path = s.put(&format!("frob-{v}.0.bin"), &[v; 10_000]);
+            let p = campaign(s.take(&inbox, &path)).unwrap();
+            ids.push((p.manifest.campaign, p.file));
+            if v < 3 {
+                inbox
+                    .db
+                    .lock()
+                    .unwrap()
+                    .campaign_ended(&p.manifest.campaign, 1)
+                    .unwrap();
+            }
+        }
+        // 1 and 2 done; 3 superseded by 4 and still running; 4 running
+        let db = inbox.db.lock().unwrap();
+        assert_eq!(remove_old_copies(&db, &store), vec![ids[0].0]);
+        assert!(!ids[0].1.exists() && ids[1].1.exists() && ids[2].1.exists() && ids[3].1.exists());
+        // the superseded campaign ends: its copy goes; 4 is current, 2 the previous version
+        db.campaign_ended(&ids[2].0, 2).unwrap();
+        assert_eq!(remove_old_copies(&db, &store), vec![ids[2].0]);
+        assert!(!ids[2].1.exists() && ids[1].1.exists() && ids[3].1.exists());
+        // 4 done: 4 current, and it is also the newest done, 2 still the previous
+        db.campaign_ended(&ids[3].0, 3).unwrap();
+        assert!(remove_old_copies(&db, &store).is_empty());
+        assert_eq!(fs::read_dir(&store).unwrap().count(), 2);
+        // a restart finds the copies it removed marked as such
+        let left: Vec<_> = db
+            .campaigns()
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.copy.is_some())
+            .map(|c| c.sequence)
+            .collect();
+        assert_eq!(left, vec![2, 4]);
+    }
+
+    #[test]
+    fn files_taken_in_move_to_the_archive() {
+        let s = setup();
+        let archive = s.watch.parent().unwrap().join("archive");
+        fs::create_dir(&archive).unwrap();
+        let mut inbox = inbox(&s.data);
+        inbox.archive = Some(archive.clone());
+        let path = s.put("frob-1.0.bin", &[1u8; 5000]);
+        campaign(s.take(&inbox, &path)).unwrap();
+        assert!(!path.exists());
+        assert_eq!(fs::read(archive.join("frob-1.0.bin")).unwrap(), vec![1u8; 5000]);
     }
 }

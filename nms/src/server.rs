@@ -30,7 +30,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::campaign::{CampaignSettings, Inbox, Intook, intake, oversize, stamp_of};
+use crate::campaign::{Before, CampaignSettings, Inbox, Intook, intake, remove_old_copies, taken_in_before};
 use crate::db::{CampaignState, Db, SavedCampaign};
 use crate::ui::Ui;
 use crate::watch::{DropEvent, DropWatcher};
@@ -640,37 +640,28 @@ impl Nms {
         }
     }
 
-    /// True (and says so) if `path` is the very file (name, size, mtime, inode) taken in
-    /// before, by this process or one before the restart; refuses an oversize file at once.
+    /// True (and says so) if `path` is the very file taken in before, by this process or
+    /// one before the restart ([`taken_in_before`]); refuses an oversize file at once.
     fn taken_in_before(&mut self, path: &std::path::Path) -> bool {
-        let (Some(name), Ok(meta)) = (
-            path.file_name().and_then(|n| n.to_str()),
-            std::fs::symlink_metadata(path),
-        ) else {
-            return false;
-        };
-        let stamp = stamp_of(&meta);
-        let seen = self.db().drop_seen(name);
-        match seen {
-            Ok(Some((was, outcome))) if was == stamp => {
+        let r = taken_in_before(&self.db(), path, self.opts.settings.chunk_size);
+        match r {
+            Ok(Before::New) => false,
+            Ok(Before::Same(outcome)) => {
                 info!(
                     "{}: taken in before ({outcome}); not taken in again",
                     path.display()
                 );
-                return true;
+                true
             }
-            Ok(_) => {}
-            Err(e) => error!("{e}"),
+            Ok(Before::Refused(why)) => {
+                self.drop_error(&path.display().to_string(), &why);
+                true
+            }
+            Err(e) => {
+                error!("{e}");
+                false
+            }
         }
-        if let Some(why) = oversize(path, meta.len(), self.opts.settings.chunk_size) {
-            let r = self
-                .db()
-                .remember_drop(name, stamp, None, "refused: too large", unix_now());
-            self.db_error(r);
-            self.drop_error(&path.display().to_string(), &why);
-            return true;
-        }
-        false
     }
 
     /// Takes back every campaign the database holds as unfinished: same manifest, same
@@ -754,61 +745,12 @@ impl Nms {
         Ok(())
     }
 
-    /// Keeps the copies of each package's newest campaign and of the newest one done before
-    /// it (the current and the previous version); removes every other copy once its
-    /// campaign has ended (a superseded campaign keeps its copy until its nodes are done).
+    /// Removes the copies neither current nor previous ([`remove_old_copies`]).
     fn retention(&mut self) {
-        let all = match self.db().campaigns() {
-            Ok(all) => all,
-            Err(e) => return error!("{e}"),
-        };
         let store = self.opts.data_dir.join("campaigns");
-        let mut by_package: std::collections::BTreeMap<&str, Vec<&SavedCampaign>> = Default::default();
-        for c in &all {
-            by_package.entry(c.package.as_str()).or_default().push(c);
-        }
-        for list in by_package.values_mut() {
-            list.sort_by_key(|c| std::cmp::Reverse(c.sequence));
-            let newest = list[0].id;
-            let previous = list[1..]
-                .iter()
-                .find(|c| c.state == CampaignState::Done)
-                .map(|c| c.id);
-            for c in list.iter() {
-                let Some(copy) = &c.copy else { continue };
-                let keep = c.id == newest
-                    || Some(c.id) == previous
-                    || !(c.ended || c.state == CampaignState::Cancelled);
-                if keep {
-                    continue;
-                }
-                // only ever a campaign folder of this NMS's store
-                let Some(dir) = copy.parent().filter(|d| d.parent() == Some(store.as_path())) else {
-                    warn!(
-                        "not removing {}: it is not in {}",
-                        copy.display(),
-                        store.display()
-                    );
-                    continue;
-                };
-                match std::fs::remove_dir_all(dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        warn!("cannot remove the old campaign copy {}: {e}", dir.display());
-                        continue;
-                    }
-                }
-                info!(
-                    "removed the copy of campaign {} ({} sequence {}): neither the current nor the previous version",
-                    hex::encode(c.id),
-                    c.package,
-                    c.sequence
-                );
-                self.files.remove(&c.id);
-                let r = self.db().copy_removed(&c.id);
-                self.db_error(r);
-            }
+        let removed = remove_old_copies(&self.db(), &store);
+        for c in removed {
+            self.files.remove(&c);
         }
     }
 }

@@ -856,4 +856,29 @@ mod tests {
         expect_ready(&mut rx, &path, 7).await;
         expect_quiet(&mut rx).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_with_pauses_of_a_second_are_taken_in_once_complete() {
+        // issue 9 point 3: a file appended in steps with pauses of a second produced 5
+        // campaigns of truncated content
+        let (_tmp, dir) = setup();
+        let (_w, mut rx) = DropWatcher::start(&dir, DEFAULT_SETTLE).unwrap();
+        let path = dir.join("grown.pkg");
+        for _ in 0..5 {
+            // each step opens, appends and closes, as `cat part >> file` does
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(&[5u8; 1000]).unwrap();
+            drop(f);
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            if let Ok(ev) = rx.try_recv() {
+                panic!("taken in while still growing: {ev:?}");
+            }
+        }
+        expect_ready(&mut rx, &path, 5000).await;
+        expect_quiet(&mut rx).await;
+    }
 }
