@@ -129,6 +129,8 @@ struct Nms {
     failures: net::FailureLog,
     /// The state that survives a restart.
     inbox: Inbox,
+    /// Peers named with --peer, whose addresses are given back after a failed dial.
+    static_peers: Vec<(PeerId, Multiaddr)>,
 }
 
 /// Runs the NMS until Ctrl-C (or, with `--once`, until its first campaign ends).
@@ -187,10 +189,12 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         summaries: Vec::new(),
         failures: net::FailureLog::default(),
         inbox,
+        static_peers: Vec::new(),
     };
     for p in &opts.peers {
         match net::peer_of(p) {
             Some(id) => {
+                nms.static_peers.push((id, p.clone()));
                 nms.swarm.add_peer_address(id, p.clone());
                 nms.input(NmsInput::StaticPeer { id: NodeId(id) });
             }
@@ -431,6 +435,13 @@ impl Nms {
                     if let Some(req) = self.input(input) {
                         self.in_chunk.insert(req, channel);
                     }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(p), .. } => {
+                // libp2p forgets an address that failed to dial (a restarting node); one
+                // named with --peer is the only address known without mDNS: give it back
+                for (_, a) in self.static_peers.iter().filter(|(id, _)| *id == p) {
+                    self.swarm.add_peer_address(p, a.clone());
                 }
             }
             _ => {}
