@@ -427,6 +427,35 @@ pub fn taken_in_before(db: &Db, path: &Path, chunk_size: u32) -> Result<Before> 
     Ok(Before::New)
 }
 
+/// Removes folders of `store` that no campaign in the database names: what a crash left
+/// between copying a drop and recording its campaign. Run at start only, when no intake
+/// is under way. Returns how many it removed.
+pub fn remove_orphan_copies(db: &Db, store: &Path) -> usize {
+    let Ok(all) = db.campaigns() else { return 0 };
+    let known: std::collections::HashSet<String> = all.iter().map(|c| hex::encode(c.id)).collect();
+    let Ok(entries) = fs::read_dir(store) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_campaign_dir = name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_campaign_dir && !known.contains(&name) && e.file_type().is_ok_and(|t| t.is_dir()) {
+            match fs::remove_dir_all(e.path()) {
+                Ok(()) => {
+                    tracing::info!(
+                        "removed {}: a copy no campaign was recorded for",
+                        e.path().display()
+                    );
+                    removed += 1;
+                }
+                Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+            }
+        }
+    }
+    removed
+}
+
 /// Retention: keeps the copies of each package's newest campaign and of the newest one done
 /// before it (the current and the previous version), and removes every other copy once its
 /// campaign has ended (a superseded campaign keeps its copy until its nodes are done).
@@ -1067,5 +1096,20 @@ mod inbox_tests {
         campaign(s.take(&inbox, &path)).unwrap();
         assert!(!path.exists());
         assert_eq!(fs::read(archive.join("frob-1.0.bin")).unwrap(), vec![1u8; 5000]);
+    }
+
+    #[test]
+    fn a_copy_left_by_a_crash_before_its_campaign_was_recorded_is_removed_at_start() {
+        let s = setup();
+        let inbox = inbox(&s.data);
+        let path = s.put("frob-1.0.bin", &[1u8; 5000]);
+        let kept = campaign(s.take(&inbox, &path)).unwrap();
+        let store = s.data.join("campaigns");
+        let orphan = store.join("00112233445566778899aabbccddeeff");
+        fs::create_dir(&orphan).unwrap();
+        fs::write(orphan.join("frob-2.0.bin"), b"half a copy").unwrap();
+        let db = inbox.db.lock().unwrap();
+        assert_eq!(remove_orphan_copies(&db, &store), 1);
+        assert!(!orphan.exists() && kept.file.exists());
     }
 }

@@ -270,4 +270,46 @@ mod tests {
             assert_eq!(opts.watch, watch);
         }
     }
+
+    fn parse_with(watch: &Path, data: &Path, extra: &[&std::ffi::OsStr]) -> Result<NmsOptions> {
+        let args = ["baton-nms", "--no-mdns", "--watch"];
+        let cli = Cli::try_parse_from(
+            args.iter()
+                .map(std::ffi::OsStr::new)
+                .chain([watch.as_os_str(), "--data-dir".as_ref(), data.as_os_str()])
+                .chain(extra.iter().copied()),
+        )?;
+        options(cli)
+    }
+
+    #[test]
+    fn archive_and_settle_file_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let (watch, data, archive) = (
+            d.path().join("drop"),
+            d.path().join("data"),
+            d.path().join("archive"),
+        );
+        fs::create_dir(&watch).unwrap();
+        let a = std::ffi::OsStr::new("--archive");
+        let err = format!(
+            "{:#}",
+            parse_with(&watch, &data, &[a, archive.as_os_str()]).unwrap_err()
+        );
+        assert!(err.contains("does not exist or is not a folder"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse_with(&watch, &data, &[a, watch.as_os_str()]).unwrap_err()
+        );
+        assert!(err.contains("must not be the watched folder"), "{err}");
+        fs::create_dir(&archive).unwrap();
+        let opts = parse_with(&watch, &data, &[a, archive.as_os_str()]).unwrap();
+        assert_eq!(opts.archive.as_deref(), Some(archive.as_path()));
+        assert_eq!(opts.settle_file, crate::watch::DEFAULT_SETTLE);
+        let s = std::ffi::OsStr::new("--settle-file");
+        let err = format!("{:#}", parse_with(&watch, &data, &[s, "0".as_ref()]).unwrap_err());
+        assert!(err.contains("--settle-file is seconds"), "{err}");
+        let opts = parse_with(&watch, &data, &[s, "1.5".as_ref()]).unwrap();
+        assert_eq!(opts.settle_file, Duration::from_millis(1500));
+    }
 }

@@ -30,7 +30,9 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::campaign::{Before, CampaignSettings, Inbox, Intook, intake, remove_old_copies, taken_in_before};
+use crate::campaign::{
+    Before, CampaignSettings, Inbox, Intook, intake, remove_old_copies, remove_orphan_copies, taken_in_before,
+};
 use crate::db::{CampaignState, Db, SavedCampaign};
 use crate::ui::Ui;
 use crate::watch::{DropEvent, DropWatcher};
@@ -195,6 +197,8 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         match net::peer_of(p) {
             Some(id) => {
                 nms.static_peers.push((id, p.clone()));
+                let r = nms.db().node_seen(&NodeId(id), &[p.to_string()], unix_now());
+                nms.db_error(r);
                 nms.swarm.add_peer_address(id, p.clone());
                 nms.input(NmsInput::StaticPeer { id: NodeId(id) });
             }
@@ -203,6 +207,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
     }
     // after the static peers, so that offers made again can reach them
     nms.resume_campaigns(me)?;
+    remove_orphan_copies(&nms.db(), &opts.data_dir.join("campaigns"));
     nms.retention();
     let (discovery, mut disco_rx) = if opts.mdns {
         let advert = Advert {
