@@ -17,6 +17,7 @@ pub mod admission;
 pub mod chunk;
 pub mod endpoint;
 pub mod id;
+pub mod inbox;
 pub mod keys;
 pub mod limits;
 pub mod manifest;
