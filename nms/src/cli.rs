@@ -7,6 +7,7 @@ use crate::campaign::CampaignSettings;
 use crate::server::{NmsOptions, run};
 use crate::watch::check_folders;
 use anyhow::{Result, bail};
+use baton_protocol::endpoint::nms::FailureThreshold;
 use baton_protocol::limits::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_FANOUT, MIN_CHUNK_SIZE};
 use baton_protocol::manifest::{PlanParams, RelayPolicy, Transfer};
 use baton_shell::discovery::Interfaces;
@@ -70,6 +71,11 @@ pub struct Cli {
     /// Exit after the first campaign ends (exit status 1 if any node failed).
     #[arg(long)]
     once: bool,
+    /// Halt a campaign for the nodes not yet installed once this many addressees failed
+    /// or are unreachable: a number of nodes (e.g. 3) or a percentage of the addressees
+    /// (e.g. 10%). Default: never halt.
+    #[arg(long, value_name = "N|P%")]
+    halt_after: Option<FailureThreshold>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -136,6 +142,7 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
         },
         json: cli.json,
         once: cli.once,
+        halt_after: cli.halt_after,
     })
 }
 
@@ -239,5 +246,46 @@ mod tests {
             assert_eq!(opts.data_dir, data);
             assert_eq!(opts.watch, watch);
         }
+    }
+
+    #[test]
+    fn halt_after_takes_a_count_or_a_percentage() {
+        let d = tempfile::tempdir().unwrap();
+        let watch = d.path().join("drop");
+        fs::create_dir(&watch).unwrap();
+        let data = d.path().join("data");
+        let with = |v: &str| {
+            Cli::try_parse_from([
+                "baton-nms".as_ref(),
+                "--no-mdns".as_ref(),
+                "--watch".as_ref(),
+                watch.as_os_str(),
+                "--data-dir".as_ref(),
+                data.as_os_str(),
+                "--halt-after".as_ref(),
+                std::ffi::OsStr::new(v),
+            ])
+        };
+        let opts = options(with("10%").unwrap()).unwrap();
+        assert_eq!(opts.halt_after, Some(FailureThreshold::Percent(10)));
+        let opts = options(with("3").unwrap()).unwrap();
+        assert_eq!(opts.halt_after, Some(FailureThreshold::Count(3)));
+        assert_eq!(options(parse_default(&watch, &data)).unwrap().halt_after, None);
+        for bad in ["0", "150%", "some"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("--halt-after") && err.contains("10%"), "{err}");
+        }
+    }
+
+    fn parse_default(watch: &Path, data: &Path) -> Cli {
+        Cli::try_parse_from([
+            "baton-nms".as_ref(),
+            "--no-mdns".as_ref(),
+            "--watch".as_ref(),
+            watch.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ])
+        .unwrap()
     }
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use baton_protocol::endpoint::nms::{
-    CampaignSummary, DropId, NmsAction, NmsConfig, NmsEndpoint, NmsEvent, NmsInput, OutboundId, PeerRole,
+    CampaignSummary, DropId, FailureThreshold, NmsAction, NmsConfig, NmsEndpoint, NmsEvent, NmsInput,
+    OutboundId, PeerRole,
 };
 use baton_protocol::wire::PROTOCOL_VERSION;
 use baton_protocol::{
@@ -55,6 +56,8 @@ pub struct NmsOptions {
     pub json: bool,
     /// Exit after the first campaign ends.
     pub once: bool,
+    /// Halt a campaign once this many addressees failed or are unreachable.
+    pub halt_after: Option<FailureThreshold>,
 }
 
 /// The end of a campaign, for the operator and for scripts.
@@ -68,6 +71,11 @@ pub struct Summary {
     pub nodes: usize,
     pub installed: usize,
     pub failed: Vec<FailedNode>,
+    /// Nodes that did not answer the NMS's probes (they get the package if they return
+    /// while the campaign is unexpired).
+    pub unreachable: Vec<FailedNode>,
+    /// Why the campaign was halted (`--halt-after`), if it was.
+    pub halted: Option<String>,
     /// Seconds from the drop being detected to the last install.
     pub wall_secs: f64,
     /// Bytes the NMS sent (chunk frames and control messages).
@@ -87,6 +95,8 @@ pub struct FailedNode {
 pub struct NodeResult {
     pub node: String,
     pub status: String,
+    /// Why it failed, is unreachable, was halted or refused.
+    pub reason: Option<String>,
     pub secs: Option<f64>,
 }
 
@@ -153,6 +163,10 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
             tags: opts.tags.clone(),
             protocol_version: PROTOCOL_VERSION,
             monitor: MonitorConfig::default(),
+            halt_after: opts.halt_after,
+            unix_origin: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         },
     );
     let mut nms = Nms {
@@ -237,6 +251,11 @@ impl Nms {
     fn next_deadline(&self) -> Instant {
         let far = self.now() + Duration::from_secs(3600);
         self.start + self.endpoint.poll_timeout().unwrap_or(far).min(far)
+    }
+
+    /// This NMS's id, as nodes must trust it.
+    fn endpoint_id(&self) -> NodeId {
+        NodeId::of(&self.keypair)
     }
 
     fn path(&self, d: DropId) -> String {
@@ -526,9 +545,46 @@ impl Nms {
                     );
                 }
             }
+            NmsEvent::NodeProbing { campaign, node, why } => {
+                info!("campaign {}: probing {node}: {why}", hex::encode(campaign));
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "probing", "campaign": hex::encode(campaign),
+                            "node": node.to_string(), "why": why})
+                    );
+                }
+            }
+            NmsEvent::NodeTrustsOtherNms {
+                campaign,
+                node,
+                detail,
+            } => {
+                warn!(
+                    "{node} trusts another NMS (it refused campaign {} as untrusted: {detail}); it is not \
+                     addressed until it accepts an offer again or re-appears. To include it, start it with \
+                     baton-node --trust {}",
+                    hex::encode(campaign),
+                    self.endpoint_id()
+                );
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "trusts-other-nms", "campaign": hex::encode(campaign),
+                            "node": node.to_string(), "detail": detail})
+                    );
+                }
+            }
+            NmsEvent::CampaignHalted { campaign, ref reason } => {
+                error!("campaign {} halted: {reason}", hex::encode(campaign));
+                if let Some(ui) = self.uis.get_mut(&campaign) {
+                    ui.event(&ev);
+                }
+            }
             NmsEvent::NodeProgress { campaign, .. }
             | NmsEvent::NodeInstalled { campaign, .. }
             | NmsEvent::NodeFailed { campaign, .. }
+            | NmsEvent::NodeUnreachable { campaign, .. }
             | NmsEvent::AuthRefused { campaign, .. } => {
                 if let Some(ui) = self.uis.get_mut(&campaign) {
                     ui.event(&ev);
@@ -553,23 +609,22 @@ impl Nms {
 impl Summary {
     /// The operator's and scripts' form of the endpoint's summary.
     pub fn from_core(s: &CampaignSummary) -> Summary {
-        let failed = s
-            .failed()
-            .map(|(node, reason)| FailedNode {
+        let listed = |it: &mut dyn Iterator<Item = (&NodeId, &str)>| -> Vec<FailedNode> {
+            it.map(|(node, reason)| FailedNode {
                 node: node.to_string(),
                 reason: reason.to_string(),
             })
-            .collect();
+            .collect()
+        };
+        let failed = listed(&mut s.failed());
+        let unreachable = listed(&mut s.unreachable());
         let per_node = s
             .nodes
             .iter()
             .map(|o| NodeResult {
                 node: o.node.to_string(),
-                status: match &o.status {
-                    NodeStatus::Installed => "installed".to_string(),
-                    NodeStatus::Failed(_) => "failed".to_string(),
-                    other => format!("{other:?}").to_lowercase(),
-                },
+                status: status_name(&o.status).to_string(),
+                reason: o.status.reason().map(str::to_string),
                 secs: o.took.map(|t| t.as_secs_f64()),
             })
             .collect();
@@ -582,6 +637,8 @@ impl Summary {
             nodes: s.nodes.len(),
             installed: s.installed,
             failed,
+            unreachable,
+            halted: s.halted.clone(),
             wall_secs: s.wall().as_secs_f64(),
             nms_bytes_sent: s.bytes_sent,
             nms_copies: s.bytes_sent as f64 / s.size.max(1) as f64,
@@ -605,10 +662,41 @@ pub fn print_summary(s: &Summary) {
     for f in &s.failed {
         println!("  FAILED {}: {}", f.node, f.reason);
     }
+    for f in &s.unreachable {
+        println!(
+            "  UNREACHABLE {}: {} (it gets the package if it returns before expiry)",
+            f.node, f.reason
+        );
+    }
+    if let Some(h) = &s.halted {
+        println!("  HALTED: {h}");
+    }
+    for n in s
+        .per_node
+        .iter()
+        .filter(|n| n.status == "halted" || n.status == "trusts-other-nms")
+    {
+        println!("  {} {}", n.status.to_uppercase(), n.node);
+    }
     println!("  wall time, drop to last install: {:.2} s", s.wall_secs);
     println!(
         "  NMS sent {:.1} MiB = {:.2} x the package",
         s.nms_bytes_sent as f64 / (1024.0 * 1024.0),
         s.nms_copies
     );
+}
+
+/// The operator's and scripts' name of a node's status.
+pub fn status_name(s: &NodeStatus) -> &'static str {
+    match s {
+        NodeStatus::Waiting => "waiting",
+        NodeStatus::Receiving => "receiving",
+        NodeStatus::Verifying => "verifying",
+        NodeStatus::Authenticated => "installing",
+        NodeStatus::Installed => "installed",
+        NodeStatus::Failed(_) => "failed",
+        NodeStatus::Unreachable(_) => "unreachable",
+        NodeStatus::Halted(_) => "halted",
+        NodeStatus::TrustsOther(_) => "trusts-other-nms",
+    }
 }

@@ -91,6 +91,31 @@ impl Ui {
                 self.set(*node, NodeStatus::Failed(reason.clone()), verified);
                 self.line(Note::Failed(node, reason));
             }
+            NmsEvent::NodeUnreachable { node, reason, .. } => {
+                let verified = self.nodes.get(node).map_or(0, |n| n.1);
+                self.set(*node, NodeStatus::Unreachable(reason.clone()), verified);
+                self.line(Note::Unreachable(node, reason));
+            }
+            NmsEvent::CampaignHalted { reason, .. } => {
+                let halted: Vec<(NodeId, u64)> = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, (s, _))| {
+                        matches!(
+                            s,
+                            NodeStatus::Waiting
+                                | NodeStatus::Receiving
+                                | NodeStatus::Verifying
+                                | NodeStatus::Unreachable(_)
+                        )
+                    })
+                    .map(|(id, (_, v))| (*id, *v))
+                    .collect();
+                for (id, v) in halted {
+                    self.set(id, NodeStatus::Halted(reason.clone()), v);
+                }
+                self.line(Note::Halted(reason));
+            }
             NmsEvent::AuthRefused { node, reason, .. } => self.line(Note::AuthRefused(node, reason)),
             _ => {}
         }
@@ -113,19 +138,30 @@ impl Ui {
             b.set_position(verified);
             b.set_message(match &n.0 {
                 NodeStatus::Failed(r) => format!("FAILED: {}", r.chars().take(60).collect::<String>()),
-                s => format!("{s:?}").to_lowercase(),
+                s @ (NodeStatus::Unreachable(r) | NodeStatus::Halted(r) | NodeStatus::TrustsOther(r)) => {
+                    format!(
+                        "{}: {}",
+                        crate::server::status_name(s).to_uppercase(),
+                        r.chars().take(60).collect::<String>()
+                    )
+                }
+                s => crate::server::status_name(s).to_string(),
             });
         }
         let mut total = 0;
-        let (mut installed, mut failed) = (0, 0);
+        let (mut installed, mut failed, mut unreachable) = (0, 0, 0);
         for (s, v) in self.nodes.values() {
             match s {
                 NodeStatus::Installed => {
                     installed += 1;
                     total += self.size;
                 }
-                NodeStatus::Failed(_) => {
+                NodeStatus::Failed(_) | NodeStatus::Halted(_) => {
                     failed += 1;
+                    total += v;
+                }
+                NodeStatus::Unreachable(_) => {
+                    unreachable += 1;
                     total += v;
                 }
                 _ => total += v,
@@ -133,7 +169,7 @@ impl Ui {
         }
         self.overall.set_position(total);
         self.overall.set_message(format!(
-            "installed {installed}/{}, failed {failed}",
+            "installed {installed}/{}, failed {failed}, unreachable {unreachable}",
             self.nodes.len()
         ));
     }
@@ -154,6 +190,21 @@ impl Ui {
                         .to_string()
                 } else {
                     format!("FAILED on {id}: {reason}")
+                }
+            }
+            Note::Unreachable(id, reason) => {
+                if self.json {
+                    serde_json::json!({"event": "unreachable", "node": id.to_string(), "reason": reason})
+                        .to_string()
+                } else {
+                    format!("UNREACHABLE {id}: {reason}")
+                }
+            }
+            Note::Halted(reason) => {
+                if self.json {
+                    serde_json::json!({"event": "halted", "reason": reason}).to_string()
+                } else {
+                    format!("CAMPAIGN HALTED: {reason}")
                 }
             }
             Note::AuthRefused(id, reason) => {
@@ -188,4 +239,6 @@ enum Note<'a> {
     Installed(&'a NodeId),
     Failed(&'a NodeId, &'a str),
     AuthRefused(&'a NodeId, &'a str),
+    Unreachable(&'a NodeId, &'a str),
+    Halted(&'a str),
 }

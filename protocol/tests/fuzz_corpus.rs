@@ -314,8 +314,20 @@ fn controls() -> Seeds {
     let c = CAMPAIGN;
     let mut msgs: Vec<(String, Control)> = vec![
         ("ack".into(), Control::Ack),
-        ("probe".into(), Control::Probe { nonce: 7 }),
-        ("probe-reply".into(), Control::ProbeReply { nonce: u64::MAX }),
+        (
+            "probe".into(),
+            Control::Probe {
+                nonce: 7,
+                campaign: None,
+            },
+        ),
+        (
+            "probe-reply".into(),
+            Control::ProbeReply {
+                nonce: u64::MAX,
+                state: None,
+            },
+        ),
         (
             "offer-reply-accept".into(),
             Control::OfferReply {
