@@ -125,9 +125,11 @@ pub enum MonitorAction {
 /// - for a node heard from, `base` is when it was last heard (any request, answer or
 ///   probe reply) and `work` is the bytes it has not verified yet.
 ///
-/// When the deadline passes, the NMS probes the node: up to `probe_attempts` probes, each
-/// given `probe_timeout` to be answered, the `k`-th retry `probe_backoff × 2^(k-1)` after
-/// the previous failure. Any answer (or any message from the node) means it is alive.
+/// When the deadline passes, the NMS probes the node: each probe is given `probe_timeout`
+/// to be answered, and the next one goes `probe_interval` after a failure; the node is
+/// unreachable once a probe fails `probe_window` or more after the first one went out
+/// (`hint_window` when a relay's report or an undeliverable offer started the probes).
+/// Any answer (or any message from the node) means it is alive.
 #[derive(Debug, Clone)]
 pub struct Oversight {
     /// The slowest rate (bytes per second) a deadline assumes, also before any progress
@@ -139,21 +141,30 @@ pub struct Oversight {
     pub slack: u32,
     /// A probe without an answer after this counts as failed.
     pub probe_timeout: Duration,
-    /// Failed probes in a row after which a node is unreachable (at least 1).
-    pub probe_attempts: u32,
-    /// The wait after the first failed probe; doubles with each further one.
-    pub probe_backoff: Duration,
+    /// The wait after a failed probe before the next one.
+    pub probe_interval: Duration,
+    /// Probes that fail for this long after the first one make a node unreachable (its
+    /// deadline passed).
+    pub probe_window: Duration,
+    /// The same when a relay's `Trouble` or an undeliverable offer started the probes (the
+    /// relay re-planned already, so only the campaign's end waits for the verdict).
+    pub hint_window: Duration,
 }
 
 impl Default for Oversight {
     fn default() -> Self {
         Oversight {
             floor_rate: 1 << 20,
-            min_wait: Duration::from_secs(10),
+            min_wait: Duration::from_secs(5),
             slack: 2,
             probe_timeout: Duration::from_secs(5),
-            probe_attempts: 5,
-            probe_backoff: Duration::from_secs(2),
+            probe_interval: Duration::from_secs(2),
+            // a dead relay is unreachable about 5 + 24 s after it was last heard: longer
+            // than a daemon's restart (and than the explorer's crashes, at most 20 s, with
+            // several probes once it is back), short enough for a campaign to end within
+            // 30 s of the last survivor's install
+            probe_window: Duration::from_secs(24),
+            hint_window: Duration::from_secs(40),
         }
     }
 }
@@ -206,13 +217,16 @@ enum Check {
     Idle,
     /// The timer is the node's deadline.
     Deadline,
-    /// Probing: probe number `attempt` (`nonce`) is out (`in_flight`, the timer is its
-    /// timeout) or the next one is due (the timer is the back-off).
+    /// Probing since `first`: probe number `attempt` (`nonce`) is out (`in_flight`, the
+    /// timer is its timeout) or the next one is due (the timer is the interval). A failure
+    /// at or after `until` makes the node unreachable.
     Probe {
         nonce: u64,
         attempt: u32,
         in_flight: bool,
         why: String,
+        first: Duration,
+        until: Duration,
     },
 }
 
@@ -223,11 +237,21 @@ struct Watch {
     check: Check,
     /// The first progress report: when, and bytes verified.
     first: Option<(Duration, u64)>,
-    /// Its verified bytes per second since then (after a second at least).
+    /// Its verified bytes per second since then (once [`MIN_RATE_SPAN`] passed).
     rate: Option<u64>,
+    /// When its current wait began: the campaign's start, the NMS's own offer to it, or
+    /// the NMS's restart. A deadline's base is this or the last time it was heard.
+    since: Duration,
     /// Offers the NMS made to it after a probe or on its return.
     direct_offers: u32,
 }
+
+/// A node's rate counts once its progress reports span this long.
+const MIN_RATE_SPAN: Duration = Duration::from_millis(200);
+
+/// The observed rate is recomputed at most this often; when it moved by more than a
+/// quarter, every deadline is computed again with it.
+const RATE_REFRESH: Duration = Duration::from_secs(1);
 
 /// Direct offers to one node after which an alive node that still does not hold the
 /// campaign is failed instead of offered again.
@@ -342,7 +366,7 @@ impl CampaignMonitor {
             m.assign(a, None, 1);
         }
         for n in m.manifest.addressees.clone() {
-            m.rearm(now, n, now);
+            m.rearm(now, n);
         }
         for a in first {
             m.offer(a);
@@ -374,6 +398,7 @@ impl CampaignMonitor {
                             check: Check::Idle,
                             first: None,
                             rate: None,
+                            since: self.started,
                             direct_offers: 0,
                         },
                     );
@@ -406,8 +431,11 @@ impl CampaignMonitor {
         self.assign(&a, None, 1);
         let head = a.head;
         self.offer(a);
+        if let Some(w) = self.watches.get_mut(&head) {
+            w.since = now;
+        }
         if !self.status(&head).is_settled() {
-            self.rearm(now, head, now);
+            self.rearm(now, head);
         }
     }
 
@@ -607,6 +635,7 @@ impl CampaignMonitor {
                     v.parent = *parent;
                 }
                 self.observe(now, from, verified);
+                self.refresh_rate(now);
                 let status = match phase {
                     Phase::Receiving => Some(NodeStatus::Receiving),
                     Phase::Verifying => Some(NodeStatus::Verifying),
@@ -664,7 +693,12 @@ impl CampaignMonitor {
             );
         }
         if !self.status(&node).is_final() {
-            self.start_probe(now, node, clip_reason(format!("reported by {from}: {reason}")));
+            self.start_probe(
+                now,
+                node,
+                clip_reason(format!("reported by {from}: {reason}")),
+                true,
+            );
         }
     }
 
@@ -769,10 +803,13 @@ impl CampaignMonitor {
             return;
         }
         for n in self.manifest.addressees.clone() {
+            if let Some(w) = self.watches.get_mut(&n) {
+                w.since = now;
+            }
             if self.status(&n).is_settled() {
                 self.stop_watch(n);
             } else {
-                self.rearm(now, n, now);
+                self.rearm(now, n);
             }
         }
     }
@@ -796,6 +833,7 @@ impl CampaignMonitor {
                         now,
                         to,
                         clip_reason(format!("the offer could not be delivered: {reason}")),
+                        true,
                     );
                 }
             }
@@ -898,12 +936,13 @@ impl CampaignMonitor {
             }
             return;
         }
-        self.rearm(now, node, now);
+        self.rearm(now, node);
     }
 
-    /// Sets `node`'s deadline from `base` (see [`Oversight`]).
-    fn rearm(&mut self, now: Duration, node: NodeId, base: Duration) {
-        let at = self.deadline(now, node, base);
+    /// Sets `node`'s deadline (see [`Oversight`]) from the later of when it was last
+    /// heard and when its current wait began.
+    fn rearm(&mut self, now: Duration, node: NodeId) {
+        let at = self.deadline(now, node);
         if let Some(w) = self.watches.get_mut(&node) {
             w.check = Check::Deadline;
             self.timers.set(node, at);
@@ -917,10 +956,12 @@ impl CampaignMonitor {
         self.timers.clear(node);
     }
 
-    fn deadline(&mut self, now: Duration, node: NodeId, base: Duration) -> Duration {
-        let rate = self.assumed_rate(now).max(1);
+    fn deadline(&self, _now: Duration, node: NodeId) -> Duration {
+        let rate = self.assumed_rate().max(1);
         let size = self.manifest.size;
         let v = &self.nodes[&node];
+        let since = self.watches.get(&node).map_or(self.started, |w| w.since);
+        let base = v.last_heard.map_or(since, |h| h.max(since));
         let work = if v.status == NodeStatus::Waiting {
             let depth = self.watches.get(&node).map_or(1, |w| w.slot.depth.max(1));
             u128::from(size) * u128::from(depth)
@@ -933,18 +974,37 @@ impl CampaignMonitor {
     }
 
     /// The rate deadlines assume: the larger of the floor and the observed rate.
-    fn assumed_rate(&mut self, now: Duration) -> u64 {
-        let fresh = self
-            .rate_cache
-            .is_some_and(|(at, _)| now < at + Duration::from_secs(1));
-        if !fresh {
-            let mut rates: Vec<u64> = self.watches.values().filter_map(|w| w.rate).collect();
-            rates.sort_unstable();
-            let median = (!rates.is_empty()).then(|| rates[rates.len() / 2]);
-            self.rate_cache = Some((now, median));
-        }
+    fn assumed_rate(&self) -> u64 {
         let observed = self.rate_cache.and_then(|(_, r)| r).unwrap_or(0);
         observed.max(self.cfg.floor_rate)
+    }
+
+    /// Recomputes the observed rate (at most every [`RATE_REFRESH`]); when it moved by
+    /// more than a quarter, every pending deadline is computed again with it (deadlines
+    /// set before any rate was known assumed the floor).
+    fn refresh_rate(&mut self, now: Duration) {
+        if self.rate_cache.is_some_and(|(at, _)| now < at + RATE_REFRESH) {
+            return;
+        }
+        let before = self.assumed_rate();
+        let mut rates: Vec<u64> = self.watches.values().filter_map(|w| w.rate).collect();
+        rates.sort_unstable();
+        let median = (!rates.is_empty()).then(|| rates[rates.len() / 2]);
+        self.rate_cache = Some((now, median));
+        let after = self.assumed_rate();
+        let moved = u128::from(before.abs_diff(after)) * 4 > u128::from(before);
+        if moved {
+            let pending: Vec<NodeId> = self
+                .manifest
+                .addressees
+                .iter()
+                .filter(|n| self.watches[*n].check == Check::Deadline)
+                .copied()
+                .collect();
+            for n in pending {
+                self.rearm(now, n);
+            }
+        }
     }
 
     /// A progress report: `node` verified `verified` bytes at `now`.
@@ -956,7 +1016,7 @@ impl CampaignMonitor {
             None => w.first = Some((now, verified)),
             Some((t0, v0)) => {
                 let dt = now.saturating_sub(t0);
-                if dt >= Duration::from_secs(1) && verified > v0 {
+                if dt >= MIN_RATE_SPAN && verified > v0 {
                     let r = u128::from(verified - v0) * 1_000_000_000 / dt.as_nanos().max(1);
                     w.rate = Some(r.min(u128::from(u64::MAX)) as u64);
                 }
@@ -964,18 +1024,31 @@ impl CampaignMonitor {
         }
     }
 
-    /// Probes `node` (its deadline passed, a relay reported it, or an offer to it could
-    /// not be delivered), unless a probe of it is already under way.
-    fn start_probe(&mut self, now: Duration, node: NodeId, why: String) {
+    /// Probes `node` (its deadline passed; or, with `hint`, a relay reported it or an
+    /// offer to it could not be delivered), unless a probe of it is already under way.
+    fn start_probe(&mut self, now: Duration, node: NodeId, why: String, hint: bool) {
         if self.status(&node).is_final() || self.probing(&node) {
             return;
         }
         self.actions
             .push_back(MonitorAction::Note(MonitorNote::Probing(node, why.clone())));
-        self.send_probe(now, node, 1, why);
+        let window = if hint {
+            self.cfg.hint_window
+        } else {
+            self.cfg.probe_window
+        };
+        self.send_probe(now, node, 1, why, now, now + window);
     }
 
-    fn send_probe(&mut self, now: Duration, node: NodeId, attempt: u32, why: String) {
+    fn send_probe(
+        &mut self,
+        now: Duration,
+        node: NodeId,
+        attempt: u32,
+        why: String,
+        first: Duration,
+        until: Duration,
+    ) {
         self.next_nonce += 1;
         let nonce = self.next_nonce;
         if let Some(w) = self.watches.get_mut(&node) {
@@ -984,6 +1057,8 @@ impl CampaignMonitor {
                 attempt,
                 in_flight: true,
                 why,
+                first,
+                until,
             };
         }
         self.timers.set(node, now + self.cfg.probe_timeout);
@@ -1007,7 +1082,7 @@ impl CampaignMonitor {
                     || "never heard from".to_string(),
                     |t| format!("silent for {:.1} s", now.saturating_sub(t).as_secs_f64()),
                 );
-                self.start_probe(now, node, format!("deadline passed ({since})"));
+                self.start_probe(now, node, format!("deadline passed ({since})"), false);
             }
             Check::Probe { in_flight: true, .. } => {
                 let t = self.cfg.probe_timeout;
@@ -1017,8 +1092,10 @@ impl CampaignMonitor {
                 attempt,
                 in_flight: false,
                 why,
+                first,
+                until,
                 ..
-            } => self.send_probe(now, node, attempt + 1, why),
+            } => self.send_probe(now, node, attempt + 1, why, first, until),
         }
     }
 
@@ -1030,25 +1107,24 @@ impl CampaignMonitor {
             attempt,
             in_flight,
             why,
+            first,
+            until,
             ..
         } = &mut w.check
         else {
             return;
         };
-        if *attempt >= self.cfg.probe_attempts.max(1) {
+        if now >= *until {
             let status = NodeStatus::Unreachable(clip_reason(format!(
-                "{why}; {attempt} probe(s) failed, the last: {reason}"
+                "{why}; {attempt} probe(s) failed over {:.1} s, the last: {reason}",
+                now.saturating_sub(*first).as_secs_f64()
             )));
             self.stop_watch(node);
             self.unreachable(now, node, status);
             return;
         }
         *in_flight = false;
-        let wait = self
-            .cfg
-            .probe_backoff
-            .saturating_mul(1u32 << (*attempt - 1).min(16));
-        self.timers.set(node, now + wait);
+        self.timers.set(node, now + self.cfg.probe_interval);
     }
 
     /// `node` answered a probe: it is alive. `state` is what it holds of this campaign
@@ -1084,7 +1160,7 @@ impl CampaignMonitor {
         if self.status(&node).is_settled() {
             self.stop_watch(node);
         } else {
-            self.rearm(now, node, now);
+            self.rearm(now, node);
         }
     }
 

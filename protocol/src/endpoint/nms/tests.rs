@@ -612,7 +612,8 @@ fn a_request_from_a_non_addressee_is_refused_by_its_campaign() {
 
 /// Oversight: deadlines, probes, re-plans, the failure threshold, returning nodes and
 /// nodes that trust another NMS. Package of 10 000 bytes; deadlines at a floor of
-/// 1000 B/s, slack 2, at least 5 s; probes time out after 2 s, 3 of them, 1 s then 2 s apart.
+/// 1000 B/s, slack 2, at least 5 s; probes time out after 2 s, go 1 s after a failure, and
+/// a node is unreachable once a probe fails 3 s or more after the first.
 mod oversight {
     use super::*;
     use crate::monitor::Oversight;
@@ -626,8 +627,9 @@ mod oversight {
                     min_wait: s(5),
                     slack: 2,
                     probe_timeout: s(2),
-                    probe_attempts: 3,
-                    probe_backoff: s(1),
+                    probe_interval: s(1),
+                    probe_window: s(3),
+                    hint_window: s(3),
                 },
                 ..MonitorConfig::default()
             },
@@ -738,7 +740,7 @@ mod oversight {
     }
 
     /// A relay dies after its first report: nobody changes until its deadline; then it is
-    /// probed 3 times, marked unreachable with the reason, and the part it had not served
+    /// probed 4 times (at 0, 1, 2 and 3 s), marked unreachable with the reason, and the part it had not served
     /// (a child never heard from) is offered by the NMS itself; the child it had served is
     /// left alone; the campaign ends with the relay unreachable.
     #[test]
@@ -777,7 +779,7 @@ mod oversight {
         assert!(probes(&run_until(&mut e, ms(15_807))).is_empty());
         let a = fail_probes_to(&mut e, n0, s(30));
         let p = probes(&a);
-        assert_eq!(p.len(), 3, "three probes: {p:?}");
+        assert_eq!(p.len(), 4, "four probes: {p:?}");
         assert!(p.iter().all(|(_, to, _)| *to == n0));
         let ev = events(&mut e);
         assert!(ev.iter().any(|v| matches!(v,
@@ -789,7 +791,7 @@ mod oversight {
                 _ => None,
             })
             .expect("n0 unreachable");
-        assert!(reason.contains("3 probe(s) failed"), "{reason}");
+        assert!(reason.contains("4 probe(s) failed over 3.0 s"), "{reason}");
         assert!(matches!(status(&e, 1, n0), NodeStatus::Unreachable(_)));
         // the part n0 had not served: n2 only (n1 was heard), offered by the NMS
         let o = offers_full(&a);
