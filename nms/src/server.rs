@@ -692,7 +692,7 @@ pub fn status_name(s: &NodeStatus) -> &'static str {
         NodeStatus::Waiting => "waiting",
         NodeStatus::Receiving => "receiving",
         NodeStatus::Verifying => "verifying",
-        NodeStatus::Authenticated => "installing",
+        NodeStatus::Authenticated => "authenticated",
         NodeStatus::Installed => "installed",
         NodeStatus::Failed(_) => "failed",
         NodeStatus::Unreachable(_) => "unreachable",

@@ -366,7 +366,7 @@ impl CampaignMonitor {
             m.assign(a, None, 1);
         }
         for n in m.manifest.addressees.clone() {
-            m.rearm(now, n);
+            m.rearm(n);
         }
         for a in first {
             m.offer(a);
@@ -435,7 +435,7 @@ impl CampaignMonitor {
             w.since = now;
         }
         if !self.status(&head).is_settled() {
-            self.rearm(now, head);
+            self.rearm(head);
         }
     }
 
@@ -667,7 +667,7 @@ impl CampaignMonitor {
                 reason: format!("unexpected {:?} for the NMS", other.kind()),
             },
         };
-        self.heard(now, from);
+        self.heard(from);
         answer
     }
 
@@ -721,7 +721,7 @@ impl CampaignMonitor {
                     if let Some(v) = self.nodes.get_mut(&from) {
                         v.last_heard = Some(now);
                     }
-                    self.heard(now, from);
+                    self.heard(from);
                 }
                 Verdict::Refuse { reason, detail } => self.refused(now, from, reason, &detail),
             },
@@ -809,7 +809,7 @@ impl CampaignMonitor {
             if self.status(&n).is_settled() {
                 self.stop_watch(n);
             } else {
-                self.rearm(now, n);
+                self.rearm(n);
             }
         }
     }
@@ -929,20 +929,20 @@ impl CampaignMonitor {
     }
 
     /// Any message from `node` shows it alive: a probe stops, its deadline starts again.
-    fn heard(&mut self, now: Duration, node: NodeId) {
+    fn heard(&mut self, node: NodeId) {
         if self.status(&node).is_settled() {
             if self.status(&node).is_final() {
                 self.stop_watch(node);
             }
             return;
         }
-        self.rearm(now, node);
+        self.rearm(node);
     }
 
     /// Sets `node`'s deadline (see [`Oversight`]) from the later of when it was last
     /// heard and when its current wait began.
-    fn rearm(&mut self, now: Duration, node: NodeId) {
-        let at = self.deadline(now, node);
+    fn rearm(&mut self, node: NodeId) {
+        let at = self.deadline(node);
         if let Some(w) = self.watches.get_mut(&node) {
             w.check = Check::Deadline;
             self.timers.set(node, at);
@@ -956,7 +956,7 @@ impl CampaignMonitor {
         self.timers.clear(node);
     }
 
-    fn deadline(&self, _now: Duration, node: NodeId) -> Duration {
+    fn deadline(&self, node: NodeId) -> Duration {
         let rate = self.assumed_rate().max(1);
         let size = self.manifest.size;
         let v = &self.nodes[&node];
@@ -1002,7 +1002,7 @@ impl CampaignMonitor {
                 .copied()
                 .collect();
             for n in pending {
-                self.rearm(now, n);
+                self.rearm(n);
             }
         }
     }
@@ -1160,7 +1160,7 @@ impl CampaignMonitor {
         if self.status(&node).is_settled() {
             self.stop_watch(node);
         } else {
-            self.rearm(now, node);
+            self.rearm(node);
         }
     }
 
