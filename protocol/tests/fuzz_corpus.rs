@@ -20,8 +20,8 @@ use baton_protocol::manifest::{
 };
 use baton_protocol::receiver::check_offer;
 use baton_protocol::wire::{
-    ChunkRequest, ChunkResponse, ChunkStatus, Control, InstallOutcome, Offer, Phase, RefuseReason, Verdict,
-    decode_control, encode_control,
+    ChunkRequest, ChunkResponse, ChunkStatus, Control, Holding, InstallOutcome, Offer, Phase, ProbeState,
+    RefuseReason, Verdict, decode_control, encode_control,
 };
 
 mod targets {
@@ -326,6 +326,26 @@ fn controls() -> Seeds {
             Control::ProbeReply {
                 nonce: u64::MAX,
                 state: None,
+            },
+        ),
+        (
+            "probe-campaign".into(),
+            Control::Probe {
+                nonce: 8,
+                campaign: Some(c),
+            },
+        ),
+        (
+            "probe-reply-state".into(),
+            Control::ProbeReply {
+                nonce: 8,
+                state: Some(ProbeState {
+                    campaign: c,
+                    holding: Holding::Running {
+                        phase: Phase::Receiving,
+                        verified: 4096,
+                    },
+                }),
             },
         ),
         (
