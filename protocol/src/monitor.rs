@@ -725,24 +725,16 @@ impl CampaignMonitor {
                 }
                 Verdict::Refuse { reason, detail } => self.refused(now, from, reason, &detail),
             },
-            Control::ProbeReply { nonce, state } => {
-                let ours = matches!(
-                    &self.watches[&from].check,
-                    Check::Probe { nonce: n, in_flight: true, .. } if *n == nonce
-                );
-                if ours {
-                    let state = state
-                        .filter(|s| s.campaign == self.manifest.campaign)
-                        .map(|s| s.holding);
-                    self.probe_answered(now, from, state);
-                }
+            // any answer while probing shows the node alive (also a late one to an earlier
+            // probe: the transport authenticated the sender)
+            Control::ProbeReply { state, .. } if self.probing(&from) => {
+                let state = state
+                    .filter(|s| s.campaign == self.manifest.campaign)
+                    .map(|s| s.holding);
+                self.probe_answered(now, from, state);
             }
-            Control::Error { .. } => {
-                // an answer, so the node is alive; what it holds is unknown
-                if matches!(&self.watches[&from].check, Check::Probe { in_flight: true, .. }) {
-                    self.probe_answered(now, from, None);
-                }
-            }
+            // an answer, so the node is alive; what it holds is unknown
+            Control::Error { .. } if self.probing(&from) => self.probe_answered(now, from, None),
             _ => {}
         }
     }
@@ -843,6 +835,18 @@ impl CampaignMonitor {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The probe `nonce` to `to` could not be delivered. Unlike [`Self::send_failed`], a
+    /// late failure of an older probe is told apart from the current one's (and ignored).
+    pub fn probe_send_failed(&mut self, now: Duration, to: NodeId, nonce: u64, reason: &str) {
+        self.catch_up(now);
+        let current = self.watches.get(&to).is_some_and(
+            |w| matches!(&w.check, Check::Probe { nonce: n, in_flight: true, .. } if *n == nonce),
+        );
+        if current {
+            self.probe_failed(now, to, reason);
         }
     }
 

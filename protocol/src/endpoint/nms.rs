@@ -542,7 +542,9 @@ pub struct NmsEndpoint {
     /// Chunk requests in flight, by the id the endpoint gave them.
     chunk_requests: HashMap<RequestId, CampaignId>,
     /// Control requests sent, awaiting a response or a failure.
-    sent: HashMap<OutboundId, (CampaignId, NodeId, ControlKind)>,
+    /// With the probe's nonce, for a probe (so that a late failure of an older probe is
+    /// not taken for the current one's).
+    sent: HashMap<OutboundId, (CampaignId, NodeId, ControlKind, Option<u64>)>,
     next_request: u64,
     next_outbound: u64,
     timers: Timers<Timer>,
@@ -638,7 +640,7 @@ impl NmsEndpoint {
             }
             NmsInput::ControlRequest { from, msg } => Some(self.control_request(now, from, msg)),
             NmsInput::ControlResponse { id, msg } => {
-                if let Some((c, to, _)) = self.sent.remove(&id)
+                if let Some((c, to, ..)) = self.sent.remove(&id)
                     && let Some(k) = self.campaigns.get_mut(&c)
                 {
                     if let Control::OfferReply {
@@ -655,10 +657,13 @@ impl NmsEndpoint {
                 None
             }
             NmsInput::SendFailed { id, reason } => {
-                if let Some((c, to, kind)) = self.sent.remove(&id)
+                if let Some((c, to, kind, probe)) = self.sent.remove(&id)
                     && let Some(k) = self.campaigns.get_mut(&c)
                 {
-                    k.monitor.send_failed(now, to, kind, &reason);
+                    match probe {
+                        Some(nonce) => k.monitor.probe_send_failed(now, to, nonce, &reason),
+                        None => k.monitor.send_failed(now, to, kind, &reason),
+                    }
                     self.progress(c, to);
                     self.drain(now, c);
                 }
@@ -1003,7 +1008,11 @@ impl NmsEndpoint {
                     k.bytes_sent += encode_control(&msg).len() as u64;
                     self.next_outbound += 1;
                     let id = OutboundId(self.next_outbound);
-                    self.sent.insert(id, (c, to, msg.kind()));
+                    let probe = match &msg {
+                        Control::Probe { nonce, .. } => Some(*nonce),
+                        _ => None,
+                    };
+                    self.sent.insert(id, (c, to, msg.kind(), probe));
                     self.actions.push_back(NmsAction::SendControl { id, to, msg });
                 }
                 MonitorAction::Serve(ServeAction::SendChunk { req, index, key, .. }) => {

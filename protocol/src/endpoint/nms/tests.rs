@@ -820,7 +820,7 @@ mod oversight {
 
     /// A probe that is answered changes nothing: no offers, the status stays, the bytes
     /// the node says it verified count, and the next deadline starts from the answer. A
-    /// reply with a stale nonce is ignored.
+    /// late failure of an earlier probe is not taken for the current one's.
     #[test]
     fn an_answered_probe_changes_nothing_but_the_deadline() {
         let (mut e, list, a) = start(&[A, B], 2, 1, ocfg(None));
@@ -842,25 +842,22 @@ mod oversight {
         let a = run_until(&mut e, s(22));
         let p = probes(&a);
         assert_eq!(p.iter().map(|p| p.1).collect::<Vec<_>>(), vec![n0]);
-        let (id, _, nonce) = p[0];
-        // a stale nonce is not an answer
-        e.handle(
-            ms(22_100),
-            NmsInput::ControlResponse {
-                id,
-                msg: Control::ProbeReply {
-                    nonce: nonce + 100,
-                    state: None,
-                },
-            },
-        );
-        assert!(e.campaign(&[2; 16]).unwrap().probing(&n0));
+        let (first, ..) = p[0];
         // the first probe times out at 24 s, the second goes 1 s later
         assert!(probes(&run_until(&mut e, s(24))).is_empty());
         let a = run_until(&mut e, s(25));
         let p = probes(&a);
         assert_eq!(p.iter().map(|p| p.1).collect::<Vec<_>>(), vec![n0]);
         let (id, _, nonce) = p[0];
+        // the shell reports the first probe failed only now: the second is still out
+        e.handle(
+            ms(25_200),
+            NmsInput::SendFailed {
+                id: first,
+                reason: "timed out".into(),
+            },
+        );
+        assert_eq!(e.campaign(&[2; 16]).unwrap().watch_timer(&n0), Some(s(27)));
         e.handle(
             ms(25_500),
             NmsInput::ControlResponse {
