@@ -9,6 +9,7 @@ use crate::server::{NmsOptions, run};
 use crate::ui::{LogWriter, Mode};
 use crate::watch::check_folders;
 use anyhow::{Result, bail};
+use baton_protocol::endpoint::nms::FailureThreshold;
 use baton_protocol::limits::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_FANOUT, MIN_CHUNK_SIZE};
 use baton_protocol::manifest::{PlanParams, RelayPolicy, Transfer};
 use baton_shell::discovery::{Interfaces, check_interfaces, host_interfaces};
@@ -87,6 +88,11 @@ pub struct Cli {
     /// Exit after the first campaign ends (exit status 1 if any node failed).
     #[arg(long)]
     once: bool,
+    /// Halt a campaign for the nodes not yet installed once this many addressees failed
+    /// or are unreachable: a number of nodes (e.g. 3) or a percentage of the addressees
+    /// (e.g. 10%). Default: never halt.
+    #[arg(long, value_name = "N|P%")]
+    halt_after: Option<FailureThreshold>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -197,6 +203,7 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
         settle_file: Duration::from_secs_f64(cli.settle_file),
         archive: cli.archive,
         once: cli.once,
+        halt_after: cli.halt_after,
     })
 }
 
@@ -419,5 +426,20 @@ mod tests {
         assert!(err.contains("--settle-file is seconds"), "{err}");
         let opts = parse_with(&watch, &data, &[s, "1.5".as_ref()]).unwrap();
         assert_eq!(opts.settle_file, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn halt_after_takes_a_count_or_a_percentage() {
+        let halt = |v: &str| with(&["--halt-after", v]).1;
+        assert_eq!(
+            halt("10%").unwrap().halt_after,
+            Some(FailureThreshold::Percent(10))
+        );
+        assert_eq!(halt("3").unwrap().halt_after, Some(FailureThreshold::Count(3)));
+        assert_eq!(with(&[]).1.unwrap().halt_after, None);
+        for bad in ["0", "150%", "some"] {
+            let err = format!("{:#}", halt(bad).unwrap_err());
+            assert!(err.contains("--halt-after") && err.contains("10%"), "{err}");
+        }
     }
 }
