@@ -77,7 +77,8 @@ impl fmt::Display for Window {
     }
 }
 
-fn parse_time(s: &str) -> Result<u16, PolicyError> {
+/// Minutes after midnight of a local time `HH:MM` (00:00 to 23:59).
+pub fn parse_time(s: &str) -> Result<u16, PolicyError> {
     let bad = || PolicyError::BadTime(s.to_string());
     let (h, m) = s.split_once(':').ok_or_else(bad)?;
     if h.is_empty() || h.len() > 2 || m.len() != 2 {
@@ -558,6 +559,75 @@ impl Gating {
     }
 }
 
+/// An upload rate cap (`--max-upload`): a token bucket on the bytes of chunk answers.
+/// [`UploadCap::reserve`] says how long an answer of `bytes` must wait so that the
+/// answers sent stay under `rate` bytes a second, with bursts of at most `burst` bytes.
+#[derive(Debug, Clone)]
+pub struct UploadCap {
+    rate: u64,
+    burst: u64,
+    /// When every byte reserved so far has drained at `rate`.
+    free_at: Duration,
+}
+
+impl UploadCap {
+    /// A cap of `rate` bytes a second (at least 1), bursts of `burst` bytes.
+    pub fn new(rate: u64, burst: u64) -> Self {
+        UploadCap {
+            rate: rate.max(1),
+            burst,
+            free_at: Duration::ZERO,
+        }
+    }
+
+    /// Bytes a second.
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    /// Reserves `bytes` at `now`; returns how long to wait before sending them.
+    pub fn reserve(&mut self, now: Duration, bytes: u64) -> Duration {
+        let per = |b: u64| Duration::from_secs_f64(b as f64 / self.rate as f64);
+        // `free_at`: when everything reserved so far has drained at `rate`; a send waits
+        // only for what is more than `burst` bytes ahead of `now`
+        self.free_at = self.free_at.max(now) + per(bytes);
+        (self.free_at - now).saturating_sub(per(self.burst))
+    }
+}
+
+/// Parses a rate such as `20mbit`, `500kbit`, `1gbit`, `2MB` (bytes), `100kB` or a bare
+/// number of bits a second; returns bytes a second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a rate: give e.g. 20mbit, 500kbit or 2MB (bytes)"))?;
+    let bits = match unit.trim() {
+        "" | "bit" | "bps" => 1.0,
+        "kbit" | "Kbit" | "kbps" => 1e3,
+        "mbit" | "Mbit" | "mbps" | "Mbps" => 1e6,
+        "gbit" | "Gbit" | "gbps" | "Gbps" => 1e9,
+        "B" => 8.0,
+        "kB" | "KB" | "KiB" => 8.0 * 1024.0,
+        "MB" | "MiB" => 8.0 * 1024.0 * 1024.0,
+        "GB" | "GiB" => 8.0 * 1024.0 * 1024.0 * 1024.0,
+        u => {
+            return Err(format!(
+                "unknown unit `{u}` in `{s}`: use bit, kbit, mbit, gbit, B, kB, MB or GB"
+            ));
+        }
+    };
+    let bytes = n * bits / 8.0;
+    if !bytes.is_finite() || bytes < 1000.0 {
+        return Err(format!("`{s}` is below 8 kbit/s: chunk answers would time out"));
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -846,5 +916,31 @@ mod tests {
         g.retain(|q| *q == Policy::ALWAYS);
         let left: Vec<String> = g.gates().iter().map(|x| x.policy.to_string()).collect();
         assert_eq!(left, ["always", "idle"]);
+    }
+    #[test]
+    fn upload_cap_is_a_token_bucket() {
+        // 1 MB/s, bursts of 256 kB
+        let mut c = UploadCap::new(1_000_000, 256_000);
+        assert_eq!(c.reserve(t(0), 128_000), Duration::ZERO);
+        assert_eq!(c.reserve(t(0), 128_000), Duration::ZERO, "inside the burst");
+        let w = c.reserve(t(0), 128_000);
+        assert!((w.as_secs_f64() - 0.128).abs() < 1e-6, "{w:?}");
+        // 10 chunks of 100 kB sent as soon as allowed take about 1 s beyond the burst
+        let mut c = UploadCap::new(1_000_000, 0);
+        let mut last = Duration::ZERO;
+        for _ in 0..10 {
+            last = c.reserve(t(5), 100_000);
+        }
+        assert!((last.as_secs_f64() - 1.0).abs() < 1e-6, "{last:?}");
+        // idle time refills the bucket, up to the burst only
+        let mut c = UploadCap::new(1_000_000, 100_000);
+        assert_eq!(c.reserve(t(100), 100_000), Duration::ZERO);
+        assert!(c.reserve(t(100), 100_000) > Duration::ZERO);
+        assert_eq!(parse_rate("20mbit"), Ok(2_500_000));
+        assert_eq!(parse_rate("500kbit"), Ok(62_500));
+        assert_eq!(parse_rate("2MB"), Ok(2 * 1024 * 1024));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("20furlongs").unwrap_err().contains("unknown unit"));
+        assert!(parse_rate("100bit").unwrap_err().contains("below"));
     }
 }
