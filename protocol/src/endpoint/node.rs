@@ -966,6 +966,13 @@ impl NodeEndpoint {
         &self.gating
     }
 
+    /// The running campaigns.
+    pub fn campaign_ids(&self) -> Vec<CampaignId> {
+        let mut v: Vec<CampaignId> = self.campaigns.keys().copied().collect();
+        v.sort();
+        v
+    }
+
     /// The relay policy campaign `c` follows (the owner's, else its manifest's).
     pub fn relay_policy(&self, c: &CampaignId) -> Option<Policy> {
         let h = self.campaigns.get(c)?;
