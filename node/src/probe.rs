@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use baton_protocol::gate::Readings;
 
 /// How often the node reads its probe.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// The default sliding window of the idle figures.
 pub const IDLE_WINDOW: Duration = Duration::from_secs(30);
 
