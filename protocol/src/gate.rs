@@ -622,8 +622,11 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         }
     };
     let bytes = n * bits / 8.0;
-    if !bytes.is_finite() || bytes < 1000.0 {
-        return Err(format!("`{s}` is below 8 kbit/s: chunk answers would time out"));
+    // a requester gives up on a chunk after 60 s; a few 128 KiB chunks must fit in that
+    if !bytes.is_finite() || bytes < 12_500.0 {
+        return Err(format!(
+            "`{s}` is below 100kbit: served chunks would time out at the nodes asking for them"
+        ));
     }
     Ok(bytes as u64)
 }
@@ -941,6 +944,7 @@ mod tests {
         assert_eq!(parse_rate("2MB"), Ok(2 * 1024 * 1024));
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("20furlongs").unwrap_err().contains("unknown unit"));
-        assert!(parse_rate("100bit").unwrap_err().contains("below"));
+        assert!(parse_rate("100bit").unwrap_err().contains("below 100kbit"));
+        assert_eq!(parse_rate("100kbit"), Ok(12_500));
     }
 }
