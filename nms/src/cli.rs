@@ -50,6 +50,13 @@ pub struct Cli {
     /// Seconds without a newly discovered node before discovery counts as settled.
     #[arg(long, default_value_t = 2.0)]
     settle: f64,
+    /// Seconds a dropped file must stay unchanged, after its writer closed it, before it is
+    /// taken in. Keep it above the pauses of whatever writes into the drop folder.
+    #[arg(long, default_value_t = crate::watch::DEFAULT_SETTLE.as_secs_f64())]
+    settle_file: f64,
+    /// Move files taken in to this folder (on the same filesystem as --watch).
+    #[arg(long, value_name = "DIR")]
+    archive: Option<PathBuf>,
     /// Seconds to wait for --min-nodes before giving up on a dropped file.
     #[arg(long, default_value_t = 60.0)]
     discovery_timeout: f64,
@@ -126,6 +133,12 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
             cli.watch.display()
         );
     }
+    if !cli.settle_file.is_finite() || !(0.05..=3600.0).contains(&cli.settle_file) {
+        bail!(
+            "--settle-file is seconds, between 0.05 and 3600 (default {})",
+            crate::watch::DEFAULT_SETTLE.as_secs_f64()
+        );
+    }
     if !cli.watch.is_dir() {
         bail!(
             "the watched folder {} does not exist or is not a folder: create it (mkdir -p) or pass another --watch",
@@ -145,6 +158,21 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
     let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
     // Nothing may ever be distributed from the data directory (it holds the private key).
     check_folders(&cli.watch, &data_dir)?;
+    if let Some(archive) = &cli.archive {
+        if !archive.is_dir() {
+            bail!(
+                "--archive {} does not exist or is not a folder: create it (mkdir -p) on the same filesystem as --watch",
+                archive.display()
+            );
+        }
+        if archive.canonicalize().ok() == cli.watch.canonicalize().ok() {
+            bail!(
+                "--archive must not be the watched folder itself: files moved there would be taken in again; pass another folder"
+            );
+        }
+        check_folders(archive, &data_dir)
+            .map_err(|e| anyhow::anyhow!("--archive {}: {e:#}", archive.display()))?;
+    }
     Ok(NmsOptions {
         data_dir,
         listen: tcp_addr(listen.ip(), listen.port()),
@@ -174,6 +202,8 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
             offline_install: cli.offline_install,
         },
         output: Mode::detect(cli.json),
+        settle_file: Duration::from_secs_f64(cli.settle_file),
+        archive: cli.archive,
         once: cli.once,
     })
 }
@@ -376,5 +406,47 @@ mod tests {
         assert_eq!(with(&["--json"]).1.unwrap().output, Mode::Json);
         // tests do not run on a terminal: plain lines
         assert_ne!(with(&[]).1.unwrap().output, Mode::Json);
+    }
+
+    fn parse_with(watch: &Path, data: &Path, extra: &[&std::ffi::OsStr]) -> Result<NmsOptions> {
+        let args = ["baton-nms", "--no-mdns", "--watch"];
+        let cli = Cli::try_parse_from(
+            args.iter()
+                .map(std::ffi::OsStr::new)
+                .chain([watch.as_os_str(), "--data-dir".as_ref(), data.as_os_str()])
+                .chain(extra.iter().copied()),
+        )?;
+        options(cli)
+    }
+
+    #[test]
+    fn archive_and_settle_file_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let (watch, data, archive) = (
+            d.path().join("drop"),
+            d.path().join("data"),
+            d.path().join("archive"),
+        );
+        fs::create_dir(&watch).unwrap();
+        let a = std::ffi::OsStr::new("--archive");
+        let err = format!(
+            "{:#}",
+            parse_with(&watch, &data, &[a, archive.as_os_str()]).unwrap_err()
+        );
+        assert!(err.contains("does not exist or is not a folder"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse_with(&watch, &data, &[a, watch.as_os_str()]).unwrap_err()
+        );
+        assert!(err.contains("must not be the watched folder"), "{err}");
+        fs::create_dir(&archive).unwrap();
+        let opts = parse_with(&watch, &data, &[a, archive.as_os_str()]).unwrap();
+        assert_eq!(opts.archive.as_deref(), Some(archive.as_path()));
+        assert_eq!(opts.settle_file, crate::watch::DEFAULT_SETTLE);
+        let s = std::ffi::OsStr::new("--settle-file");
+        let err = format!("{:#}", parse_with(&watch, &data, &[s, "0".as_ref()]).unwrap_err());
+        assert!(err.contains("--settle-file is seconds"), "{err}");
+        let opts = parse_with(&watch, &data, &[s, "1.5".as_ref()]).unwrap();
+        assert_eq!(opts.settle_file, Duration::from_millis(1500));
     }
 }

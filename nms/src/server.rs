@@ -16,7 +16,8 @@ use baton_protocol::endpoint::nms::{
 };
 use baton_protocol::wire::PROTOCOL_VERSION;
 use baton_protocol::{
-    CampaignId, ChunkResponse, Control, ControlKind, Keypair, Manifest, MonitorConfig, NodeId, RequestId,
+    CampaignId, ChunkResponse, Control, ControlKind, Keypair, Manifest, MonitorConfig, NodeId, NodeStatus,
+    RequestId,
 };
 use baton_shell::chunkfile::read_and_seal;
 use baton_shell::discovery::{Advert, Discovery, DiscoveryEvent, Interfaces, Role};
@@ -26,9 +27,12 @@ use libp2p::request_response::ResponseChannel;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::campaign::{CampaignSettings, Prepared, intake};
+use crate::campaign::{
+    Before, CampaignSettings, Inbox, Intook, intake, remove_old_copies, remove_orphan_copies, taken_in_before,
+};
+use crate::db::{CampaignState, Db, SavedCampaign};
 pub use crate::ui::{FailedNode, NodeResult, Summary};
 use crate::ui::{Mode, View};
 use crate::watch::{DropEvent, DropWatcher};
@@ -53,12 +57,16 @@ pub struct NmsOptions {
     pub settings: CampaignSettings,
     /// How the operator's output is written (bars, lines, JSON lines).
     pub output: Mode,
+    /// How long a dropped file must stay unchanged before it is taken in.
+    pub settle_file: Duration,
+    /// Where files taken in are moved (same filesystem as the drop folder).
+    pub archive: Option<PathBuf>,
     /// Exit after the first campaign ends.
     pub once: bool,
 }
 
 enum Internal {
-    Prepared(DropId, Box<Result<Prepared>>),
+    Prepared(DropId, Box<Result<Intook>>),
 }
 
 /// What the shell keeps for a campaign: its files and its live view.
@@ -89,6 +97,10 @@ struct Nms {
     internal: mpsc::UnboundedSender<Internal>,
     summaries: Vec<Summary>,
     failures: net::FailureLog,
+    /// The state that survives a restart.
+    inbox: Inbox,
+    /// Peers named with --peer, whose addresses are given back after a failed dial.
+    static_peers: Vec<(PeerId, Multiaddr)>,
 }
 
 /// Runs the NMS until Ctrl-C (or, with `--once`, until its first campaign ends). Returns
@@ -98,7 +110,13 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
     let _lock = baton_shell::identity::lock_data_dir(&opts.data_dir, "baton-nms")?;
     let keypair = baton_shell::identity::load_or_create(&opts.data_dir)?;
     let me = NodeId::of(&keypair);
-    let (watcher, mut drops) = DropWatcher::start(&opts.watch, crate::watch::DEFAULT_SETTLE)?;
+    let db = Db::open(&opts.data_dir)?;
+    let inbox = Inbox {
+        db: Arc::new(std::sync::Mutex::new(db)),
+        data_dir: opts.data_dir.clone(),
+        archive: opts.archive.clone(),
+    };
+    let (watcher, mut drops) = DropWatcher::start(&opts.watch, opts.settle_file)?;
     let mut swarm = net::build_swarm(
         keypair.clone(),
         opts.listen.clone(),
@@ -146,16 +164,25 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         internal: itx,
         summaries: Vec::new(),
         failures: net::FailureLog::default(),
+        inbox,
+        static_peers: Vec::new(),
     };
     for p in &opts.peers {
         match net::peer_of(p) {
             Some(id) => {
+                nms.static_peers.push((id, p.clone()));
+                let r = nms.db().node_seen(&NodeId(id), &[p.to_string()], unix_now());
+                nms.db_error(r);
                 nms.swarm.add_peer_address(id, p.clone());
                 nms.input(NmsInput::StaticPeer { id: NodeId(id) });
             }
             None => warn!("--peer {p} has no /p2p/<peer id> at its end; ignoring it"),
         }
     }
+    // after the static peers, so that offers made again can reach them
+    nms.resume_campaigns(me)?;
+    remove_orphan_copies(&nms.db(), &opts.data_dir.join("campaigns"));
+    nms.retention();
     let (discovery, mut disco_rx) = if opts.mdns {
         let advert = Advert {
             peer_id: me.to_string(),
@@ -217,8 +244,15 @@ impl Nms {
                 let Ok(peer) = advert.peer_id.parse::<PeerId>() else {
                     return;
                 };
+                let mut seen = Vec::new();
                 for ip in &addrs {
-                    self.swarm.add_peer_address(peer, net::tcp_addr(*ip, advert.port));
+                    let a = net::tcp_addr(*ip, advert.port);
+                    seen.push(a.to_string());
+                    self.swarm.add_peer_address(peer, a);
+                }
+                if advert.role == Role::Node {
+                    let r = self.db().node_seen(&NodeId(peer), &seen, unix_now());
+                    self.db_error(r);
                 }
                 self.input(NmsInput::NodeSeen {
                     id: NodeId(peer),
@@ -241,6 +275,9 @@ impl Nms {
     fn on_drop(&mut self, ev: DropEvent) {
         match ev {
             DropEvent::Ready { path, size } => {
+                if self.taken_in_before(&path) {
+                    return;
+                }
                 info!("dropped: {} ({size} bytes)", path.display());
                 self.next_drop += 1;
                 let drop_id = DropId(self.next_drop);
@@ -261,8 +298,8 @@ impl Nms {
         let Some(path) = self.drops.get(&drop_id).cloned() else {
             return;
         };
-        let (data, kp, settings, tx) = (
-            self.opts.data_dir.clone(),
+        let (inbox, kp, settings, tx) = (
+            self.inbox.clone(),
             self.keypair.clone(),
             self.opts.settings.clone(),
             self.internal.clone(),
@@ -270,8 +307,8 @@ impl Nms {
         tokio::task::spawn_blocking(move || {
             let t = Instant::now();
             // opens the dropped file once, without following links, and reads only from that
-            let r = intake(&data, &path, &kp, addressees, &settings);
-            if r.is_ok() {
+            let r = intake(&inbox, &path, &kp, addressees, &settings);
+            if matches!(r, Ok(Intook::Campaign(_))) {
                 info!("copied, hashed and signed in {} ms", t.elapsed().as_millis());
             }
             let _ = tx.send(Internal::Prepared(drop_id, Box::new(r)));
@@ -282,8 +319,21 @@ impl Nms {
         match i {
             Internal::Prepared(drop_id, r) => {
                 let input = match *r {
-                    Ok(p) => match std::fs::File::open(&p.file) {
+                    Ok(Intook::Nothing(why)) => {
+                        info!("{why}");
+                        NmsInput::PrepareFailed { drop_id, reason: why }
+                    }
+                    Ok(Intook::Campaign(p)) => match std::fs::File::open(&p.file) {
                         Ok(f) => {
+                            for old in &p.superseded {
+                                info!(
+                                    "campaign {} of {} is superseded by campaign {} (sequence {})",
+                                    hex::encode(old),
+                                    p.manifest.name,
+                                    hex::encode(p.manifest.campaign),
+                                    p.manifest.sequence
+                                );
+                            }
                             self.prepared.insert(drop_id, (Arc::new(f), p.dir));
                             NmsInput::Prepared {
                                 drop_id,
@@ -292,10 +342,16 @@ impl Nms {
                                 secret: p.secret,
                             }
                         }
-                        Err(e) => NmsInput::PrepareFailed {
-                            drop_id,
-                            reason: format!("cannot open the campaign's copy {}: {e}", p.file.display()),
-                        },
+                        Err(e) => {
+                            let r = self
+                                .db()
+                                .set_state(&p.manifest.campaign, CampaignState::Cancelled);
+                            self.db_error(r);
+                            NmsInput::PrepareFailed {
+                                drop_id,
+                                reason: format!("cannot open the campaign's copy {}: {e}", p.file.display()),
+                            }
+                        }
                     },
                     Err(e) => NmsInput::PrepareFailed {
                         drop_id,
@@ -345,6 +401,13 @@ impl Nms {
                     if let Some(req) = self.input(input) {
                         self.in_chunk.insert(req, channel);
                     }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(p), .. } => {
+                // libp2p forgets an address that failed to dial (a restarting node); one
+                // named with --peer is the only address known without mDNS: give it back
+                for (_, a) in self.static_peers.iter().filter(|(id, _)| *id == p) {
+                    self.swarm.add_peer_address(p, a.clone());
                 }
             }
             _ => {}
@@ -467,7 +530,167 @@ impl Nms {
                     );
                 }
             }
+            NmsEvent::NodeProgress {
+                campaign,
+                node,
+                ref status,
+                verified,
+                source,
+            } => {
+                let r = self
+                    .db()
+                    .save_node(&campaign, &node, status, verified, source.as_ref(), unix_now());
+                self.db_error(r);
+            }
+            NmsEvent::NodeInstalled { campaign, node } => {
+                if let Some(f) = self.files.get(&campaign) {
+                    let m = &f.manifest;
+                    let r = self
+                        .db()
+                        .node_installed(&node, &m.name, &m.version, m.sequence, unix_now());
+                    self.db_error(r);
+                }
+            }
+            NmsEvent::CampaignDone { summary } => {
+                let r = self.db().campaign_ended(&summary.campaign, unix_now());
+                self.db_error(r);
+                self.retention();
+            }
             _ => {}
         }
     }
+}
+
+impl Nms {
+    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.inbox.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Logs a failed write to the database; the NMS carries on (what was not saved is
+    /// asked again after a restart, at worst as a duplicate offer).
+    fn db_error(&self, r: Result<(), crate::db::DbError>) {
+        if let Err(e) = r {
+            error!("{e}: this state is lost at a restart; check the disk holding the data directory");
+        }
+    }
+
+    /// True (and says so) if `path` is the very file taken in before, by this process or
+    /// one before the restart ([`taken_in_before`]); refuses an oversize file at once.
+    fn taken_in_before(&mut self, path: &std::path::Path) -> bool {
+        let r = taken_in_before(&self.db(), path, self.opts.settings.chunk_size);
+        match r {
+            Ok(Before::New) => false,
+            Ok(Before::Same(outcome)) => {
+                info!(
+                    "{}: taken in before ({outcome}); not taken in again",
+                    path.display()
+                );
+                true
+            }
+            Ok(Before::Refused(why)) => {
+                self.drop_error(&path.display().to_string(), &why);
+                true
+            }
+            Err(e) => {
+                error!("{e}");
+                false
+            }
+        }
+    }
+
+    /// Takes back every campaign the database holds as unfinished: same manifest, same
+    /// secret, the addressees' saved statuses. Nothing is signed again.
+    fn resume_campaigns(&mut self, me: NodeId) -> Result<()> {
+        let (saved, inventory) = {
+            let db = self.db();
+            (db.unfinished()?, db.inventory()?)
+        };
+        // where the nodes were last seen, so that offers made again can reach them before
+        // discovery finds them
+        for (node, addrs, ..) in &inventory {
+            if let Ok(peer) = node.parse::<PeerId>() {
+                for a in addrs
+                    .split_whitespace()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok())
+                {
+                    self.swarm.add_peer_address(peer, a);
+                }
+            }
+        }
+        for c in saved {
+            let id = hex::encode(c.id);
+            match self.resume_one(me, &c) {
+                Ok(()) => info!(
+                    "campaign {id}: {} sequence {} resumed after a restart (nothing signed again)",
+                    c.package, c.sequence
+                ),
+                Err(why) => {
+                    error!(
+                        "campaign {id} of {} cannot be resumed: {why}; it is cancelled",
+                        c.package
+                    );
+                    let r = self.db().set_state(&c.id, CampaignState::Cancelled);
+                    self.db_error(r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resume_one(&mut self, me: NodeId, c: &SavedCampaign) -> std::result::Result<(), String> {
+        let signed = baton_protocol::SignedManifest {
+            body: c.manifest.clone(),
+            signature: c.signature.clone(),
+        };
+        let manifest = signed
+            .open_unchecked()
+            .map_err(|e| format!("its saved manifest does not decode ({e})"))?;
+        if manifest.nms != me || manifest.campaign != c.id {
+            return Err(format!(
+                "it was signed by {} for campaign {}, not by this NMS {me}",
+                manifest.nms,
+                hex::encode(manifest.campaign)
+            ));
+        }
+        if manifest.expires_at <= unix_now() {
+            return Err("its manifest expired while the NMS was down; drop the file again".into());
+        }
+        let copy = c.copy.as_ref().ok_or("its copy of the package was removed")?;
+        let file = std::fs::File::open(copy)
+            .map_err(|e| format!("its copy {} cannot be opened ({e})", copy.display()))?;
+        let nodes = self.db().nodes_of(&c.id).map_err(|e| e.to_string())?;
+        let saved: Vec<(NodeId, NodeStatus, u64)> = nodes
+            .into_iter()
+            .filter_map(|n| Some((NodeId(n.node.parse::<PeerId>().ok()?), n.status, n.verified)))
+            .collect();
+        self.next_drop += 1;
+        let drop_id = DropId(self.next_drop);
+        let dir = copy.parent().map(PathBuf::from).unwrap_or_default();
+        self.prepared.insert(drop_id, (Arc::new(file), dir));
+        let now = self.now();
+        let secret = baton_protocol::CampaignSecret(c.secret);
+        if !self
+            .endpoint
+            .restore(now, drop_id, signed, manifest, secret, &saved)
+        {
+            self.prepared.remove(&drop_id);
+            return Err("it is already running".into());
+        }
+        Ok(())
+    }
+
+    /// Removes the copies neither current nor previous ([`remove_old_copies`]).
+    fn retention(&mut self) {
+        let store = self.opts.data_dir.join("campaigns");
+        let removed = remove_old_copies(&self.db(), &store);
+        for c in removed {
+            self.files.remove(&c);
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

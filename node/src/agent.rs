@@ -115,6 +115,8 @@ struct Agent {
     upload: Option<UploadCap>,
     /// Chunk answers waiting for the upload cap, in the order they may go.
     delayed: VecDeque<(Instant, ResponseChannel<ChunkResponse>, ChunkResponse)>,
+    /// Peers named with --peer, whose addresses are given back after a failed dial.
+    static_peers: Vec<(libp2p::PeerId, Multiaddr)>,
 }
 
 fn unix_now() -> u64 {
@@ -193,6 +195,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         probe_error: None,
         upload: opts.max_upload.map(|r| UploadCap::new(r, UPLOAD_BURST)),
         delayed: VecDeque::new(),
+        static_peers: Vec::new(),
     };
     agent.read_probe();
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlCall>(16);
@@ -211,6 +214,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
     probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for p in &opts.peers {
         if let Some(id) = net::peer_of(p) {
+            agent.static_peers.push((id, p.clone()));
             agent.swarm.add_peer_address(id, p.clone());
             agent.input(Input::PeerAddressKnown(NodeId(id)));
         }
@@ -454,6 +458,13 @@ impl Agent {
                 self.input(Input::PeerAddressKnown(NodeId(peer_id)))
             }
             SwarmEvent::NewListenAddr { address, .. } => info!("listening on {address}"),
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(p), .. } => {
+                // libp2p forgets an address that failed to dial (a restarting NMS); one named
+                // with --peer is the only address known without mDNS, so it is given back
+                for (_, a) in self.static_peers.iter().filter(|(id, _)| *id == p) {
+                    self.swarm.add_peer_address(p, a.clone());
+                }
+            }
             _ => {}
         }
     }

@@ -18,6 +18,7 @@ pub mod chunk;
 pub mod endpoint;
 pub mod gate;
 pub mod id;
+pub mod inbox;
 pub mod keys;
 pub mod limits;
 pub mod manifest;

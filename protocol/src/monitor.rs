@@ -369,6 +369,60 @@ impl CampaignMonitor {
         }
     }
 
+    /// A campaign restored after an NMS restart, from what the shell saved: the signed
+    /// manifest, the secret and each addressee's last known status and verified bytes
+    /// (addressees not in `saved` are [`NodeStatus::Waiting`]). Nothing is signed again and
+    /// the first offers are not repeated as such: the first tier's assignments are replayed
+    /// past heads that had failed, and [`CampaignMonitor::restarted`] offers again to the
+    /// heads that had not answered (a node holding the campaign takes it as a duplicate).
+    /// If every addressee was already final, the campaign ends at once.
+    pub fn resume(
+        now: Duration,
+        manifest: Manifest,
+        signed: SignedManifest,
+        secret: CampaignSecret,
+        cfg: MonitorConfig,
+        saved: &[(NodeId, NodeStatus, u64)],
+    ) -> Self {
+        let mut m = Self::start(now, manifest, signed, secret, cfg);
+        // the first offers went out before the restart
+        m.actions.clear();
+        let size = m.manifest.size;
+        for (node, status, verified) in saved {
+            if let Some(v) = m.nodes.get_mut(node) {
+                v.verified = (*verified).min(size);
+                if status.is_final() {
+                    v.finished_at = Some(now);
+                }
+                v.status = status.clone();
+            }
+        }
+        // the first tier as it stood: a failed head had handed its part to the next node
+        let heads: Vec<NodeId> = m.offered.keys().copied().collect();
+        for head in heads {
+            let mut a = m.offered.remove(&head).expect("listed");
+            while m
+                .nodes
+                .get(&a.head)
+                .is_some_and(|v| matches!(v.status, NodeStatus::Failed(_)))
+                && a.part.len() > 1
+            {
+                a = Assignment {
+                    head: a.part[1],
+                    part: a.part[1..].to_vec(),
+                };
+            }
+            m.offered.insert(a.head, a);
+        }
+        if m.nodes.values().all(|v| v.status.is_final()) {
+            m.finished_at = Some(now);
+            m.actions.push_back(MonitorAction::Note(MonitorNote::Done));
+        } else {
+            m.restarted();
+        }
+        m
+    }
+
     /// A request the NMS sent could not be delivered.
     pub fn send_failed(&mut self, now: Duration, to: NodeId, kind: ControlKind, reason: &str) {
         if kind == ControlKind::Offer {

@@ -577,6 +577,43 @@ impl NmsEndpoint {
         self.campaigns.get(c).map(|k| &k.monitor)
     }
 
+    /// Takes back a campaign saved before a restart (see [`CampaignMonitor::resume`]): the
+    /// same manifest and secret, each addressee's saved status and verified bytes. Says
+    /// [`NmsEvent::CampaignStarted`] with `drop_id` (a name the shell picks for it) and
+    /// offers again to the first-tier heads that had not answered. Refused (returns false)
+    /// if a campaign with this id is already held.
+    pub fn restore(
+        &mut self,
+        now: Duration,
+        drop_id: DropId,
+        signed: SignedManifest,
+        manifest: Manifest,
+        secret: CampaignSecret,
+        saved: &[(NodeId, NodeStatus, u64)],
+    ) -> bool {
+        let c = manifest.campaign;
+        if self.campaigns.contains_key(&c) {
+            return false;
+        }
+        self.events.push_back(NmsEvent::CampaignStarted {
+            drop_id,
+            manifest: Box::new(manifest.clone()),
+        });
+        let monitor = CampaignMonitor::resume(now, manifest, signed, secret, self.cfg.monitor.clone(), saved);
+        self.campaigns.insert(
+            c,
+            Campaign {
+                monitor,
+                drop_id,
+                dropped_at: now,
+                bytes_sent: 0,
+                finished: false,
+            },
+        );
+        self.drain(now, c);
+        true
+    }
+
     /// Drops waiting for the fleet, plus the one being prepared.
     pub fn drops_waiting(&self) -> usize {
         self.pending.len() + usize::from(self.preparing.is_some())

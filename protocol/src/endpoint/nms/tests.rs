@@ -580,3 +580,95 @@ fn a_request_from_a_non_addressee_is_refused_by_its_campaign() {
         [NmsAction::AnswerChunk { req: r, response }] if *r == req && response.status == ChunkStatus::Refused
     ));
 }
+
+/// The pieces of campaign `tag` as the shell saved them.
+fn saved_campaign(tag: u8, addressees: &[NodeId]) -> (SignedManifest, Manifest, CampaignSecret) {
+    match prepared(0, tag, addressees) {
+        NmsInput::Prepared {
+            manifest,
+            signed,
+            secret,
+            ..
+        } => (signed, *manifest, secret),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn a_restored_campaign_offers_again_only_where_unanswered_and_ends_on_the_reports() {
+    // fanout 1 over A, B, C: A is the only first-tier head; it had failed (refused),
+    // so the part passed to B, which had not answered when the NMS died
+    let nodes = [id(A), id(B), id(C)];
+    let (signed, manifest, secret) = saved_campaign(9, &nodes);
+    let mut e = NmsEndpoint::new(s(0), cfg());
+    let saved = [(id(A), NodeStatus::Failed("refused the offer".into()), 0)];
+    assert!(e.restore(
+        s(1),
+        DropId(1),
+        signed.clone(),
+        manifest.clone(),
+        secret.clone(),
+        &saved
+    ));
+    let ev = events(&mut e);
+    assert!(
+        matches!(&ev[..], [NmsEvent::CampaignStarted { drop_id: DropId(1), manifest: m }] if **m == manifest)
+    );
+    let a = actions(&mut e);
+    assert_eq!(
+        offers(&a).iter().map(|(_, to)| *to).collect::<Vec<_>>(),
+        vec![id(B)]
+    );
+    // the offer repeated is the very manifest signed before the restart
+    assert!(
+        a.iter().any(
+            |a| matches!(a, NmsAction::SendControl { msg: Control::Offer(o), .. } if o.manifest == signed)
+        )
+    );
+    // a second restore of the same campaign is refused
+    assert!(!e.restore(
+        s(1),
+        DropId(2),
+        signed.clone(),
+        manifest.clone(),
+        secret.clone(),
+        &[]
+    ));
+    // the nodes authenticate against the same secret and report
+    for n in [B, C] {
+        e.handle(
+            s(2),
+            NmsInput::ControlRequest {
+                from: id(n),
+                msg: report(9, InstallOutcome::Installed),
+            },
+        );
+    }
+    let summary = actions(&mut e)
+        .into_iter()
+        .find_map(|a| match a {
+            NmsAction::CampaignFinished { summary } => Some(summary),
+            _ => None,
+        })
+        .expect("finished");
+    assert_eq!(summary.installed, 2);
+    assert_eq!(summary.failed().count(), 1);
+}
+
+#[test]
+fn a_restored_campaign_whose_nodes_had_all_reported_ends_at_once() {
+    let nodes = [id(A), id(B)];
+    let (signed, manifest, secret) = saved_campaign(4, &nodes);
+    let mut e = NmsEndpoint::new(s(0), cfg());
+    let saved = [
+        (id(A), NodeStatus::Installed, 0),
+        (id(B), NodeStatus::Installed, 0),
+    ];
+    assert!(e.restore(s(1), DropId(1), signed, manifest, secret, &saved));
+    let a = actions(&mut e);
+    assert!(offers(&a).is_empty());
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, NmsAction::CampaignFinished { summary } if summary.installed == 2))
+    );
+}
