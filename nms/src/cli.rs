@@ -81,6 +81,11 @@ pub struct Cli {
     /// Let nodes install when they cannot reach the NMS to authenticate.
     #[arg(long)]
     offline_install: bool,
+    /// The campaign's default relay policy, carried in the manifest: always, idle, ac,
+    /// idle-or-ac, idle-and-ac, HH:MM-HH:MM (node's local time), or a word and a window
+    /// (idle,22:00-06:00). A node owner's own --relay-policy wins.
+    #[arg(long, value_name = "POLICY", value_parser = relay_arg)]
+    relay_policy: Option<baton_protocol::gate::Policy>,
     /// Print one JSON object per line on stdout for every event and campaign summary,
     /// instead of progress bars or log lines (fields: docs/operations.md).
     #[arg(long)]
@@ -195,7 +200,10 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
                     Transfer::CutThrough
                 },
             },
-            relay: RelayPolicy::default(),
+            relay: cli
+                .relay_policy
+                .map(|p| p.to_manifest(RelayPolicy::default().grace_secs))
+                .unwrap_or_default(),
             expiry_secs: cli.expiry_hours.max(1) * 3600,
             offline_install: cli.offline_install,
         },
@@ -205,6 +213,11 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
         once: cli.once,
         halt_after: cli.halt_after,
     })
+}
+
+fn relay_arg(s: &str) -> Result<baton_protocol::gate::Policy, String> {
+    s.parse()
+        .map_err(|e: baton_protocol::gate::PolicyError| e.to_string())
 }
 
 /// Parses `args` (the program name first) and runs the NMS; with `--once`, exits the
@@ -308,6 +321,22 @@ mod tests {
             assert_eq!(opts.data_dir, data);
             assert_eq!(opts.watch, watch);
         }
+    }
+
+    #[test]
+    fn the_relay_policy_goes_into_the_campaign_settings() {
+        assert_eq!(with(&[]).1.unwrap().settings.relay, RelayPolicy::default());
+        let r = with(&["--relay-policy", "idle,22:00-06:00"])
+            .1
+            .unwrap()
+            .settings
+            .relay;
+        assert_eq!(
+            (r.when, r.window),
+            (baton_protocol::manifest::RelayWhen::Idle, Some((1320, 360)))
+        );
+        let e = format!("{:#}", with(&["--relay-policy", "nightly"]).1.unwrap_err());
+        assert!(e.contains("unknown relay policy `nightly`"), "{e}");
     }
 
     /// Options from `--watch <tmp>/drop --data-dir <tmp>/data` and `extra`.

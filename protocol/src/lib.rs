@@ -16,6 +16,7 @@
 pub mod admission;
 pub mod chunk;
 pub mod endpoint;
+pub mod gate;
 pub mod id;
 pub mod inbox;
 pub mod keys;

@@ -5,6 +5,7 @@
 //! package file ([`chunkfile`]), and the log subscriber ([`init_tracing`]).
 
 pub mod chunkfile;
+pub mod control;
 pub mod discovery;
 pub mod identity;
 pub mod net;

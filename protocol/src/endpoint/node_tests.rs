@@ -131,6 +131,8 @@ struct Shell {
     removed: Vec<(String, u64)>,
     events: Vec<Event>,
     worlds: Vec<World>,
+    /// Chunk answers given and chunk requests not served by the fake shell.
+    chunks: Vec<Action>,
 }
 
 impl Shell {
@@ -149,6 +151,7 @@ impl Shell {
             removed: Vec::new(),
             events: Vec::new(),
             worlds,
+            chunks: Vec::new(),
         };
         s.drain();
         s
@@ -233,18 +236,21 @@ impl Shell {
                         },
                     )
                 }
-                Action::RequestChunk { id, req, .. } => {
+                Action::RequestChunk { id, req, to } => {
                     if self.serve_chunks {
                         let resp = self.world(&req.campaign).sealed(req.index);
                         self.ep.handle(now, Input::ChunkResponse { id, resp });
+                    } else {
+                        self.chunks.push(Action::RequestChunk { id, to, req });
                     }
                 }
+                a @ (Action::SendChunk { .. } | Action::AnswerChunk { .. }) => self.chunks.push(a),
                 Action::SendControl { id, to, msg } => self.sent.push((now, id, to, msg)),
                 Action::Reply { reply, msg } => self.replies.push((reply, msg)),
                 Action::Journal(e) => self.journal.push(e),
                 Action::Forget { campaign } => self.forgotten.push(campaign),
                 Action::RemoveVersion { name, sequence } => self.removed.push((name, sequence)),
-                Action::SendChunk { .. } | Action::AnswerChunk { .. } | Action::Pin { .. } => {}
+                Action::Pin { .. } => {}
             }
             self.ep.check_invariants();
         }
@@ -882,3 +888,6 @@ fn an_unfinished_campaign_refused_at_restart_is_reported_failed() {
     assert!(s.ep.campaign(&c).is_none());
     assert_eq!(s.forgotten, vec![c]);
 }
+
+#[path = "node_gate_tests.rs"]
+mod gate;
