@@ -303,6 +303,27 @@ impl NodeCampaign {
         c
     }
 
+    /// A campaign that had ended here (its final phase journaled) when the node restarted
+    /// before it was over (its reports delivered, its relaying done): its report may never
+    /// have reached the NMS, which would wait for this node forever. It ends again at once
+    /// with `outcome` and reports it; like [`Self::resume_refused`] it fetches, installs
+    /// and serves nothing, and in store-and-forward mode offers its children now.
+    pub fn resume_ended(
+        now: Duration,
+        me: NodeId,
+        offer: Offer,
+        manifest: Manifest,
+        cfg: NodeConfig,
+        outcome: InstallOutcome,
+    ) -> Self {
+        let count = manifest.layout().expect("validated manifest").count();
+        let mut c = Self::build(now, me, offer, manifest, cfg, ChunkSet::new(count));
+        c.stop_serving();
+        c.finish(outcome);
+        c.check_relay_done(now);
+        c
+    }
+
     fn build(
         now: Duration,
         me: NodeId,
@@ -644,6 +665,15 @@ impl NodeCampaign {
     /// at once, without counting a fault) and fails with `reason`. In store-and-forward
     /// mode its children are offered now, so that they fetch from higher up.
     fn disk_failed(&mut self, reason: String) {
+        self.stop_serving();
+        self.finish(InstallOutcome::Failed {
+            reason: clip_reason(reason),
+        });
+    }
+
+    /// Fetches and serves nothing more (requests are answered `Gated`); children not
+    /// offered yet (store-and-forward) are offered now, to fetch from higher up.
+    fn stop_serving(&mut self) {
         self.in_flight.clear();
         self.storing.clear();
         let mut out = Vec::new();
@@ -653,9 +683,6 @@ impl NodeCampaign {
             self.offering = true;
             self.offer_children();
         }
-        self.finish(InstallOutcome::Failed {
-            reason: clip_reason(reason),
-        });
     }
 
     /// A chunk request this node made failed in transport.
