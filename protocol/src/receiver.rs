@@ -502,10 +502,14 @@ impl NodeCampaign {
             self.auth_due,
             (!finished).then_some(self.next_progress),
             self.retry_at.filter(|_| self.phase == Phase::Receiving),
-            // the end of relaying, when only a silent child's linger is left
-            (finished && !self.relay_done_sent && self.server.held_count() == 0)
-                .then(|| self.linger_end())
-                .flatten(),
+            // the end of relaying, when only a silent child's linger is left (an offer
+            // still unanswered ends with its answer or failure, an input, not a timer)
+            (finished
+                && !self.relay_done_sent
+                && self.server.held_count() == 0
+                && !self.children.iter().any(|c| c.state == ChildState::Offered))
+            .then(|| self.linger_end())
+            .flatten(),
         ];
         t.sort();
         t.into_iter().flatten().next()

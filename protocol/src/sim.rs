@@ -22,7 +22,10 @@
 //! 4. a final state never changes: the NMS's status of a node once installed or failed,
 //!    and the outcome a node reported for a campaign (across restarts);
 //! 5. at the end, every addressee that is up is final at the NMS for every campaign
-//!    (installed, or failed with a reason), and installed at the NMS only if it is.
+//!    (installed, or failed with a reason), and installed at the NMS only if it is;
+//! 6. virtual time moves on: at most 100,000 events happen at one instant (a livelock
+//!    otherwise hangs the run);
+//! 7. each node endpoint's own `check_invariants` holds after each of its inputs.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
@@ -306,6 +309,8 @@ impl SimReport {
 const UNIX_ORIGIN: u64 = 2_000;
 /// The package every campaign of a run installs.
 const PACKAGE: &str = "simulated";
+/// Events at one virtual instant beyond which the run counts as a livelock.
+const MAX_EVENTS_AT_ONCE: u64 = 100_000;
 /// The reason of every dropped connection.
 const DROPPED: &str = "connection closed";
 
@@ -665,10 +670,20 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             },
         );
     }
+    let mut at_once = 0u64;
     while sim.violations.is_empty()
         && let Some(Reverse((t, seq))) = sim.queue.pop()
     {
         if t > cfg.max_time || sim.all_done() {
+            break;
+        }
+        // 6. time moves on: a livelock (e.g. a timer due again and again at the same
+        // instant) would otherwise hang the run
+        at_once = if t == sim.now { at_once + 1 } else { 0 };
+        if at_once > MAX_EVENTS_AT_ONCE {
+            sim.violation(format!(
+                "livelock: more than {MAX_EVENTS_AT_ONCE} events at {t:?} without time moving on"
+            ));
             break;
         }
         sim.now = t;
