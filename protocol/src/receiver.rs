@@ -286,8 +286,8 @@ impl NodeCampaign {
     /// sequence was installed meanwhile): it is not resumed, but it ends here
     /// [`Phase::Failed`] with `reason` and reports that to the NMS, which would otherwise
     /// wait for this node forever. It fetches and serves nothing (requests are answered
-    /// `Gated`, so children move up their path at once); in store-and-forward mode its
-    /// children, never offered yet, are offered now so that they fetch from higher up.
+    /// `Gated`, so children move up their path at once); its children are offered (again),
+    /// so that they fetch from higher up (see [`Self::offer_children_again`]).
     pub fn resume_refused(
         now: Duration,
         me: NodeId,
@@ -298,6 +298,7 @@ impl NodeCampaign {
     ) -> Self {
         let count = manifest.layout().expect("validated manifest").count();
         let mut c = Self::build(now, me, offer, manifest, cfg, ChunkSet::new(count));
+        c.offer_children_again();
         c.disk_failed(format!("not resumed after a restart: {reason}"));
         c.check_relay_done(now);
         c
@@ -307,7 +308,7 @@ impl NodeCampaign {
     /// before it was over (its reports delivered, its relaying done): its report may never
     /// have reached the NMS, which would wait for this node forever. It ends again at once
     /// with `outcome` and reports it; like [`Self::resume_refused`] it fetches, installs
-    /// and serves nothing, and in store-and-forward mode offers its children now.
+    /// and serves nothing, and offers its children (again).
     pub fn resume_ended(
         now: Duration,
         me: NodeId,
@@ -318,10 +319,20 @@ impl NodeCampaign {
     ) -> Self {
         let count = manifest.layout().expect("validated manifest").count();
         let mut c = Self::build(now, me, offer, manifest, cfg, ChunkSet::new(count));
+        c.offer_children_again();
         c.stop_serving();
         c.finish(outcome);
         c.check_relay_done(now);
         c
+    }
+
+    /// After a restart: every child is offered, in either transfer mode. An offer of the
+    /// earlier run may never have been delivered (its retries died with the process), and
+    /// only this node offers that part. A child running the campaign accepts it again; one
+    /// that is over with it refuses, and the rest of its part is offered on.
+    fn offer_children_again(&mut self) {
+        self.offering = true;
+        self.offer_children();
     }
 
     fn build(

@@ -1025,6 +1025,59 @@ fn a_relay_waiting_for_an_offer_answer_after_its_linger_is_not_woken_again_and_a
 }
 
 #[test]
+fn a_campaign_resumed_after_a_restart_without_fetching_offers_its_children_again() {
+    // found by the fault explorer (seed 723): a cut-through relay installed, its offer to a
+    // child failed and was to be sent again, and the relay crashed first. After the restart
+    // it reported again but offered nothing (cut-through children are offered at accept),
+    // so that child's part never got the campaign and the NMS waited for it forever.
+    let w = node_world();
+    let part_offer = |k: u64| send(id(k), Control::Offer(Box::new(w.offer(&[A, B, N, k], &[k]))));
+    for ended in [true, false] {
+        let offer = w.offer(&[A, B, N], &[N, P, Q]);
+        let m = check_offer(&offer, &id(B), &w.ctx(N)).expect("a good offer");
+        let mut c = if ended {
+            NodeCampaign::resume_ended(t(0), id(N), offer, m, cfg(), InstallOutcome::Installed)
+        } else {
+            NodeCampaign::resume_refused(t(0), id(N), offer, m, cfg(), "rollback")
+        };
+        let actions = drain(&mut c);
+        for k in [P, Q] {
+            assert!(actions.contains(&part_offer(k)), "{ended}: {actions:?}");
+        }
+        let report = actions.iter().find_map(|a| match a {
+            NodeAction::Send {
+                msg: Control::InstallReport { outcome, .. },
+                ..
+            } => Some(outcome.clone()),
+            _ => None,
+        });
+        match report {
+            Some(InstallOutcome::Installed) => assert!(ended),
+            Some(InstallOutcome::Failed { reason }) => {
+                assert!(!ended);
+                assert!(reason.contains("rollback"), "{reason}");
+            }
+            None => panic!("{ended}: no report: {actions:?}"),
+        }
+        // nothing fetched, authenticated or installed
+        assert!(
+            actions.iter().all(|a| matches!(a, NodeAction::Send { .. })
+                && !matches!(
+                    a,
+                    NodeAction::Send {
+                        msg: Control::AuthRequest { .. },
+                        ..
+                    }
+                )),
+            "{actions:?}"
+        );
+        assert!(!c.relay_done(t(1)), "its offers are unanswered");
+        accept_offers(&w, &mut c, t(1));
+        assert!(c.relay_done(t(1)));
+    }
+}
+
+#[test]
 fn a_resumed_campaign_already_installed_ends_installed_without_the_nms() {
     // found by the fault explorer: a node that installed, crashed before its relaying was
     // done and resumed while the NMS was unreachable reported the campaign failed
