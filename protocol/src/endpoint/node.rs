@@ -65,9 +65,13 @@ pub struct Config {
     /// A message for a peer whose address is not known yet waits this long for it, then
     /// is sent anyway (and retried like any failed send).
     pub address_wait: Duration,
-    /// Attempts to deliver a one-shot message (offer, receipt, trouble, install report)
-    /// before it counts as undeliverable (an offer: the child is unreachable).
+    /// Attempts to deliver a one-shot message (offer, receipt) before it counts as
+    /// undeliverable (an offer: the child is unreachable).
     pub send_attempts: u32,
+    /// Attempts to deliver an install report or a trouble report before it is given up:
+    /// more than [`Config::send_attempts`], as the NMS hears of this node's outcome from
+    /// nothing else, and an NMS restart takes a while.
+    pub report_attempts: u32,
     /// First pause before a failed one-shot message is sent again; doubles per attempt up
     /// to [`Config::send_retry_max`], jittered to `[d/2, d]`.
     pub send_retry_base: Duration,
@@ -88,6 +92,8 @@ impl Default for Config {
             address_wait: Duration::from_secs(60),
             // 4 pauses of 1-2, 2-4, 4-8 and 8-16 s: 15 to 30 s from the first attempt
             send_attempts: 5,
+            // then 7 more pauses of 8-16 s: 71 to 142 s from the first attempt
+            report_attempts: 12,
             send_retry_base: Duration::from_secs(2),
             send_retry_max: Duration::from_secs(16),
         }
@@ -1041,8 +1047,13 @@ impl NodeEndpoint {
         if !self.campaigns.contains_key(&campaign) {
             return;
         }
+        let attempts = if matches!(kind, ControlKind::InstallReport | ControlKind::Trouble) {
+            self.cfg.report_attempts
+        } else {
+            self.cfg.send_attempts
+        };
         if let Some(msg) = copy
-            && attempt < self.cfg.send_attempts
+            && attempt < attempts
         {
             self.retries += 1;
             let mut salt = self.me.to_bytes();

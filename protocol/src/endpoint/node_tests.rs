@@ -856,6 +856,60 @@ fn a_campaign_ends_only_once_its_install_report_is_delivered() {
     assert!(s.events.iter().any(|e| matches!(e, Event::Finished { .. })));
 }
 
+/// Fault explorer, seeds 1079 and 1489: the NMS was down for 12 s, four attempts of an
+/// install report fell in that time, and the fifth, after the NMS was back, was lost on a
+/// lossy link; the report was given up and the NMS waited for the node forever. Reports
+/// are tried longer than offers and receipts.
+#[test]
+fn an_install_report_is_tried_longer_than_other_one_shot_messages() {
+    let mut s = offered(1, &[N]);
+    let c = s.worlds[0].c();
+    let nms = s.worlds[0].nms;
+    s.input(Input::PeerAddressKnown(nms));
+    let mut tries = 0;
+    for _ in 0..40 {
+        let pending: Vec<(OutId, Control)> = s
+            .sent
+            .iter()
+            .filter(|(_, _, to, _)| *to == nms)
+            .map(|(_, id, _, m)| (*id, m.clone()))
+            .collect();
+        s.sent.retain(|(_, _, to, _)| *to != nms);
+        for (id, m) in pending {
+            match m {
+                Control::InstallReport { .. } => {
+                    tries += 1;
+                    s.input(Input::SendFailed {
+                        id,
+                        reason: "connection closed".into(),
+                    });
+                }
+                Control::AuthRequest { campaign, .. } => s.input(Input::ControlResponse {
+                    id,
+                    msg: Control::AuthReply {
+                        campaign,
+                        ok: true,
+                        reason: String::new(),
+                    },
+                }),
+                _ => s.input(Input::ControlResponse {
+                    id,
+                    msg: Control::Ack,
+                }),
+            }
+        }
+        let now = s.now;
+        s.run_until(now + t(20));
+    }
+    assert_eq!(s.installs, 1);
+    let cfg = config();
+    assert!(cfg.report_attempts > cfg.send_attempts);
+    assert_eq!(tries, cfg.report_attempts);
+    // given up after the last attempt: the campaign is over here
+    assert!(s.ep.campaign(&c).is_none());
+    assert_eq!(s.forgotten, vec![c]);
+}
+
 /// Seed 301 of the fault explorer: a campaign left unfinished by a crash is refused at
 /// restart because a newer sequence was installed meanwhile. It used to be dropped without
 /// a word, so its NMS waited for this node forever; now it ends failed here, with the
