@@ -1,19 +1,27 @@
 //! Building a campaign from a dropped file: open it once and check what was opened
-//! ([`Dropped::open`]), copy it from that descriptor into the NMS's store while hashing it,
-//! pick the sequence number (persisted, only grows), sign the manifest.
+//! ([`Dropped::open`]), refuse it before copying if it is too large, copy it from that
+//! descriptor into the NMS's store while hashing it, decide with the package's history
+//! whether it is a new version ([`baton_protocol::inbox`]), pick the sequence number
+//! (in the database, only grows), sign the manifest and record the campaign.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
+use baton_protocol::inbox::{Drop as InboxDrop, Intake as Decision, decide};
+use baton_protocol::limits::MAX_CHUNKS;
 use baton_protocol::manifest::{
     HashList, MANIFEST_FORMAT, PlanParams, RelayPolicy, is_plain_file_name, parse_package_file_name,
 };
-use baton_protocol::{CampaignSecret, Hash, Keypair, Manifest, NodeId, PackageHasher, SignedManifest};
+use baton_protocol::{
+    CampaignId, CampaignSecret, Hash, Keypair, Manifest, NodeId, PackageHasher, SignedManifest,
+};
+
+use crate::db::{CampaignState, Db, DropStamp, NewCampaign, SavedCampaign};
 
 /// Campaign settings from the command line.
 #[derive(Debug, Clone)]
@@ -34,6 +42,8 @@ pub struct Prepared {
     /// The NMS's own copy of the package, served to the first tier.
     pub file: PathBuf,
     pub dir: PathBuf,
+    /// The package's campaigns that were running and are now superseded by this one.
+    pub superseded: Vec<CampaignId>,
 }
 
 /// A package file dropped into the watched folder, opened exactly once and checked on the
@@ -135,52 +145,102 @@ fn copy_and_hash(dropped: &Dropped, to: &Path, chunk_size: u32) -> Result<(u64, 
     Ok((size, hashes, root))
 }
 
-/// The persisted per-package sequence numbers.
-fn next_sequence(data_dir: &Path, name: &str) -> Result<u64> {
-    let path = data_dir.join("sequences.json");
-    let mut seqs: BTreeMap<String, u64> = match fs::read_to_string(&path) {
-        Ok(t) => serde_json::from_str(&t).with_context(|| {
-            format!(
-                "{} is corrupt; fix or remove it (sequence numbers must only grow)",
-                path.display()
-            )
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => bail!("cannot read {}: {e}", path.display()),
-    };
-    let seq = seqs.get(name).copied().unwrap_or(0) + 1;
-    seqs.insert(name.to_string(), seq);
-    let tmp = data_dir.join(".sequences.json.tmp");
-    fs::write(&tmp, serde_json::to_string_pretty(&seqs)?)?;
-    fs::File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, &path)?;
-    Ok(seq)
+/// Where dropped files go once taken in: the database that remembers them and the
+/// versions distributed, the data directory that holds the copies, and the optional
+/// archive folder taken-in files are moved to.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    pub db: Arc<Mutex<Db>>,
+    pub data_dir: PathBuf,
+    pub archive: Option<PathBuf>,
+}
+
+/// What came of a drop that was not refused.
+#[derive(Debug)]
+pub enum Intook {
+    /// A new campaign, signed and recorded.
+    Campaign(Box<Prepared>),
+    /// Nothing to do (the content distributed last, or a file taken in before); says why.
+    Nothing(String),
+}
+
+/// The largest package a campaign can carry with this chunk size.
+pub fn max_package_size(chunk_size: u32) -> u64 {
+    MAX_CHUNKS.saturating_mul(u64::from(chunk_size))
+}
+
+/// How a file of the drop folder is remembered: size, mtime, device and inode.
+pub fn stamp_of(meta: &fs::Metadata) -> DropStamp {
+    DropStamp {
+        size: meta.len(),
+        mtime_ns: meta
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.mtime_nsec()),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    }
+}
+
+/// The refusal of a drop too large for one campaign, or `None`.
+pub fn oversize(path: &Path, size: u64, chunk_size: u32) -> Option<String> {
+    let max = max_package_size(chunk_size);
+    (size > max).then(|| {
+        format!(
+            "{} is {size} bytes, more than the {max} bytes ({MAX_CHUNKS} chunks of {chunk_size} bytes) \
+             one campaign can carry; nothing was copied and no sequence number was used: raise \
+             --chunk-size or split the package",
+            path.display()
+        )
+    })
+}
+
+fn lock(db: &Mutex<Db>) -> std::sync::MutexGuard<'_, Db> {
+    db.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The sidecar by which the operator asks for a rollback: `<file>.rollback` next to it.
+pub fn rollback_sidecar(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".rollback");
+    path.with_file_name(name)
 }
 
 /// Intake of a file the watcher reported: opens it once ([`Dropped::open`]) and builds the
 /// campaign from that descriptor ([`prepare`]).
 pub fn intake(
-    data_dir: &Path,
+    inbox: &Inbox,
     path: &Path,
     nms: &Keypair,
     addressees: Vec<NodeId>,
     settings: &CampaignSettings,
-) -> Result<Prepared> {
-    let dropped = Dropped::open(path, data_dir)?;
-    prepare(data_dir, dropped, nms, addressees, settings)
+) -> Result<Intook> {
+    let dropped = Dropped::open(path, &inbox.data_dir)?;
+    prepare(inbox, dropped, nms, addressees, settings)
 }
 
-/// Copies the dropped file from its descriptor into `data/campaigns/<id>/`, hashing the
-/// bytes as they are copied, and signs the manifest. Refuses (signing nothing) if the file
-/// changed in size or mtime since it was opened: it was still being written.
+/// Takes in a dropped file from its descriptor: refuses it before copying if it is too
+/// large; copies it into `data/campaigns/<id>/` while hashing it (refusing, signing
+/// nothing, if it changed since it was opened: it was still being written); asks
+/// [`baton_protocol::inbox::decide`] whether it is a new version, the content distributed
+/// last, or an older version not asked for; and for a new version signs the manifest with
+/// the package's next sequence number and records the campaign (superseding the package's
+/// running campaigns). The file is remembered whatever came of it, so that it is not taken
+/// in again, also after a restart.
 pub fn prepare(
-    data_dir: &Path,
+    inbox: &Inbox,
     dropped: Dropped,
     nms: &Keypair,
     addressees: Vec<NodeId>,
     settings: &CampaignSettings,
-) -> Result<Prepared> {
-    let shown = dropped.path.display();
+) -> Result<Intook> {
+    let shown = dropped.path.display().to_string();
     let file_name = dropped
         .path
         .file_name()
@@ -192,6 +252,15 @@ pub fn prepare(
             )
         })?
         .to_string();
+    let stamp = stamp_of(&dropped.meta);
+    let remember = |content: Option<&Hash>, outcome: &str| -> Result<()> {
+        lock(&inbox.db).remember_drop(&file_name, stamp, content, outcome, unix_now())?;
+        Ok(())
+    };
+    if let Some(why) = oversize(&dropped.path, dropped.meta.len(), settings.chunk_size) {
+        remember(None, "refused: too large")?;
+        bail!(why);
+    }
     let (name, version) = parse_package_file_name(&file_name);
     if addressees.is_empty() {
         bail!("no nodes to send {file_name} to");
@@ -207,21 +276,51 @@ pub fn prepare(
             plan.fanout
         );
     }
+    let sidecar = rollback_sidecar(&dropped.path);
+    let rollback = fs::symlink_metadata(&sidecar).is_ok_and(|m| m.is_file());
     let campaign = random_bytes::<16>()?;
-    let dir = data_dir.join("campaigns").join(hex::encode(campaign));
+    let dir = inbox.data_dir.join("campaigns").join(hex::encode(campaign));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let file = dir.join(&file_name);
-    let copied = copy_and_hash(&dropped, &file, settings.chunk_size);
-    let (size, hashes, root) = match copied {
+    let discard = || {
+        // nothing of a file not distributed stays in the store
+        let _ = fs::remove_dir_all(&dir);
+    };
+    let (size, hashes, root) = match copy_and_hash(&dropped, &file, settings.chunk_size) {
         Ok(hashed) => hashed,
         Err(e) => {
-            // nothing of a refused file stays in the store
-            let _ = fs::remove_dir_all(&dir);
+            discard();
             return Err(e);
         }
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let sequence = next_sequence(data_dir, &name)?;
+    let mut db = lock(&inbox.db);
+    let this = InboxDrop {
+        file: &file_name,
+        package: &name,
+        version: &version,
+        content: root,
+        rollback,
+    };
+    let history = db.history(&name)?;
+    let sequence = match decide(&this, &history, db.last_sequence(&name)?) {
+        Decision::Accept { sequence } => sequence,
+        Decision::Unchanged { sequence } => {
+            discard();
+            db.remember_drop(&file_name, stamp, Some(&root), "unchanged", unix_now())?;
+            drop(db);
+            archive(inbox, &dropped.path);
+            return Ok(Intook::Nothing(format!(
+                "{shown}: its content is {name} {version} as distributed with sequence {sequence}; \
+                 nothing to do"
+            )));
+        }
+        Decision::Refused(why) => {
+            discard();
+            db.remember_drop(&file_name, stamp, Some(&root), "refused: older", unix_now())?;
+            bail!(why);
+        }
+    };
+    let now = unix_now();
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         campaign,
@@ -242,36 +341,247 @@ pub fn prepare(
         self_update: false,
         addressees,
     };
-    let signed = SignedManifest::sign(&manifest, nms).context("cannot sign the manifest")?;
-    fs::write(dir.join("manifest.cbor"), &signed.body)?;
-    Ok(Prepared {
+    let signed = match SignedManifest::sign(&manifest, nms).context("cannot sign the manifest") {
+        Ok(s) => s,
+        Err(e) => {
+            discard();
+            return Err(e);
+        }
+    };
+    let secret = CampaignSecret(random_bytes::<32>()?);
+    if let Err(e) = fs::write(dir.join("manifest.cbor"), &signed.body) {
+        discard();
+        bail!("cannot write {}: {e}", dir.join("manifest.cbor").display());
+    }
+    let superseded = db.record_campaign(&NewCampaign {
+        id: campaign,
+        package: &manifest.name,
+        version: &manifest.version,
+        sequence,
+        content: root,
+        size,
+        manifest: &signed.body,
+        signature: &signed.signature,
+        secret: &secret.0,
+        copy: &file,
+        rollback,
+        at: now,
+    });
+    let superseded = match superseded {
+        Ok(s) => s,
+        Err(e) => {
+            discard();
+            return Err(e.into());
+        }
+    };
+    db.remember_drop(&manifest.file, stamp, Some(&root), "campaign", now)?;
+    drop(db);
+    if rollback {
+        // asked for once: the next drop of an older version is refused again
+        let _ = fs::remove_file(&sidecar);
+    }
+    archive(inbox, &dropped.path);
+    Ok(Intook::Campaign(Box::new(Prepared {
         manifest,
         signed,
-        secret: CampaignSecret(random_bytes::<32>()?),
+        secret,
         file,
         dir,
-    })
+        superseded,
+    })))
+}
+
+/// What the database knows of a file the watcher reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Before {
+    /// Not this file (name, size, mtime, inode): take it in.
+    New,
+    /// This very file was taken in before, with this outcome.
+    Same(String),
+    /// Too large for a campaign: refused now (and remembered), nothing copied.
+    Refused(String),
+}
+
+/// Looks `path` up (without opening it) among the files taken in before, also by the
+/// process before a restart, and refuses a file too large for one campaign before anything
+/// is copied.
+pub fn taken_in_before(db: &Db, path: &Path, chunk_size: u32) -> Result<Before> {
+    let (Some(name), Ok(meta)) = (
+        path.file_name().and_then(|n| n.to_str()),
+        fs::symlink_metadata(path),
+    ) else {
+        return Ok(Before::New);
+    };
+    let stamp = stamp_of(&meta);
+    if let Some((was, outcome)) = db.drop_seen(name)?
+        && was == stamp
+    {
+        return Ok(Before::Same(outcome));
+    }
+    if meta.is_file()
+        && let Some(why) = oversize(path, meta.len(), chunk_size)
+    {
+        db.remember_drop(name, stamp, None, "refused: too large", unix_now())?;
+        return Ok(Before::Refused(why));
+    }
+    Ok(Before::New)
+}
+
+/// Removes folders of `store` that no campaign in the database names: what a crash left
+/// between copying a drop and recording its campaign. Run at start only, when no intake
+/// is under way. Returns how many it removed.
+pub fn remove_orphan_copies(db: &Db, store: &Path) -> usize {
+    let Ok(all) = db.campaigns() else { return 0 };
+    let known: std::collections::HashSet<String> = all.iter().map(|c| hex::encode(c.id)).collect();
+    let Ok(entries) = fs::read_dir(store) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_campaign_dir = name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_campaign_dir && !known.contains(&name) && e.file_type().is_ok_and(|t| t.is_dir()) {
+            match fs::remove_dir_all(e.path()) {
+                Ok(()) => {
+                    tracing::info!(
+                        "removed {}: a copy no campaign was recorded for",
+                        e.path().display()
+                    );
+                    removed += 1;
+                }
+                Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+            }
+        }
+    }
+    removed
+}
+
+/// Retention: keeps the copies of each package's newest campaign and of the newest one done
+/// before it (the current and the previous version), and removes every other copy once its
+/// campaign has ended (a superseded campaign keeps its copy until its nodes are done).
+/// Removes only folders directly inside `store`. Returns the campaigns whose copy went.
+pub fn remove_old_copies(db: &Db, store: &Path) -> Vec<CampaignId> {
+    let all = match db.campaigns() {
+        Ok(all) => all,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Vec::new();
+        }
+    };
+    let mut by_package: std::collections::BTreeMap<&str, Vec<&SavedCampaign>> = Default::default();
+    for c in &all {
+        by_package.entry(c.package.as_str()).or_default().push(c);
+    }
+    let mut removed = Vec::new();
+    for list in by_package.values_mut() {
+        list.sort_by_key(|c| std::cmp::Reverse(c.sequence));
+        let newest = list[0].id;
+        let previous = list[1..]
+            .iter()
+            .find(|c| c.state == CampaignState::Done)
+            .map(|c| c.id);
+        for c in list.iter() {
+            let Some(copy) = &c.copy else { continue };
+            let ended = c.ended || c.state == CampaignState::Cancelled;
+            if c.id == newest || Some(c.id) == previous || !ended {
+                continue;
+            }
+            let Some(dir) = copy.parent().filter(|d| d.parent() == Some(store)) else {
+                tracing::warn!(
+                    "not removing {}: it is not in {}",
+                    copy.display(),
+                    store.display()
+                );
+                continue;
+            };
+            match fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!("cannot remove the old campaign copy {}: {e}", dir.display());
+                    continue;
+                }
+            }
+            tracing::info!(
+                "removed the copy of campaign {} ({} sequence {}): neither the current nor the previous version",
+                hex::encode(c.id),
+                c.package,
+                c.sequence
+            );
+            if let Err(e) = db.copy_removed(&c.id) {
+                tracing::error!("{e}");
+            }
+            removed.push(c.id);
+        }
+    }
+    removed
+}
+
+/// Moves a file taken in to the archive folder, if there is one (same filesystem).
+fn archive(inbox: &Inbox, path: &Path) {
+    let Some(dir) = &inbox.archive else { return };
+    let Some(name) = path.file_name() else { return };
+    let to = dir.join(name);
+    if let Err(e) = fs::rename(path, &to) {
+        tracing::warn!(
+            "cannot move {} to the archive {}: {e} (the archive must be on the same filesystem as \
+             the drop folder); it stays where it is and is not taken in again",
+            path.display(),
+            to.display()
+        );
+    }
+}
+
+/// Test helpers: an inbox over `data`, and intake that expects a campaign.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub(crate) fn inbox(data: &Path) -> Inbox {
+        Inbox {
+            db: Arc::new(Mutex::new(Db::open(data).unwrap())),
+            data_dir: data.to_path_buf(),
+            archive: None,
+        }
+    }
+
+    pub(crate) fn campaign(r: Result<Intook>) -> Result<Prepared> {
+        match r? {
+            Intook::Campaign(p) => Ok(*p),
+            Intook::Nothing(why) => bail!("no campaign: {why}"),
+        }
+    }
+
+    pub(crate) fn intake_at(
+        data: &Path,
+        path: &Path,
+        nms: &Keypair,
+        addressees: Vec<NodeId>,
+        settings: &CampaignSettings,
+    ) -> Result<Prepared> {
+        campaign(intake(&inbox(data), path, nms, addressees, settings))
+    }
+
+    pub(crate) fn prepare_at(
+        data: &Path,
+        dropped: Dropped,
+        nms: &Keypair,
+        addressees: Vec<NodeId>,
+        settings: &CampaignSettings,
+    ) -> Result<Prepared> {
+        campaign(prepare(&inbox(data), dropped, nms, addressees, settings))
+    }
+
+    /// True if no campaign was ever recorded in `data` and no sequence number was used.
+    pub(crate) fn nothing_recorded(data: &Path) -> bool {
+        !data.join(crate::db::DB_FILE).exists() || Db::open(data).unwrap().campaigns().unwrap().is_empty()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::testing::intake_at as intake;
     use super::*;
-
-    #[test]
-    fn sequences_only_grow_and_survive_restarts() {
-        let d = tempfile::tempdir().unwrap();
-        assert_eq!(next_sequence(d.path(), "frob").unwrap(), 1);
-        assert_eq!(next_sequence(d.path(), "frob").unwrap(), 2);
-        assert_eq!(next_sequence(d.path(), "other").unwrap(), 1);
-        assert_eq!(next_sequence(d.path(), "frob").unwrap(), 3);
-        fs::write(d.path().join("sequences.json"), "garbage").unwrap();
-        assert!(
-            next_sequence(d.path(), "frob")
-                .unwrap_err()
-                .to_string()
-                .contains("corrupt")
-        );
-    }
 
     #[test]
     fn prepare_hashes_the_copy_and_signs() {
@@ -307,6 +617,7 @@ mod tests {
 
 #[cfg(test)]
 mod intake_tests {
+    use super::testing::{intake_at as intake, nothing_recorded, prepare_at as prepare};
     use super::*;
     use crate::watch::{DropEvent, DropWatcher};
     use std::time::Duration;
@@ -339,10 +650,7 @@ mod intake_tests {
                 }
             }
         }
-        assert!(
-            !data.join("sequences.json").exists(),
-            "a sequence number was used"
-        );
+        assert!(nothing_recorded(data), "a sequence number was used");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,7 +791,7 @@ mod intake_tests {
         .unwrap();
         let err = r.expect_err("a FIFO was read").to_string();
         assert!(err.contains("FIFO"), "{err}");
-        assert!(!data.join("sequences.json").exists());
+        assert!(nothing_recorded(&data));
     }
 
     fn drop_file(d: &Path) -> (PathBuf, PathBuf) {
@@ -500,10 +808,7 @@ mod intake_tests {
             err.contains("changed while it was being copied") && err.contains("nothing was signed"),
             "{err}"
         );
-        assert!(
-            !data.join("sequences.json").exists(),
-            "a sequence number was used"
-        );
+        assert!(nothing_recorded(data), "a sequence number was used");
         let left = fs::read_dir(data.join("campaigns"))
             .map(|d| d.count())
             .unwrap_or(0);
@@ -564,5 +869,247 @@ mod intake_tests {
             err.contains("same folder") && err.contains("is not distributed"),
             "{err}"
         );
+    }
+}
+
+/// The drop folder as an inbox (issue 9, points 2, 3, 4 and 8).
+#[cfg(test)]
+mod inbox_tests {
+    use super::testing::{campaign, inbox};
+    use super::*;
+    use crate::db::CampaignState;
+
+    fn settings() -> CampaignSettings {
+        CampaignSettings {
+            chunk_size: 4096,
+            plan: PlanParams::default(),
+            relay: RelayPolicy::default(),
+            expiry_secs: 3600,
+            offline_install: false,
+        }
+    }
+
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        watch: PathBuf,
+        data: PathBuf,
+        kp: Keypair,
+        node: NodeId,
+    }
+
+    fn setup() -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let (watch, data) = (tmp.path().join("drop"), tmp.path().join("data"));
+        fs::create_dir(&watch).unwrap();
+        Setup {
+            _tmp: tmp,
+            watch,
+            data,
+            kp: Keypair::generate_ed25519(),
+            node: NodeId::of(&Keypair::generate_ed25519()),
+        }
+    }
+
+    impl Setup {
+        fn put(&self, name: &str, content: &[u8]) -> PathBuf {
+            let p = self.watch.join(name);
+            // a new inode, as a copy into the folder makes
+            let _ = fs::remove_file(&p);
+            fs::write(&p, content).unwrap();
+            p
+        }
+        fn take(&self, inbox: &Inbox, path: &Path) -> Result<Intook> {
+            intake(inbox, path, &self.kp, vec![self.node], &settings())
+        }
+        fn copies(&self) -> usize {
+            fs::read_dir(self.data.join("campaigns")).map_or(0, |d| d.count())
+        }
+    }
+
+    #[test]
+    fn a_file_taken_in_is_not_taken_in_again_after_a_restart() {
+        // point 2: the restarted NMS signed every file of the folder again
+        let s = setup();
+        let path = s.put("frob-1.0.bin", &[1u8; 10_000]);
+        let first = campaign(s.take(&inbox(&s.data), &path)).unwrap();
+        assert_eq!(first.manifest.sequence, 1);
+        // the restart: a new process, the same data directory
+        let again = inbox(&s.data);
+        let db = again.db.lock().unwrap();
+        assert!(
+            matches!(taken_in_before(&db, &path, 4096).unwrap(), Before::Same(ref o) if o == "campaign"),
+            "the very file is taken in again after a restart"
+        );
+        drop(db);
+        // copied in again (new inode and mtime), same bytes: nothing signed
+        let path = s.put("frob-1.0.bin", &[1u8; 10_000]);
+        let db = again.db.lock().unwrap();
+        assert_eq!(taken_in_before(&db, &path, 4096).unwrap(), Before::New);
+        drop(db);
+        match s.take(&again, &path).unwrap() {
+            Intook::Nothing(why) => assert!(why.contains("sequence 1; nothing to do"), "{why}"),
+            Intook::Campaign(p) => panic!("signed again as sequence {}", p.manifest.sequence),
+        }
+        let db = again.db.lock().unwrap();
+        assert_eq!(db.last_sequence("frob").unwrap(), 1);
+        assert_eq!(db.campaigns().unwrap().len(), 1);
+        assert_eq!(s.copies(), 1, "a second copy was kept");
+    }
+
+    #[test]
+    fn an_older_version_is_refused_and_taken_only_as_a_rollback_asked_for() {
+        // point 2: files re-sent in directory order downgraded nodes (2.0, then 1.0)
+        let s = setup();
+        let inbox = inbox(&s.data);
+        let new = s.put("frob-2.0.bin", &[2u8; 10_000]);
+        assert_eq!(campaign(s.take(&inbox, &new)).unwrap().manifest.sequence, 1);
+        let old = s.put("frob-1.0.bin", &[1u8; 10_000]);
+        let err = format!(
+            "{:#}",
+            campaign(s.take(&inbox, &old)).expect_err("a downgrade was signed")
+        );
+        assert!(
+            err.contains("older than the latest distributed version 2.0")
+                && err.contains("frob-1.0.bin.rollback"),
+            "{err}"
+        );
+        assert_eq!(inbox.db.lock().unwrap().last_sequence("frob").unwrap(), 1);
+        assert_eq!(s.copies(), 1, "the refused file's copy was kept");
+        // asked for in so many words: a rollback, with a higher sequence
+        fs::write(rollback_sidecar(&old), b"").unwrap();
+        let p = campaign(s.take(&inbox, &old)).unwrap();
+        assert_eq!((p.manifest.version.as_str(), p.manifest.sequence), ("1.0", 2));
+        assert!(!rollback_sidecar(&old).exists(), "the sidecar is used once");
+        // 2.0's content under another name, without a sidecar: refused (it is older now)
+        let back = s.put("frob-3.0.bin", &[2u8; 10_000]);
+        let err = format!("{:#}", campaign(s.take(&inbox, &back)).unwrap_err());
+        assert!(err.contains("content is that of version 2.0"), "{err}");
+    }
+
+    #[test]
+    fn a_file_changed_after_its_campaign_started_is_a_new_version_superseding_it() {
+        // point 3: a file replaced during its campaign left nodes on the older version
+        let s = setup();
+        let inbox = inbox(&s.data);
+        let path = s.put("frob-1.0.bin", &[1u8; 10_000]);
+        let first = campaign(s.take(&inbox, &path)).unwrap();
+        let path = s.put("frob-1.0.bin", &[9u8; 12_000]);
+        let second = campaign(s.take(&inbox, &path)).unwrap();
+        assert_eq!(second.manifest.sequence, 2);
+        assert_eq!(second.superseded, vec![first.manifest.campaign]);
+        let states: Vec<_> = inbox
+            .db
+            .lock()
+            .unwrap()
+            .campaigns()
+            .unwrap()
+            .iter()
+            .map(|c| (c.sequence, c.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![(1, CampaignState::Superseded), (2, CampaignState::Running)]
+        );
+    }
+
+    #[test]
+    fn an_oversize_drop_is_refused_before_anything_is_copied() {
+        // point 4: an oversize drop was copied whole and used up a sequence number
+        let s = setup();
+        let inbox = inbox(&s.data);
+        let path = s.watch.join("huge-1.0.img");
+        let f = fs::File::create(&path).unwrap();
+        f.set_len(max_package_size(4096) + 1).unwrap(); // sparse
+        drop(f);
+        let db = inbox.db.lock().unwrap();
+        match taken_in_before(&db, &path, 4096).unwrap() {
+            Before::Refused(why) => assert!(why.contains("nothing was copied"), "{why}"),
+            other => panic!("not refused at once: {other:?}"),
+        }
+        // and remembered: not refused again and again
+        assert!(matches!(
+            taken_in_before(&db, &path, 4096).unwrap(),
+            Before::Same(_)
+        ));
+        drop(db);
+        // intake itself refuses it from the descriptor's size, before copying
+        let err = format!("{:#}", campaign(s.take(&inbox, &path)).unwrap_err());
+        assert!(
+            err.contains("nothing was copied and no sequence number was used"),
+            "{err}"
+        );
+        assert_eq!(s.copies(), 0);
+        assert_eq!(inbox.db.lock().unwrap().last_sequence("huge").unwrap(), 0);
+    }
+
+    #[test]
+    fn only_the_current_and_previous_copies_are_kept_once_campaigns_end() {
+        // point 8: an NMS held 4.4 GB of old campaign copies
+        let s = setup();
+        let inbox = inbox(&s.data);
+        let store = s.data.join("campaigns");
+        let mut ids = Vec::new();
+        for v in 1..=4u8 {
+            let path = s.put(&format!("frob-{v}.0.bin"), &[v; 10_000]);
+            let p = campaign(s.take(&inbox, &path)).unwrap();
+            ids.push((p.manifest.campaign, p.file));
+            if v < 3 {
+                inbox
+                    .db
+                    .lock()
+                    .unwrap()
+                    .campaign_ended(&p.manifest.campaign, 1)
+                    .unwrap();
+            }
+        }
+        // 1 and 2 done; 3 superseded by 4 and still running; 4 running
+        let db = inbox.db.lock().unwrap();
+        assert_eq!(remove_old_copies(&db, &store), vec![ids[0].0]);
+        assert!(!ids[0].1.exists() && ids[1].1.exists() && ids[2].1.exists() && ids[3].1.exists());
+        // the superseded campaign ends: its copy goes; 4 is current, 2 the previous version
+        db.campaign_ended(&ids[2].0, 2).unwrap();
+        assert_eq!(remove_old_copies(&db, &store), vec![ids[2].0]);
+        assert!(!ids[2].1.exists() && ids[1].1.exists() && ids[3].1.exists());
+        // 4 done: 4 current, and it is also the newest done, 2 still the previous
+        db.campaign_ended(&ids[3].0, 3).unwrap();
+        assert!(remove_old_copies(&db, &store).is_empty());
+        assert_eq!(fs::read_dir(&store).unwrap().count(), 2);
+        // a restart finds the copies it removed marked as such
+        let left: Vec<_> = db
+            .campaigns()
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.copy.is_some())
+            .map(|c| c.sequence)
+            .collect();
+        assert_eq!(left, vec![2, 4]);
+    }
+
+    #[test]
+    fn files_taken_in_move_to_the_archive() {
+        let s = setup();
+        let archive = s.watch.parent().unwrap().join("archive");
+        fs::create_dir(&archive).unwrap();
+        let mut inbox = inbox(&s.data);
+        inbox.archive = Some(archive.clone());
+        let path = s.put("frob-1.0.bin", &[1u8; 5000]);
+        campaign(s.take(&inbox, &path)).unwrap();
+        assert!(!path.exists());
+        assert_eq!(fs::read(archive.join("frob-1.0.bin")).unwrap(), vec![1u8; 5000]);
+    }
+
+    #[test]
+    fn a_copy_left_by_a_crash_before_its_campaign_was_recorded_is_removed_at_start() {
+        let s = setup();
+        let inbox = inbox(&s.data);
+        let path = s.put("frob-1.0.bin", &[1u8; 5000]);
+        let kept = campaign(s.take(&inbox, &path)).unwrap();
+        let store = s.data.join("campaigns");
+        let orphan = store.join("00112233445566778899aabbccddeeff");
+        fs::create_dir(&orphan).unwrap();
+        fs::write(orphan.join("frob-2.0.bin"), b"half a copy").unwrap();
+        let db = inbox.db.lock().unwrap();
+        assert_eq!(remove_orphan_copies(&db, &store), 1);
+        assert!(!orphan.exists() && kept.file.exists());
     }
 }

@@ -1,15 +1,19 @@
 //! The `baton-nms` command line: flags and the process entry point.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::campaign::CampaignSettings;
 use crate::server::{NmsOptions, run};
+use crate::ui::{LogWriter, Mode};
 use crate::watch::check_folders;
 use anyhow::{Result, bail};
+use baton_protocol::endpoint::nms::FailureThreshold;
 use baton_protocol::limits::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_FANOUT, MIN_CHUNK_SIZE};
 use baton_protocol::manifest::{PlanParams, RelayPolicy, Transfer};
-use baton_shell::discovery::Interfaces;
+use baton_shell::discovery::{Interfaces, check_interfaces, host_interfaces};
+use baton_shell::net::{NMS_PORT, parse_listen, tcp_addr};
 use clap::Parser;
 
 /// Watches a folder and distributes every package dropped into it to the nodes of the LAN.
@@ -23,14 +27,20 @@ pub struct Cli {
     /// /var/lib/baton-nms as root, else ~/.local/share/baton-nms.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// TCP port to listen on (0 = any free port).
-    #[arg(long, default_value_t = 0)]
-    port: u16,
+    /// Address and TCP port to listen on: IP:PORT, e.g. 0.0.0.0:4101 (every IPv4
+    /// address) or [::]:4101 (IPv6); a bare IP gets port 4101. Nodes connect to this port:
+    /// let it through the firewall. Port 0 picks any free port.
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:4101", value_parser = listen_arg)]
+    listen: SocketAddr,
+    /// Shorthand for --listen 0.0.0.0:PORT.
+    #[arg(long, conflicts_with = "listen")]
+    port: Option<u16>,
     /// Do not use mDNS; name nodes with --peer.
     #[arg(long)]
     no_mdns: bool,
-    /// Restrict mDNS to these interfaces. Repeatable.
-    #[arg(long = "interface")]
+    /// Restrict mDNS to these network interfaces (e.g. eth0). Repeatable. Default: all.
+    /// A name this host does not have is refused.
+    #[arg(long = "interface", value_name = "NAME")]
     interfaces: Vec<String>,
     /// A node to include without mDNS: /ip4/.../tcp/.../p2p/<peer id>. Repeatable.
     #[arg(long = "peer", value_name = "MULTIADDR")]
@@ -41,6 +51,13 @@ pub struct Cli {
     /// Seconds without a newly discovered node before discovery counts as settled.
     #[arg(long, default_value_t = 2.0)]
     settle: f64,
+    /// Seconds a dropped file must stay unchanged, after its writer closed it, before it is
+    /// taken in. Keep it above the pauses of whatever writes into the drop folder.
+    #[arg(long, default_value_t = crate::watch::DEFAULT_SETTLE.as_secs_f64())]
+    settle_file: f64,
+    /// Move files taken in to this folder (on the same filesystem as --watch).
+    #[arg(long, value_name = "DIR")]
+    archive: Option<PathBuf>,
     /// Seconds to wait for --min-nodes before giving up on a dropped file.
     #[arg(long, default_value_t = 60.0)]
     discovery_timeout: f64,
@@ -64,12 +81,18 @@ pub struct Cli {
     /// Let nodes install when they cannot reach the NMS to authenticate.
     #[arg(long)]
     offline_install: bool,
-    /// Print JSON lines (events and the summary) instead of progress bars.
+    /// Print one JSON object per line on stdout for every event and campaign summary,
+    /// instead of progress bars or log lines (fields: docs/operations.md).
     #[arg(long)]
     json: bool,
     /// Exit after the first campaign ends (exit status 1 if any node failed).
     #[arg(long)]
     once: bool,
+    /// Halt a campaign for the nodes not yet installed once this many addressees failed
+    /// or are unreachable: a number of nodes (e.g. 3) or a percentage of the addressees
+    /// (e.g. 10%). Default: never halt.
+    #[arg(long, value_name = "N|P%")]
+    halt_after: Option<FailureThreshold>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -80,6 +103,10 @@ fn default_data_dir() -> PathBuf {
     } else {
         PathBuf::from("baton-nms-data")
     }
+}
+
+fn listen_arg(s: &str) -> Result<SocketAddr, String> {
+    parse_listen(s, NMS_PORT)
 }
 
 pub fn options(cli: Cli) -> Result<NmsOptions> {
@@ -96,25 +123,63 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
     {
         bail!("--settle and --discovery-timeout are seconds, 0 or more");
     }
+    if cli.watch.exists() && !cli.watch.is_dir() {
+        let parent = cli
+            .watch
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| ".".to_string(), |p| p.display().to_string());
+        bail!(
+            "--watch {} is a file, not a folder: --watch takes the folder packages are dropped into (e.g. --watch {parent}), and each file dropped there becomes a campaign",
+            cli.watch.display()
+        );
+    }
+    if !cli.settle_file.is_finite() || !(0.05..=3600.0).contains(&cli.settle_file) {
+        bail!(
+            "--settle-file is seconds, between 0.05 and 3600 (default {})",
+            crate::watch::DEFAULT_SETTLE.as_secs_f64()
+        );
+    }
     if !cli.watch.is_dir() {
         bail!(
             "the watched folder {} does not exist or is not a folder: create it (mkdir -p) or pass another --watch",
             cli.watch.display()
         );
     }
+    let interfaces = if cli.interfaces.is_empty() {
+        Interfaces::All
+    } else {
+        Interfaces::Only(cli.interfaces)
+    };
+    check_interfaces(&interfaces, &host_interfaces()?)?;
+    let listen = match cli.port {
+        Some(p) => SocketAddr::new([0, 0, 0, 0].into(), p),
+        None => cli.listen,
+    };
     let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
     // Nothing may ever be distributed from the data directory (it holds the private key).
     check_folders(&cli.watch, &data_dir)?;
+    if let Some(archive) = &cli.archive {
+        if !archive.is_dir() {
+            bail!(
+                "--archive {} does not exist or is not a folder: create it (mkdir -p) on the same filesystem as --watch",
+                archive.display()
+            );
+        }
+        if archive.canonicalize().ok() == cli.watch.canonicalize().ok() {
+            bail!(
+                "--archive must not be the watched folder itself: files moved there would be taken in again; pass another folder"
+            );
+        }
+        check_folders(archive, &data_dir)
+            .map_err(|e| anyhow::anyhow!("--archive {}: {e:#}", archive.display()))?;
+    }
     Ok(NmsOptions {
         data_dir,
-        listen: format!("/ip4/0.0.0.0/tcp/{}", cli.port).parse()?,
+        listen: tcp_addr(listen.ip(), listen.port()),
         watch: cli.watch,
         mdns: !cli.no_mdns,
-        interfaces: if cli.interfaces.is_empty() {
-            Interfaces::All
-        } else {
-            Interfaces::Only(cli.interfaces)
-        },
+        interfaces,
         peers: cli.peers,
         min_nodes: cli.min_nodes,
         settle: Duration::from_secs_f64(cli.settle),
@@ -134,8 +199,11 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
             expiry_secs: cli.expiry_hours.max(1) * 3600,
             offline_install: cli.offline_install,
         },
-        json: cli.json,
+        output: Mode::detect(cli.json),
+        settle_file: Duration::from_secs_f64(cli.settle_file),
+        archive: cli.archive,
         once: cli.once,
+        halt_after: cli.halt_after,
     })
 }
 
@@ -146,8 +214,9 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    baton_shell::init_tracing();
     let opts = options(Cli::parse_from(args))?;
+    // logs go to stderr between the live view's redraws
+    baton_shell::init_tracing_with(|| LogWriter);
     let once = opts.once;
     let summaries = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -238,6 +307,139 @@ mod tests {
             let opts = parse(&watch, &data).unwrap();
             assert_eq!(opts.data_dir, data);
             assert_eq!(opts.watch, watch);
+        }
+    }
+
+    /// Options from `--watch <tmp>/drop --data-dir <tmp>/data` and `extra`.
+    fn with(extra: &[&str]) -> (tempfile::TempDir, Result<NmsOptions>) {
+        let d = tempfile::tempdir().unwrap();
+        let watch = d.path().join("drop");
+        fs::create_dir(&watch).unwrap();
+        let data = d.path().join("data");
+        let mut args: Vec<std::ffi::OsString> = vec!["baton-nms".into(), "--watch".into(), watch.into()];
+        args.extend(["--data-dir".into(), data.into_os_string()]);
+        args.extend(extra.iter().map(|a| a.into()));
+        let r = Cli::try_parse_from(args)
+            .map_err(anyhow::Error::from)
+            .and_then(options);
+        (d, r)
+    }
+
+    fn listen(extra: &[&str]) -> String {
+        with(extra).1.unwrap().listen.to_string()
+    }
+
+    #[test]
+    fn the_listen_address_is_an_ip_and_a_fixed_default_port() {
+        assert_eq!(listen(&[]), "/ip4/0.0.0.0/tcp/4101");
+        assert_eq!(
+            listen(&["--listen", "198.18.0.1:5000"]),
+            "/ip4/198.18.0.1/tcp/5000"
+        );
+        assert_eq!(listen(&["--listen", "[::]:4101"]), "/ip6/::/tcp/4101");
+        assert_eq!(listen(&["--listen", "10.0.0.1"]), "/ip4/10.0.0.1/tcp/4101");
+        assert_eq!(listen(&["--listen", "0.0.0.0:0"]), "/ip4/0.0.0.0/tcp/0");
+        // the older --port stays a shorthand
+        assert_eq!(listen(&["--port", "4200"]), "/ip4/0.0.0.0/tcp/4200");
+        let e = format!("{:#}", with(&["--listen", "eth0"]).1.unwrap_err());
+        assert!(
+            e.contains("not a listen address") && e.contains("0.0.0.0:4101"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            with(&["--port", "1", "--listen", "[::]:2"]).1.unwrap_err()
+        );
+        assert!(e.contains("cannot be used with"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_interface_is_refused_with_those_that_exist() {
+        let here = host_interfaces().unwrap();
+        let e = format!("{:#}", with(&["--interface", "nosuch0"]).1.unwrap_err());
+        assert!(e.contains("no network interface named \"nosuch0\""), "{e}");
+        assert!(e.contains(&here.join(", ")), "{e}");
+        let opts = with(&["--interface", &here[0]]).1.unwrap();
+        assert!(matches!(opts.interfaces, Interfaces::Only(ref n) if *n == [here[0].clone()]));
+    }
+
+    #[test]
+    fn a_watched_file_is_named_a_file() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("frob-1.0.tar.gz");
+        fs::write(&file, b"x").unwrap();
+        let e = format!("{:#}", parse(&file, &d.path().join("data")).unwrap_err());
+        assert!(e.contains("is a file, not a folder"), "{e}");
+        assert!(e.contains(&format!("--watch {}", d.path().display())), "{e}");
+        // a missing folder is still told apart
+        let e = format!(
+            "{:#}",
+            parse(&d.path().join("nope"), &d.path().join("data")).unwrap_err()
+        );
+        assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn json_selects_json_lines() {
+        assert_eq!(with(&["--json"]).1.unwrap().output, Mode::Json);
+        // tests do not run on a terminal: plain lines
+        assert_ne!(with(&[]).1.unwrap().output, Mode::Json);
+    }
+
+    fn parse_with(watch: &Path, data: &Path, extra: &[&std::ffi::OsStr]) -> Result<NmsOptions> {
+        let args = ["baton-nms", "--no-mdns", "--watch"];
+        let cli = Cli::try_parse_from(
+            args.iter()
+                .map(std::ffi::OsStr::new)
+                .chain([watch.as_os_str(), "--data-dir".as_ref(), data.as_os_str()])
+                .chain(extra.iter().copied()),
+        )?;
+        options(cli)
+    }
+
+    #[test]
+    fn archive_and_settle_file_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let (watch, data, archive) = (
+            d.path().join("drop"),
+            d.path().join("data"),
+            d.path().join("archive"),
+        );
+        fs::create_dir(&watch).unwrap();
+        let a = std::ffi::OsStr::new("--archive");
+        let err = format!(
+            "{:#}",
+            parse_with(&watch, &data, &[a, archive.as_os_str()]).unwrap_err()
+        );
+        assert!(err.contains("does not exist or is not a folder"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse_with(&watch, &data, &[a, watch.as_os_str()]).unwrap_err()
+        );
+        assert!(err.contains("must not be the watched folder"), "{err}");
+        fs::create_dir(&archive).unwrap();
+        let opts = parse_with(&watch, &data, &[a, archive.as_os_str()]).unwrap();
+        assert_eq!(opts.archive.as_deref(), Some(archive.as_path()));
+        assert_eq!(opts.settle_file, crate::watch::DEFAULT_SETTLE);
+        let s = std::ffi::OsStr::new("--settle-file");
+        let err = format!("{:#}", parse_with(&watch, &data, &[s, "0".as_ref()]).unwrap_err());
+        assert!(err.contains("--settle-file is seconds"), "{err}");
+        let opts = parse_with(&watch, &data, &[s, "1.5".as_ref()]).unwrap();
+        assert_eq!(opts.settle_file, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn halt_after_takes_a_count_or_a_percentage() {
+        let halt = |v: &str| with(&["--halt-after", v]).1;
+        assert_eq!(
+            halt("10%").unwrap().halt_after,
+            Some(FailureThreshold::Percent(10))
+        );
+        assert_eq!(halt("3").unwrap().halt_after, Some(FailureThreshold::Count(3)));
+        assert_eq!(with(&[]).1.unwrap().halt_after, None);
+        for bad in ["0", "150%", "some"] {
+            let err = format!("{:#}", halt(bad).unwrap_err());
+            assert!(err.contains("--halt-after") && err.contains("10%"), "{err}");
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod campaign;
 pub mod cli;
+pub mod db;
 pub mod server;
 pub mod ui;
 pub mod watch;

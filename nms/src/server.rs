@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use baton_protocol::endpoint::nms::{
-    CampaignSummary, DropId, NmsAction, NmsConfig, NmsEndpoint, NmsEvent, NmsInput, OutboundId, PeerRole,
+    DropId, FailureThreshold, NmsAction, NmsConfig, NmsEndpoint, NmsEvent, NmsInput, OutboundId, PeerRole,
 };
 use baton_protocol::wire::PROTOCOL_VERSION;
 use baton_protocol::{
@@ -26,12 +26,15 @@ use futures::StreamExt;
 use libp2p::request_response::ResponseChannel;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::campaign::{CampaignSettings, Prepared, intake};
-use crate::ui::Ui;
+use crate::campaign::{
+    Before, CampaignSettings, Inbox, Intook, intake, remove_old_copies, remove_orphan_copies, taken_in_before,
+};
+use crate::db::{CampaignState, Db, SavedCampaign};
+pub use crate::ui::{FailedNode, NodeResult, Summary};
+use crate::ui::{Mode, View};
 use crate::watch::{DropEvent, DropWatcher};
 
 /// How the NMS runs.
@@ -52,46 +55,20 @@ pub struct NmsOptions {
     /// Only nodes with all of these tags are addressees.
     pub tags: Vec<String>,
     pub settings: CampaignSettings,
-    pub json: bool,
+    /// How the operator's output is written (bars, lines, JSON lines).
+    pub output: Mode,
+    /// How long a dropped file must stay unchanged before it is taken in.
+    pub settle_file: Duration,
+    /// Where files taken in are moved (same filesystem as the drop folder).
+    pub archive: Option<PathBuf>,
+    /// Halt a campaign once this many addressees failed or are unreachable.
+    pub halt_after: Option<FailureThreshold>,
     /// Exit after the first campaign ends.
     pub once: bool,
 }
 
-/// The end of a campaign, for the operator and for scripts.
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub campaign: String,
-    pub package: String,
-    pub version: String,
-    pub sequence: u64,
-    pub size: u64,
-    pub nodes: usize,
-    pub installed: usize,
-    pub failed: Vec<FailedNode>,
-    /// Seconds from the drop being detected to the last install.
-    pub wall_secs: f64,
-    /// Bytes the NMS sent (chunk frames and control messages).
-    pub nms_bytes_sent: u64,
-    /// `nms_bytes_sent / size`.
-    pub nms_copies: f64,
-    pub per_node: Vec<NodeResult>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct FailedNode {
-    pub node: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeResult {
-    pub node: String,
-    pub status: String,
-    pub secs: Option<f64>,
-}
-
 enum Internal {
-    Prepared(DropId, Box<Result<Prepared>>),
+    Prepared(DropId, Box<Result<Intook>>),
 }
 
 /// What the shell keeps for a campaign: its files and its live view.
@@ -114,7 +91,7 @@ struct Nms {
     /// Prepared campaigns' files, until the endpoint says the campaign started.
     prepared: HashMap<DropId, (Arc<std::fs::File>, PathBuf)>,
     files: HashMap<CampaignId, Files>,
-    uis: HashMap<CampaignId, Ui>,
+    view: View,
     control_reqs: net::Requests<(OutboundId, NodeId, ControlKind)>,
     chunk_reqs: net::Requests<()>,
     in_control: HashMap<RequestId, ResponseChannel<Control>>,
@@ -122,14 +99,26 @@ struct Nms {
     internal: mpsc::UnboundedSender<Internal>,
     summaries: Vec<Summary>,
     failures: net::FailureLog,
+    /// The state that survives a restart.
+    inbox: Inbox,
+    /// Peers named with --peer, whose addresses are given back after a failed dial.
+    static_peers: Vec<(PeerId, Multiaddr)>,
 }
 
-/// Runs the NMS until Ctrl-C (or, with `--once`, until its first campaign ends).
+/// Runs the NMS until Ctrl-C (or, with `--once`, until its first campaign ends). Returns
+/// the summaries of the campaigns that ended (with `--once` only: a long-running NMS keeps
+/// none in memory; they are in `campaigns/<id>/summary.json`).
 pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
     let _lock = baton_shell::identity::lock_data_dir(&opts.data_dir, "baton-nms")?;
     let keypair = baton_shell::identity::load_or_create(&opts.data_dir)?;
     let me = NodeId::of(&keypair);
-    let (watcher, mut drops) = DropWatcher::start(&opts.watch, crate::watch::DEFAULT_SETTLE)?;
+    let db = Db::open(&opts.data_dir)?;
+    let inbox = Inbox {
+        db: Arc::new(std::sync::Mutex::new(db)),
+        data_dir: opts.data_dir.clone(),
+        archive: opts.archive.clone(),
+    };
+    let (watcher, mut drops) = DropWatcher::start(&opts.watch, opts.settle_file)?;
     let mut swarm = net::build_swarm(
         keypair.clone(),
         opts.listen.clone(),
@@ -138,8 +127,12 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
     )?;
     let port = net::wait_for_port(&mut swarm).await?;
     info!(peer_id = %me, port, watch = %opts.watch.display(), "baton-nms started");
+    let at = net::socket_of(&opts.listen).map_or_else(
+        || format!("TCP port {port}"),
+        |a| std::net::SocketAddr::new(a.ip(), port).to_string(),
+    );
     eprintln!(
-        "baton-nms {me}\n  watching {}\n  nodes must trust it: baton-node --trust {me}",
+        "baton-nms {me}\n  listening on {at} (TCP: firewalls must let the nodes reach it)\n  watching {} (drop packages there)\n  nodes must trust it: baton-node --trust {me}",
         watcher.dir().display()
     );
     let (itx, mut irx) = mpsc::unbounded_channel();
@@ -152,6 +145,10 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
             discovery_timeout: opts.discovery_timeout,
             tags: opts.tags.clone(),
             protocol_version: PROTOCOL_VERSION,
+            halt_after: opts.halt_after,
+            unix_origin: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             monitor: MonitorConfig::default(),
         },
     );
@@ -165,7 +162,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         next_drop: 0,
         prepared: HashMap::new(),
         files: HashMap::new(),
-        uis: HashMap::new(),
+        view: View::new(opts.output),
         control_reqs: net::Requests::new("control"),
         chunk_reqs: net::Requests::new("chunk"),
         in_control: HashMap::new(),
@@ -173,16 +170,25 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         internal: itx,
         summaries: Vec::new(),
         failures: net::FailureLog::default(),
+        inbox,
+        static_peers: Vec::new(),
     };
     for p in &opts.peers {
         match net::peer_of(p) {
             Some(id) => {
+                nms.static_peers.push((id, p.clone()));
+                let r = nms.db().node_seen(&NodeId(id), &[p.to_string()], unix_now());
+                nms.db_error(r);
                 nms.swarm.add_peer_address(id, p.clone());
                 nms.input(NmsInput::StaticPeer { id: NodeId(id) });
             }
             None => warn!("--peer {p} has no /p2p/<peer id> at its end; ignoring it"),
         }
     }
+    // after the static peers, so that offers made again can reach them
+    nms.resume_campaigns(me)?;
+    remove_orphan_copies(&nms.db(), &opts.data_dir.join("campaigns"));
+    nms.retention();
     let (discovery, mut disco_rx) = if opts.mdns {
         let advert = Advert {
             peer_id: me.to_string(),
@@ -191,7 +197,8 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
             port,
             tags: Vec::new(),
         };
-        let (d, rx) = Discovery::start(&advert, &[], &opts.interfaces).context("starting mDNS discovery")?;
+        let (d, rx) = Discovery::start(&advert, &net::advertised_ips(&opts.listen), &opts.interfaces)
+            .context("starting mDNS discovery")?;
         (Some(d), rx)
     } else {
         (None, mpsc::channel(1).1)
@@ -213,9 +220,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
             _ = term.recv() => { info!("terminated; stopping"); break; }
         }
     }
-    for ui in nms.uis.values() {
-        ui.finish();
-    }
+    nms.view.finish();
     drop(watcher);
     if let Some(d) = discovery {
         d.shutdown_async().await;
@@ -239,20 +244,21 @@ impl Nms {
         self.start + self.endpoint.poll_timeout().unwrap_or(far).min(far)
     }
 
-    fn path(&self, d: DropId) -> String {
-        self.drops
-            .get(&d)
-            .map_or_else(|| format!("drop {}", d.0), |p| p.display().to_string())
-    }
-
     fn on_discovery(&mut self, ev: DiscoveryEvent) {
         match ev {
             DiscoveryEvent::Found { advert, addrs } => {
                 let Ok(peer) = advert.peer_id.parse::<PeerId>() else {
                     return;
                 };
+                let mut seen = Vec::new();
                 for ip in &addrs {
-                    self.swarm.add_peer_address(peer, net::tcp_addr(*ip, advert.port));
+                    let a = net::tcp_addr(*ip, advert.port);
+                    seen.push(a.to_string());
+                    self.swarm.add_peer_address(peer, a);
+                }
+                if advert.role == Role::Node {
+                    let r = self.db().node_seen(&NodeId(peer), &seen, unix_now());
+                    self.db_error(r);
                 }
                 self.input(NmsInput::NodeSeen {
                     id: NodeId(peer),
@@ -275,6 +281,9 @@ impl Nms {
     fn on_drop(&mut self, ev: DropEvent) {
         match ev {
             DropEvent::Ready { path, size } => {
+                if self.taken_in_before(&path) {
+                    return;
+                }
                 info!("dropped: {} ({size} bytes)", path.display());
                 self.next_drop += 1;
                 let drop_id = DropId(self.next_drop);
@@ -286,14 +295,8 @@ impl Nms {
         }
     }
 
-    fn drop_error(&self, path: &str, message: &str) {
-        error!("{path}: {message}; no campaign started");
-        if self.opts.json {
-            println!(
-                "{}",
-                serde_json::json!({"event": "drop-error", "path": path, "message": message})
-            );
-        }
+    fn drop_error(&mut self, path: &str, message: &str) {
+        self.view.drop_error(path, message);
     }
 
     /// Copies, hashes and signs a drop off the event loop.
@@ -301,8 +304,8 @@ impl Nms {
         let Some(path) = self.drops.get(&drop_id).cloned() else {
             return;
         };
-        let (data, kp, settings, tx) = (
-            self.opts.data_dir.clone(),
+        let (inbox, kp, settings, tx) = (
+            self.inbox.clone(),
             self.keypair.clone(),
             self.opts.settings.clone(),
             self.internal.clone(),
@@ -310,8 +313,8 @@ impl Nms {
         tokio::task::spawn_blocking(move || {
             let t = Instant::now();
             // opens the dropped file once, without following links, and reads only from that
-            let r = intake(&data, &path, &kp, addressees, &settings);
-            if r.is_ok() {
+            let r = intake(&inbox, &path, &kp, addressees, &settings);
+            if matches!(r, Ok(Intook::Campaign(_))) {
                 info!("copied, hashed and signed in {} ms", t.elapsed().as_millis());
             }
             let _ = tx.send(Internal::Prepared(drop_id, Box::new(r)));
@@ -322,8 +325,21 @@ impl Nms {
         match i {
             Internal::Prepared(drop_id, r) => {
                 let input = match *r {
-                    Ok(p) => match std::fs::File::open(&p.file) {
+                    Ok(Intook::Nothing(why)) => {
+                        info!("{why}");
+                        NmsInput::PrepareFailed { drop_id, reason: why }
+                    }
+                    Ok(Intook::Campaign(p)) => match std::fs::File::open(&p.file) {
                         Ok(f) => {
+                            for old in &p.superseded {
+                                info!(
+                                    "campaign {} of {} is superseded by campaign {} (sequence {})",
+                                    hex::encode(old),
+                                    p.manifest.name,
+                                    hex::encode(p.manifest.campaign),
+                                    p.manifest.sequence
+                                );
+                            }
                             self.prepared.insert(drop_id, (Arc::new(f), p.dir));
                             NmsInput::Prepared {
                                 drop_id,
@@ -332,10 +348,16 @@ impl Nms {
                                 secret: p.secret,
                             }
                         }
-                        Err(e) => NmsInput::PrepareFailed {
-                            drop_id,
-                            reason: format!("cannot open the campaign's copy {}: {e}", p.file.display()),
-                        },
+                        Err(e) => {
+                            let r = self
+                                .db()
+                                .set_state(&p.manifest.campaign, CampaignState::Cancelled);
+                            self.db_error(r);
+                            NmsInput::PrepareFailed {
+                                drop_id,
+                                reason: format!("cannot open the campaign's copy {}: {e}", p.file.display()),
+                            }
+                        }
                     },
                     Err(e) => NmsInput::PrepareFailed {
                         drop_id,
@@ -385,6 +407,13 @@ impl Nms {
                     if let Some(req) = self.input(input) {
                         self.in_chunk.insert(req, channel);
                     }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(p), .. } => {
+                // libp2p forgets an address that failed to dial (a restarting node); one
+                // named with --peer is the only address known without mDNS: give it back
+                for (_, a) in self.static_peers.iter().filter(|(id, _)| *id == p) {
+                    self.swarm.add_peer_address(p, a.clone());
                 }
             }
             _ => {}
@@ -446,10 +475,22 @@ impl Nms {
                 }
             }
             NmsAction::CampaignFinished { summary } => {
+                // the view's summary (it knows where the bytes came from), if it made one;
+                // a long-running NMS keeps none in memory (only --once reports them)
+                let id = hex::encode(summary.campaign);
+                let s = self
+                    .summaries
+                    .iter()
+                    .rev()
+                    .find(|s| s.campaign == id)
+                    .cloned()
+                    .unwrap_or_else(|| Summary::from_core(&summary));
+                if !self.opts.once {
+                    self.summaries.retain(|s| s.campaign != id);
+                }
                 let Some(f) = self.files.get(&summary.campaign) else {
                     return;
                 };
-                let s = Summary::from_core(&summary);
                 if let Err(e) = std::fs::write(
                     f.dir.join("summary.json"),
                     serde_json::to_string_pretty(&s).unwrap_or_default(),
@@ -461,63 +502,32 @@ impl Nms {
     }
 
     fn on_event(&mut self, ev: NmsEvent) {
-        let json = self.opts.json;
+        // the operator sees every event (bars, lines or JSON lines: ui.rs)
+        let drop = match &ev {
+            NmsEvent::DropWaiting { drop_id, .. }
+            | NmsEvent::DropAbandoned { drop_id, .. }
+            | NmsEvent::DropFailed { drop_id, .. }
+            | NmsEvent::CampaignStarted { drop_id, .. } => {
+                self.drops.get(drop_id).map(|p| p.display().to_string())
+            }
+            _ => None,
+        };
+        if let Some(s) = self.view.event(&ev, drop.as_deref()) {
+            self.summaries.push(s);
+        }
         match ev {
-            NmsEvent::NodeDiscovered { id, known } => {
-                info!("node {id} discovered ({known} known)");
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"event": "node-discovered", "node": id.to_string(), "known": known})
-                    );
-                }
-            }
-            NmsEvent::NodeIncompatible { id, version } => {
-                warn!("{id} speaks protocol {version}; this NMS speaks {PROTOCOL_VERSION}; not using it")
-            }
-            NmsEvent::NodeLeft { id } => info!("node {id} left"),
-            NmsEvent::DropWaiting {
-                drop_id,
-                found,
-                needed,
-            } => info!(
-                "{}: waiting for discovery to settle ({found} node(s) found, {needed} needed)",
-                self.path(drop_id)
-            ),
-            NmsEvent::DropAbandoned { drop_id, reason } => {
-                error!("{reason}");
+            NmsEvent::DropAbandoned { drop_id, .. } => {
                 self.drops.remove(&drop_id);
             }
-            NmsEvent::DropFailed { drop_id, reason } => {
-                self.drop_error(&self.path(drop_id), &reason);
+            NmsEvent::DropFailed { drop_id, .. } => {
                 self.drops.remove(&drop_id);
                 self.prepared.remove(&drop_id);
             }
             NmsEvent::CampaignStarted { drop_id, manifest } => {
                 self.drops.remove(&drop_id);
-                let m = &manifest;
-                info!(
-                    "campaign {}: {} {} (sequence {}), {} bytes to {} nodes, fanout {}, {:?}",
-                    hex::encode(m.campaign),
-                    m.name,
-                    m.version,
-                    m.sequence,
-                    m.size,
-                    m.addressees.len(),
-                    m.plan.fanout,
-                    m.plan.transfer
-                );
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"event": "campaign-started", "campaign": hex::encode(m.campaign), "package": m.name,
-                            "version": m.version, "sequence": m.sequence, "size": m.size, "nodes": m.addressees.len()})
-                    );
-                }
-                self.uis.insert(m.campaign, Ui::new(m, json));
                 if let Some((data, dir)) = self.prepared.remove(&drop_id) {
                     self.files.insert(
-                        m.campaign,
+                        manifest.campaign,
                         Files {
                             manifest: Arc::new(*manifest),
                             data,
@@ -526,89 +536,195 @@ impl Nms {
                     );
                 }
             }
-            NmsEvent::NodeProgress { campaign, .. }
-            | NmsEvent::NodeInstalled { campaign, .. }
-            | NmsEvent::NodeFailed { campaign, .. }
-            | NmsEvent::AuthRefused { campaign, .. } => {
-                if let Some(ui) = self.uis.get_mut(&campaign) {
-                    ui.event(&ev);
+            NmsEvent::NodeProgress {
+                campaign,
+                node,
+                ref status,
+                verified,
+                source,
+            } => {
+                let r = self
+                    .db()
+                    .save_node(&campaign, &node, status, verified, source.as_ref(), unix_now());
+                self.db_error(r);
+            }
+            NmsEvent::NodeFailed { campaign, node, .. }
+            | NmsEvent::NodeUnreachable { campaign, node, .. }
+            | NmsEvent::NodeTrustsOtherNms { campaign, node, .. } => self.save_view(&campaign, &[node]),
+            NmsEvent::CampaignHalted { campaign, .. } => {
+                let nodes: Vec<NodeId> = self
+                    .endpoint
+                    .campaign(&campaign)
+                    .map(|m| m.nodes().keys().copied().collect())
+                    .unwrap_or_default();
+                self.save_view(&campaign, &nodes);
+            }
+            NmsEvent::NodeInstalled { campaign, node } => {
+                self.save_view(&campaign, &[node]);
+                if let Some(f) = self.files.get(&campaign) {
+                    let m = &f.manifest;
+                    let r = self
+                        .db()
+                        .node_installed(&node, &m.name, &m.version, m.sequence, unix_now());
+                    self.db_error(r);
                 }
             }
             NmsEvent::CampaignDone { summary } => {
-                if let Some(ui) = self.uis.get(&summary.campaign) {
-                    ui.finish();
-                }
-                let s = Summary::from_core(&summary);
-                if json {
-                    println!("{}", serde_json::json!({"event": "campaign-done", "summary": s}));
-                } else {
-                    print_summary(&s);
-                }
-                self.summaries.push(s);
+                let r = self.db().campaign_ended(&summary.campaign, unix_now());
+                self.db_error(r);
+                self.retention();
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Nms {
+    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.inbox.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Saves what the campaign's monitor now holds of `nodes` (status, reason, bytes,
+    /// source), so that a restart takes it back.
+    fn save_view(&self, campaign: &CampaignId, nodes: &[NodeId]) {
+        let Some(m) = self.endpoint.campaign(campaign) else {
+            return;
+        };
+        for n in nodes {
+            if let Some(v) = m.nodes().get(n) {
+                let r =
+                    self.db()
+                        .save_node(campaign, n, &v.status, v.verified, v.source.as_ref(), unix_now());
+                self.db_error(r);
             }
         }
     }
-}
 
-impl Summary {
-    /// The operator's and scripts' form of the endpoint's summary.
-    pub fn from_core(s: &CampaignSummary) -> Summary {
-        let failed = s
-            .failed()
-            .map(|(node, reason)| FailedNode {
-                node: node.to_string(),
-                reason: reason.to_string(),
-            })
+    /// Logs a failed write to the database; the NMS carries on (what was not saved is
+    /// asked again after a restart, at worst as a duplicate offer).
+    fn db_error(&self, r: Result<(), crate::db::DbError>) {
+        if let Err(e) = r {
+            error!("{e}: this state is lost at a restart; check the disk holding the data directory");
+        }
+    }
+
+    /// True (and says so) if `path` is the very file taken in before, by this process or
+    /// one before the restart ([`taken_in_before`]); refuses an oversize file at once.
+    fn taken_in_before(&mut self, path: &std::path::Path) -> bool {
+        let r = taken_in_before(&self.db(), path, self.opts.settings.chunk_size);
+        match r {
+            Ok(Before::New) => false,
+            Ok(Before::Same(outcome)) => {
+                info!(
+                    "{}: taken in before ({outcome}); not taken in again",
+                    path.display()
+                );
+                true
+            }
+            Ok(Before::Refused(why)) => {
+                self.drop_error(&path.display().to_string(), &why);
+                true
+            }
+            Err(e) => {
+                error!("{e}");
+                false
+            }
+        }
+    }
+
+    /// Takes back every campaign the database holds as unfinished: same manifest, same
+    /// secret, the addressees' saved statuses. Nothing is signed again.
+    fn resume_campaigns(&mut self, me: NodeId) -> Result<()> {
+        let (saved, inventory) = {
+            let db = self.db();
+            (db.unfinished()?, db.inventory()?)
+        };
+        // where the nodes were last seen, so that offers made again can reach them before
+        // discovery finds them
+        for (node, addrs, ..) in &inventory {
+            if let Ok(peer) = node.parse::<PeerId>() {
+                for a in addrs
+                    .split_whitespace()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok())
+                {
+                    self.swarm.add_peer_address(peer, a);
+                }
+            }
+        }
+        for c in saved {
+            let id = hex::encode(c.id);
+            match self.resume_one(me, &c) {
+                Ok(()) => info!(
+                    "campaign {id}: {} sequence {} resumed after a restart (nothing signed again)",
+                    c.package, c.sequence
+                ),
+                Err(why) => {
+                    error!(
+                        "campaign {id} of {} cannot be resumed: {why}; it is cancelled",
+                        c.package
+                    );
+                    let r = self.db().set_state(&c.id, CampaignState::Cancelled);
+                    self.db_error(r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resume_one(&mut self, me: NodeId, c: &SavedCampaign) -> std::result::Result<(), String> {
+        let signed = baton_protocol::SignedManifest {
+            body: c.manifest.clone(),
+            signature: c.signature.clone(),
+        };
+        let manifest = signed
+            .open_unchecked()
+            .map_err(|e| format!("its saved manifest does not decode ({e})"))?;
+        if manifest.nms != me || manifest.campaign != c.id {
+            return Err(format!(
+                "it was signed by {} for campaign {}, not by this NMS {me}",
+                manifest.nms,
+                hex::encode(manifest.campaign)
+            ));
+        }
+        if manifest.expires_at <= unix_now() {
+            return Err("its manifest expired while the NMS was down; drop the file again".into());
+        }
+        let copy = c.copy.as_ref().ok_or("its copy of the package was removed")?;
+        let file = std::fs::File::open(copy)
+            .map_err(|e| format!("its copy {} cannot be opened ({e})", copy.display()))?;
+        let nodes = self.db().nodes_of(&c.id).map_err(|e| e.to_string())?;
+        let saved: Vec<(NodeId, NodeStatus, u64)> = nodes
+            .into_iter()
+            .filter_map(|n| Some((NodeId(n.node.parse::<PeerId>().ok()?), n.status, n.verified)))
             .collect();
-        let per_node = s
-            .nodes
-            .iter()
-            .map(|o| NodeResult {
-                node: o.node.to_string(),
-                status: match &o.status {
-                    NodeStatus::Installed => "installed".to_string(),
-                    NodeStatus::Failed(_) => "failed".to_string(),
-                    other => format!("{other:?}").to_lowercase(),
-                },
-                secs: o.took.map(|t| t.as_secs_f64()),
-            })
-            .collect();
-        Summary {
-            campaign: hex::encode(s.campaign),
-            package: s.package.clone(),
-            version: s.version.clone(),
-            sequence: s.sequence,
-            size: s.size,
-            nodes: s.nodes.len(),
-            installed: s.installed,
-            failed,
-            wall_secs: s.wall().as_secs_f64(),
-            nms_bytes_sent: s.bytes_sent,
-            nms_copies: s.bytes_sent as f64 / s.size.max(1) as f64,
-            per_node,
+        self.next_drop += 1;
+        let drop_id = DropId(self.next_drop);
+        let dir = copy.parent().map(PathBuf::from).unwrap_or_default();
+        self.prepared.insert(drop_id, (Arc::new(file), dir));
+        let now = self.now();
+        let secret = baton_protocol::CampaignSecret(c.secret);
+        if !self
+            .endpoint
+            .restore(now, drop_id, signed, manifest, secret, &saved)
+        {
+            self.prepared.remove(&drop_id);
+            return Err("it is already running".into());
+        }
+        Ok(())
+    }
+
+    /// Removes the copies neither current nor previous ([`remove_old_copies`]).
+    fn retention(&mut self) {
+        let store = self.opts.data_dir.join("campaigns");
+        let removed = remove_old_copies(&self.db(), &store);
+        for c in removed {
+            self.files.remove(&c);
         }
     }
 }
 
-/// The operator's end-of-campaign summary.
-pub fn print_summary(s: &Summary) {
-    let mib = s.size as f64 / (1024.0 * 1024.0);
-    println!(
-        "campaign {} — {} {} (sequence {}), {:.1} MiB",
-        &s.campaign[..12],
-        s.package,
-        s.version,
-        s.sequence,
-        mib
-    );
-    println!("  installed: {}/{} nodes", s.installed, s.nodes);
-    for f in &s.failed {
-        println!("  FAILED {}: {}", f.node, f.reason);
-    }
-    println!("  wall time, drop to last install: {:.2} s", s.wall_secs);
-    println!(
-        "  NMS sent {:.1} MiB = {:.2} x the package",
-        s.nms_bytes_sent as f64 / (1024.0 * 1024.0),
-        s.nms_copies
-    );
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

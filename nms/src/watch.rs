@@ -58,8 +58,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// Default settle period: how long size and mtime must stay unchanged.
-pub const DEFAULT_SETTLE: Duration = Duration::from_millis(150);
+/// Default settle period (`--settle-file`): how long size and mtime must stay unchanged
+/// after the writer closed the file. Longer than the pauses of a writer that appends in
+/// steps about a second apart (closing the file in between), so that such a file is taken
+/// in once, complete, and not once per step.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(3);
 
 /// Capacity of the channel of [`DropEvent`]s handed to the caller.
 const EVENT_CAPACITY: usize = 64;
@@ -93,10 +96,11 @@ pub enum WatchError {
 }
 
 /// True for names that are never reported: hidden files (leading `.`),
-/// `#autosave#`-style names, and temporary names ending in `~`, `.tmp`,
-/// `.part`, `.partial`, `.crdownload`, `.swp` or `.swx` (any ASCII case).
+/// `#autosave#`-style names, temporary names ending in `~`, `.tmp`,
+/// `.part`, `.partial`, `.crdownload`, `.swp` or `.swx` (any ASCII case), and the
+/// `<file>.rollback` sidecars by which the operator asks for a rollback.
 pub fn is_ignored_name(name: &str) -> bool {
-    if name.is_empty() || name.starts_with('.') || name.starts_with('#') {
+    if name.is_empty() || name.starts_with('.') || name.starts_with('#') || name.ends_with(".rollback") {
         return true;
     }
     let lower = name.to_ascii_lowercase();
@@ -618,6 +622,7 @@ mod tests {
             "a.swp",
             "a.swx",
             "#a#",
+            "frob-1.0.bin.rollback",
             "",
         ] {
             assert!(is_ignored_name(name), "{name:?} should be ignored");
@@ -849,6 +854,31 @@ mod tests {
         // Replaced with new content: reported again.
         fs::write(&path, b"1234567").unwrap();
         expect_ready(&mut rx, &path, 7).await;
+        expect_quiet(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_with_pauses_of_a_second_are_taken_in_once_complete() {
+        // issue 9 point 3: a file appended in steps with pauses of a second produced 5
+        // campaigns of truncated content
+        let (_tmp, dir) = setup();
+        let (_w, mut rx) = DropWatcher::start(&dir, DEFAULT_SETTLE).unwrap();
+        let path = dir.join("grown.pkg");
+        for _ in 0..5 {
+            // each step opens, appends and closes, as `cat part >> file` does
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(&[5u8; 1000]).unwrap();
+            drop(f);
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            if let Ok(ev) = rx.try_recv() {
+                panic!("taken in while still growing: {ev:?}");
+            }
+        }
+        expect_ready(&mut rx, &path, 5000).await;
         expect_quiet(&mut rx).await;
     }
 }

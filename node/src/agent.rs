@@ -93,6 +93,8 @@ struct Agent {
     next_reply: u64,
     internal: mpsc::UnboundedSender<Internal>,
     failures: net::FailureLog,
+    /// Peers named with --peer, whose addresses are given back after a failed dial.
+    static_peers: Vec<(libp2p::PeerId, Multiaddr)>,
 }
 
 fn unix_now() -> u64 {
@@ -162,9 +164,11 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         next_reply: 0,
         internal: itx,
         failures: net::FailureLog::default(),
+        static_peers: Vec::new(),
     };
     for p in &opts.peers {
         if let Some(id) = net::peer_of(p) {
+            agent.static_peers.push((id, p.clone()));
             agent.swarm.add_peer_address(id, p.clone());
             agent.input(Input::PeerAddressKnown(NodeId(id)));
         }
@@ -180,7 +184,8 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             port,
             tags: opts.tags.clone(),
         };
-        let (d, rx) = Discovery::start(&advert, &[], &opts.interfaces).context("starting mDNS discovery")?;
+        let (d, rx) = Discovery::start(&advert, &net::advertised_ips(&opts.listen), &opts.interfaces)
+            .context("starting mDNS discovery")?;
         (Some(d), rx)
     } else {
         (None, mpsc::channel(1).1)
@@ -317,6 +322,13 @@ impl Agent {
                 self.input(Input::PeerAddressKnown(NodeId(peer_id)))
             }
             SwarmEvent::NewListenAddr { address, .. } => info!("listening on {address}"),
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(p), .. } => {
+                // libp2p forgets an address that failed to dial (a restarting NMS); one named
+                // with --peer is the only address known without mDNS, so it is given back
+                for (_, a) in self.static_peers.iter().filter(|(id, _)| *id == p) {
+                    self.swarm.add_peer_address(p, a.clone());
+                }
+            }
             _ => {}
         }
     }

@@ -1,5 +1,6 @@
 //! The `baton-node` command line: flags, config file, and the process entry point.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -7,7 +8,8 @@ use crate::agent::{NodeOptions, run};
 use crate::store::InstallCmd;
 use anyhow::{Context, Result, bail};
 use baton_protocol::{NodeConfig, NodeId};
-use baton_shell::discovery::Interfaces;
+use baton_shell::discovery::{Interfaces, check_interfaces, host_interfaces};
+use baton_shell::net::{NODE_PORT, parse_listen, tcp_addr};
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
@@ -22,11 +24,17 @@ pub struct Cli {
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// TOML config file with the same settings (`trust`, `trust_first`, `peers`, `tags`,
-    /// `install_cmd`, `install_timeout_secs`, `interfaces`, `data_dir`, `port`).
+    /// `install_cmd`, `install_timeout_secs`, `interfaces`, `data_dir`, `listen`, `port`).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// TCP port to listen on (0 = any free port).
-    #[arg(long)]
+    /// Address and TCP port to listen on: IP:PORT, e.g. 0.0.0.0:4100 (every IPv4
+    /// address) or [::]:4100 (IPv6); a bare IP gets port 4100. Default 0.0.0.0:4100: the
+    /// NMS and other nodes connect to this port, so let it through the firewall. Port 0
+    /// picks any free port.
+    #[arg(long, value_name = "IP:PORT", value_parser = listen_arg)]
+    listen: Option<SocketAddr>,
+    /// Shorthand for --listen 0.0.0.0:PORT.
+    #[arg(long, conflicts_with = "listen")]
     port: Option<u16>,
     /// Trust campaigns signed by this NMS (its peer id). Repeatable.
     #[arg(long = "trust", value_name = "NMS_PEER_ID")]
@@ -43,8 +51,9 @@ pub struct Cli {
     /// Do not use mDNS (use --peer).
     #[arg(long)]
     no_mdns: bool,
-    /// Restrict mDNS to these interfaces. Repeatable. Default: all.
-    #[arg(long = "interface")]
+    /// Restrict mDNS to these network interfaces (e.g. eth0). Repeatable. Default: all.
+    /// A name this host does not have is refused.
+    #[arg(long = "interface", value_name = "NAME")]
     interfaces: Vec<String>,
     /// Command run to install a package (through /bin/sh), with BATON_PACKAGE, BATON_NAME,
     /// BATON_VERSION, BATON_SEQUENCE, BATON_CAMPAIGN and BATON_ROOT_HASH set.
@@ -93,6 +102,7 @@ enum TrustAction {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    listen: Option<String>,
     port: Option<u16>,
     #[serde(default)]
     trust: Vec<String>,
@@ -123,6 +133,8 @@ fn default_data_dir() -> PathBuf {
 #[derive(Debug, Default)]
 pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
+    /// `listen = "IP:PORT"`.
+    pub listen: Option<SocketAddr>,
     pub port: Option<u16>,
     pub trust: Vec<NodeId>,
     pub trust_first: bool,
@@ -151,8 +163,20 @@ pub fn parse_config(text: &str) -> Result<ConfigFile> {
                 .with_context(|| format!("config `peers`: `{p}` is not a multiaddr"))?,
         );
     }
+    let listen = match &file.listen {
+        Some(l) => Some(
+            parse_listen(l, NODE_PORT)
+                .map_err(anyhow::Error::msg)
+                .context("config `listen`")?,
+        ),
+        None => None,
+    };
+    if listen.is_some() && file.port.is_some() {
+        bail!("config: give `listen` or `port`, not both (`port = P` is short for `listen = \"0.0.0.0:P\"`)");
+    }
     Ok(ConfigFile {
         data_dir: file.data_dir,
+        listen,
         port: file.port,
         trust,
         trust_first: file.trust_first,
@@ -173,6 +197,10 @@ fn read_config(path: Option<&std::path::Path>) -> Result<ConfigFile> {
     parse_config(&text).with_context(|| format!("config {} is not valid", p.display()))
 }
 
+fn listen_arg(s: &str) -> Result<SocketAddr, String> {
+    parse_listen(s, NODE_PORT)
+}
+
 pub fn options(cli: Cli) -> Result<NodeOptions> {
     let file = read_config(cli.config.as_deref())?;
     let mut trust = cli.trust;
@@ -183,7 +211,20 @@ pub fn options(cli: Cli) -> Result<NodeOptions> {
     tags.extend(file.tags);
     let mut ifaces = cli.interfaces;
     ifaces.extend(file.interfaces);
-    let port = cli.port.or(file.port).unwrap_or(0);
+    // the command line wins over the file; `port` is short for 0.0.0.0:port
+    let any = |p: u16| SocketAddr::new([0, 0, 0, 0].into(), p);
+    let listen = cli
+        .listen
+        .or(cli.port.map(any))
+        .or(file.listen)
+        .or(file.port.map(any))
+        .unwrap_or(any(NODE_PORT));
+    let interfaces = if ifaces.is_empty() {
+        Interfaces::All
+    } else {
+        Interfaces::Only(ifaces)
+    };
+    check_interfaces(&interfaces, &host_interfaces()?)?;
     if cli.window == 0 || cli.window > 256 {
         bail!("--window must be between 1 and 256");
     }
@@ -193,17 +234,13 @@ pub fn options(cli: Cli) -> Result<NodeOptions> {
     });
     Ok(NodeOptions {
         data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir),
-        listen: format!("/ip4/0.0.0.0/tcp/{port}").parse()?,
+        listen: tcp_addr(listen.ip(), listen.port()),
         trust,
         trust_first: cli.trust_first || file.trust_first,
         peers,
         tags,
         mdns: !cli.no_mdns,
-        interfaces: if ifaces.is_empty() {
-            Interfaces::All
-        } else {
-            Interfaces::Only(ifaces)
-        },
+        interfaces,
         install,
         once: cli.once,
         corrupt_served: cli.test_corrupt_served,
@@ -288,4 +325,73 @@ fn trust_command(cli: &Cli, action: TrustAction) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(args: &[&str]) -> Result<NodeOptions> {
+        let d = tempfile::tempdir().unwrap();
+        let mut all: Vec<std::ffi::OsString> =
+            vec!["baton-node".into(), "--data-dir".into(), d.path().into()];
+        all.extend(args.iter().map(|a| a.into()));
+        options(Cli::try_parse_from(all)?)
+    }
+
+    fn listen(args: &[&str]) -> String {
+        with(args).unwrap().listen.to_string()
+    }
+
+    #[test]
+    fn the_listen_address_is_an_ip_and_a_fixed_default_port() {
+        assert_eq!(listen(&[]), "/ip4/0.0.0.0/tcp/4100");
+        assert_eq!(
+            listen(&["--listen", "198.18.0.2:4200"]),
+            "/ip4/198.18.0.2/tcp/4200"
+        );
+        assert_eq!(listen(&["--listen", "[::]:4100"]), "/ip6/::/tcp/4100");
+        assert_eq!(listen(&["--listen", "192.0.2.1"]), "/ip4/192.0.2.1/tcp/4100");
+        assert_eq!(listen(&["--port", "4300"]), "/ip4/0.0.0.0/tcp/4300");
+        let e = format!("{:#}", with(&["--listen", ":4100"]).unwrap_err());
+        assert!(
+            e.contains("not a listen address") && e.contains("[::]:4100"),
+            "{e}"
+        );
+        let e = format!("{:#}", with(&["--listen", "[::]:1", "--port", "2"]).unwrap_err());
+        assert!(e.contains("cannot be used with"), "{e}");
+    }
+
+    #[test]
+    fn the_config_file_takes_a_listen_address_and_the_command_line_wins() {
+        let d = tempfile::tempdir().unwrap();
+        let conf = d.path().join("node.toml");
+        std::fs::write(&conf, "listen = \"[::]:4500\"\n").unwrap();
+        let c = conf.to_str().unwrap();
+        assert_eq!(listen(&["--config", c]), "/ip6/::/tcp/4500");
+        assert_eq!(
+            listen(&["--config", c, "--port", "4600"]),
+            "/ip4/0.0.0.0/tcp/4600"
+        );
+        std::fs::write(&conf, "port = 4700\n").unwrap();
+        assert_eq!(listen(&["--config", c]), "/ip4/0.0.0.0/tcp/4700");
+        std::fs::write(&conf, "listen = \"0.0.0.0:1\"\nport = 2\n").unwrap();
+        let e = format!("{:#}", with(&["--config", c]).unwrap_err());
+        assert!(e.contains("`listen` or `port`, not both"), "{e}");
+        std::fs::write(&conf, "listen = \"eth0:4100\"\n").unwrap();
+        let e = format!("{:#}", with(&["--config", c]).unwrap_err());
+        assert!(
+            e.contains("config `listen`") && e.contains("not a listen address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_interface_is_refused_with_those_that_exist() {
+        let here = host_interfaces().unwrap();
+        let e = format!("{:#}", with(&["--interface", "nosuch0"]).unwrap_err());
+        assert!(e.contains("no network interface named \"nosuch0\""), "{e}");
+        assert!(e.contains(&here.join(", ")), "{e}");
+        with(&["--interface", &here[0]]).unwrap();
+    }
 }

@@ -608,6 +608,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             tags: Vec::new(),
             protocol_version: PROTOCOL_VERSION,
             monitor: MonitorConfig::default(),
+            halt_after: None,
+            unix_origin: UNIX_ORIGIN,
         },
     );
     for id in &addressees {

@@ -223,6 +223,12 @@ pub enum DiscoveryError {
     NoInterfaces,
     #[error("invalid interface name {0:?}")]
     InvalidInterfaceName(String),
+    #[error(
+        "this host has no network interface named {name:?} (interfaces with an address: {present}); give one of these to --interface, or leave --interface out to use all"
+    )]
+    UnknownInterface { name: String, present: String },
+    #[error("cannot list this host's network interfaces: {0}")]
+    ListInterfaces(#[source] std::io::Error),
     #[error("mDNS daemon: {0}")]
     Mdns(#[from] mdns_sd::Error),
     #[error("spawning the discovery thread: {0}")]
@@ -572,6 +578,40 @@ impl Discovery {
 impl Drop for Discovery {
     fn drop(&mut self) {
         self.stop_blocking();
+    }
+}
+
+/// The names of this host's network interfaces that have an address, sorted, each once.
+pub fn host_interfaces() -> Result<Vec<String>, DiscoveryError> {
+    let mut names: Vec<String> = if_addrs::get_if_addrs()
+        .map_err(DiscoveryError::ListInterfaces)?
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Refuses an interface selection naming an interface that is not in `present` (see
+/// [`host_interfaces`]); the error lists those that are.
+pub fn check_interfaces(selection: &Interfaces, present: &[String]) -> Result<(), DiscoveryError> {
+    let Interfaces::Only(names) = selection else {
+        return Ok(());
+    };
+    if names.is_empty() {
+        return Err(DiscoveryError::NoInterfaces);
+    }
+    match names.iter().find(|n| !present.contains(n)) {
+        None => Ok(()),
+        Some(name) => Err(DiscoveryError::UnknownInterface {
+            name: name.clone(),
+            present: if present.is_empty() {
+                "none".to_string()
+            } else {
+                present.join(", ")
+            },
+        }),
     }
 }
 
@@ -1014,5 +1054,23 @@ mod tests {
         let (info, sel) = prepare(&a, &[], &only).unwrap();
         assert_eq!(sel.unwrap().len(), 2);
         assert!(info.is_addr_auto());
+    }
+
+    #[test]
+    fn unknown_interfaces_are_refused_with_the_list() {
+        let present = vec!["eth0".to_owned(), "lo".to_owned(), "wlan0".to_owned()];
+        let only = |n: &[&str]| Interfaces::Only(n.iter().map(|s| s.to_string()).collect());
+        check_interfaces(&Interfaces::All, &present).unwrap();
+        check_interfaces(&only(&["eth0", "wlan0"]), &present).unwrap();
+        let e = check_interfaces(&only(&["eth0", "eht0"]), &present)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"eht0\"") && e.contains("eth0, lo, wlan0"), "{e}");
+        let e = check_interfaces(&only(&["eth0"]), &[]).unwrap_err().to_string();
+        assert!(e.contains("(interfaces with an address: none)"), "{e}");
+        // this host's list holds at least its loopback
+        let here = host_interfaces().unwrap();
+        assert!(!here.is_empty());
+        check_interfaces(&Interfaces::Only(here.clone()), &here).unwrap();
     }
 }

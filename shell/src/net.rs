@@ -399,7 +399,7 @@ pub fn check_port_free(listen: &Multiaddr) -> anyhow::Result<()> {
         && let Err(e) = std::net::TcpListener::bind((ip, port))
     {
         anyhow::bail!(
-            "cannot listen on TCP port {port}: {e}; another program (perhaps another baton-node or baton-nms) holds it: stop it or choose another --port"
+            "cannot listen on TCP port {port} of {ip}: {e}; another program (perhaps another baton-node or baton-nms) holds it: stop it or give another port with --listen"
         );
     }
     Ok(())
@@ -466,6 +466,57 @@ pub fn build_swarm(
     Ok(swarm)
 }
 
+/// The TCP port `baton-node` listens on unless told otherwise.
+pub const NODE_PORT: u16 = 4100;
+/// The TCP port `baton-nms` listens on unless told otherwise.
+pub const NMS_PORT: u16 = 4101;
+
+/// A `--listen` value: `IP:PORT` (`0.0.0.0:4100`, `[::]:4100`) or a bare IP, which
+/// gets `default_port`. Port 0 picks any free port. The error says what to give.
+pub fn parse_listen(s: &str, default_port: u16) -> Result<std::net::SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Ok(a);
+    }
+    let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, default_port));
+    }
+    let port = match s.parse::<u16>() {
+        Ok(p) => format!("{p}"),
+        Err(_) => format!("{default_port}"),
+    };
+    Err(format!(
+        "`{s}` is not a listen address: give an IP address and a TCP port, e.g. 0.0.0.0:{port} (every IPv4 address) or [::]:{port} (IPv6)"
+    ))
+}
+
+/// The IP and TCP port of a `/ip4|ip6/.../tcp/...` multiaddr.
+pub fn socket_of(addr: &Multiaddr) -> Option<std::net::SocketAddr> {
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            libp2p::multiaddr::Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            libp2p::multiaddr::Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            libp2p::multiaddr::Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    Some(std::net::SocketAddr::new(ip?, port?))
+}
+
+/// The addresses discovery should advertise for a daemon listening on `listen`: its IP
+/// when it is a specific one, none (discovery then publishes every interface's) when it
+/// is `0.0.0.0` or `::`.
+pub fn advertised_ips(listen: &Multiaddr) -> Vec<std::net::IpAddr> {
+    socket_of(listen)
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+        .into_iter()
+        .collect()
+}
+
 /// `/ip4/<ip>/tcp/<port>` (or ip6).
 pub fn tcp_addr(ip: std::net::IpAddr, port: u16) -> Multiaddr {
     let mut a = Multiaddr::from(ip);
@@ -496,14 +547,14 @@ pub async fn wait_for_port(swarm: &mut Swarm<Behaviour>) -> anyhow::Result<u16> 
                     }
                 }
                 libp2p::swarm::SwarmEvent::ListenerError { error, .. } => {
-                    anyhow::bail!("cannot listen: {error}; check the port setting")
+                    anyhow::bail!("cannot listen: {error}; check the --listen address")
                 }
                 libp2p::swarm::SwarmEvent::ListenerClosed { reason: Err(error), .. } => {
-                    anyhow::bail!("cannot listen: {error}; check the port setting")
+                    anyhow::bail!("cannot listen: {error}; check the --listen address")
                 }
                 _ => {}
             },
-            _ = &mut deadline => anyhow::bail!("the listener did not come up within 10 s; check the port setting"),
+            _ = &mut deadline => anyhow::bail!("the listener did not come up within 10 s; check the --listen address"),
         }
     }
 }
@@ -829,5 +880,37 @@ mod tests {
         );
         drop(held);
         check_port_free(&addr).unwrap();
+    }
+
+    #[test]
+    fn listen_addresses_are_ip_and_port() {
+        let ok = |s: &str| parse_listen(s, NODE_PORT).unwrap().to_string();
+        assert_eq!(ok("0.0.0.0:4200"), "0.0.0.0:4200");
+        assert_eq!(ok("[::]:4200"), "[::]:4200");
+        assert_eq!(ok(" 192.0.2.7:0 "), "192.0.2.7:0");
+        // a bare IP gets the default port
+        assert_eq!(ok("10.1.2.3"), "10.1.2.3:4100");
+        assert_eq!(ok("::1"), "[::1]:4100");
+        assert_eq!(ok("[fe80::1]"), "[fe80::1]:4100");
+        // a port alone is shown how to write it
+        let e = parse_listen("4200", NMS_PORT).unwrap_err();
+        assert!(e.contains("e.g. 0.0.0.0:4200") && e.contains("[::]:4200"), "{e}");
+        for bad in ["localhost:4200", "0.0.0.0:99999", "eth0", "", "0.0.0.0:"] {
+            let e = parse_listen(bad, NMS_PORT).unwrap_err();
+            assert!(
+                e.contains("not a listen address") && e.contains("0.0.0.0:4101") && e.contains("[::]:4101"),
+                "{bad}: {e}"
+            );
+        }
+        let m = tcp_addr("198.18.0.1".parse().unwrap(), 4100);
+        assert_eq!(socket_of(&m).unwrap().to_string(), "198.18.0.1:4100");
+        assert_eq!(socket_of(&"/ip4/1.2.3.4".parse().unwrap()), None);
+        // a daemon bound to one address advertises that one only
+        assert_eq!(
+            advertised_ips(&m),
+            ["198.18.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert!(advertised_ips(&tcp_addr("0.0.0.0".parse().unwrap(), 4100)).is_empty());
+        assert!(advertised_ips(&tcp_addr("::".parse().unwrap(), 4100)).is_empty());
     }
 }

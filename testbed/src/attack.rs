@@ -44,7 +44,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -68,9 +68,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bench::parse_size;
-use crate::bench::procs::{install_interrupt_handler, interrupted};
-use crate::cluster::Cluster;
-use crate::netns::{self, NetSpec, host_addr};
+use crate::bench::procs::interrupted;
+use crate::cluster::{Cluster, dir_names, prepare_host, tail};
+use crate::netns::{NetSpec, host_addr};
 
 /// The TCP port every node listens on (each in its own namespace).
 pub const NODE_PORT: u16 = 4100;
@@ -374,23 +374,10 @@ impl SuiteReport {
 
 /// `baton-testbed attack`: runs the suite, prints the table, fails if any check failed.
 pub fn run(args: &AttackArgs) -> Result<()> {
-    if let Err(why) = netns::check_privileges() {
-        bail!(
-            "the attack suite builds a private network out of Linux network namespaces, and cannot here: {why}\n\
-             Run it as root on Linux with iproute2 installed."
-        );
-    }
     if args.nodes == 0 || args.nodes > 64 {
         bail!("--nodes must be between 1 and 64");
     }
-    install_interrupt_handler();
-    let removed = netns::clean_stale()?;
-    if !removed.is_empty() {
-        println!(
-            "removed {} namespaces left by an earlier crashed run",
-            removed.len()
-        );
-    }
+    prepare_host("the attack suite", "attack")?;
     let opts = args.options();
     println!(
         "Attack suite: NMS + {} nodes + 1 trust-first node + 1 rogue host, {:.1} MiB package, attacks for {:.0} s",
@@ -726,22 +713,6 @@ fn first_in_chain(c: &mut Cluster, tofu: usize, n: usize) -> Result<()> {
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
     c.node_ids[tofu - 1] = NodeId::of(&kp);
     Ok(())
-}
-
-fn tail(s: &str, lines: usize) -> String {
-    let v: Vec<&str> = s.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
-}
-
-fn dir_names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    v.sort();
-    v
 }
 
 /// Reads VmRSS of each process every 100 ms on a thread.
@@ -1149,7 +1120,7 @@ impl MiniNms {
                 campaign,
                 matches: true,
             },
-            Control::Probe { nonce } => Control::ProbeReply { nonce },
+            Control::Probe { nonce, .. } => Control::ProbeReply { nonce, state: None },
             Control::Offer(_) => Control::OfferReply {
                 campaign: [0; 16],
                 verdict: Verdict::Refuse {
@@ -2812,7 +2783,10 @@ async fn probes(ctx: Arc<Ctx>, t: usize, end: Instant) {
     let mut nonce = 0u64;
     while Instant::now() < end {
         nonce += 1;
-        let msg = framed(&encode_control(&Control::Probe { nonce }));
+        let msg = framed(&encode_control(&Control::Probe {
+            nonce,
+            campaign: None,
+        }));
         ctx.hit(
             Who::Observer,
             L_PROBE,

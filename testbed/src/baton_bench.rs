@@ -97,6 +97,10 @@ impl Method for Baton {
             &nodes,
             "--settle",
             "0",
+            // the package is renamed in whole: no writer to wait for (the default window,
+            // meant for files written in steps, would count in every run's time)
+            "--settle-file",
+            "0.15",
         ];
         args.extend_from_slice(self.nms_args);
         let mut cmd = ctx.net.command(0, &exe);

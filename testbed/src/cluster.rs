@@ -122,7 +122,8 @@ impl Cluster {
             cmd.env(k, v);
         }
         if let Some(log) = &log {
-            let f = fs::File::create(log)?;
+            // appended: a restarted daemon keeps the log of its earlier run
+            let f = fs::OpenOptions::new().create(true).append(true).open(log)?;
             cmd.stdout(f.try_clone()?).stderr(f);
         }
         let child = cmd.spawn().with_context(|| format!("cannot start {label}"))?;
@@ -264,6 +265,32 @@ impl Cluster {
         baton_node::store::Store::hash_file(&cur.join(file)).ok()
     }
 
+    /// Node hosts in the order of the NMS's default plan (addressees sorted by id: with a
+    /// chain, the first is the head and each one relays to the next).
+    pub fn chain(&self) -> Vec<usize> {
+        let mut hosts: Vec<usize> = (1..=self.nodes()).collect();
+        hosts.sort_by_key(|&i| self.node_ids[i - 1]);
+        hosts
+    }
+
+    /// How much of a `size`-byte package node `i` holds, 0.0..=1.0: 1 once a version of
+    /// `package` is current, else the bytes written to its partial downloads (sparse
+    /// files: allocated blocks count).
+    pub fn progress(&self, i: usize, package: &str, size: u64) -> f64 {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.node_dir(i);
+        if dir.join("packages").join(package).join("current").exists() {
+            return 1.0;
+        }
+        let written = dir_names(&dir.join("partial"))
+            .iter()
+            .filter_map(|c| fs::metadata(dir.join("partial").join(c).join("data")).ok())
+            .map(|m| m.blocks() * 512)
+            .max()
+            .unwrap_or(0);
+        (written as f64 / size.max(1) as f64).min(1.0)
+    }
+
     /// The summaries the NMS wrote, newest last.
     pub fn summaries(&self) -> Vec<serde_json::Value> {
         let mut out: Vec<(std::time::SystemTime, serde_json::Value)> =
@@ -281,11 +308,16 @@ impl Cluster {
         out.into_iter().map(|(_, v)| v).collect()
     }
 
-    /// Stops every process and removes the network (and the work directory unless kept).
-    pub fn teardown(&mut self) {
+    /// Stops every process it started.
+    pub fn stop_all(&mut self) {
         for p in 0..self.procs.len() {
             self.stop(p);
         }
+    }
+
+    /// Stops every process and removes the network (and the work directory unless kept).
+    pub fn teardown(&mut self) {
+        self.stop_all();
         let _ = self.net.teardown();
         if !self.keep_dir {
             let _ = fs::remove_dir_all(&self.dir);
@@ -297,6 +329,45 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.teardown();
     }
+}
+
+/// Checks that this process may build namespaces (saying how to run `what` otherwise),
+/// installs the Ctrl-C handler and removes what an earlier crashed run left behind.
+/// `command` names the subcommand in interrupt messages.
+pub fn prepare_host(what: &str, command: &'static str) -> Result<()> {
+    if let Err(why) = crate::netns::check_privileges() {
+        bail!(
+            "{what} builds a private network out of Linux network namespaces, and cannot here: {why}\n\
+             Run it as root (e.g. `sudo target/release/baton-testbed ...`) on Linux with iproute2 installed."
+        );
+    }
+    crate::bench::procs::install_interrupt_handler(command);
+    let removed = crate::netns::clean_stale()?;
+    if !removed.is_empty() {
+        println!(
+            "removed {} namespaces left by an earlier crashed run",
+            removed.len()
+        );
+    }
+    Ok(())
+}
+
+/// The last `lines` lines of `s`.
+pub fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The names in `dir`, sorted (none if it cannot be read).
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    v.sort();
+    v
 }
 
 fn stop_child(child: &mut Child) {

@@ -1,16 +1,18 @@
 //! The one-command demo: a whole campaign on this machine. One NMS and N nodes in
 //! network namespaces on an isolated bridge, a generated package dropped into the watched
 //! folder, the NMS's live view, a check that every node installed exactly the dropped
-//! bytes, and the summary. Everything is removed at the end, also on failure or Ctrl-C.
+//! bytes, and the summary. With `--keep` the NMS and the nodes keep running after that,
+//! so the user can go on dropping files, until Ctrl-C. Everything is removed at the end,
+//! also on failure or Ctrl-C.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
 use crate::bench::parse_size;
-use crate::bench::procs::{install_interrupt_handler, interrupted};
-use crate::cluster::Cluster;
-use crate::netns::{self, NetSpec};
+use crate::bench::procs::interrupted;
+use crate::cluster::{Cluster, prepare_host};
+use crate::netns::NetSpec;
 
 /// `baton-testbed demo` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -36,7 +38,8 @@ pub struct DemoArgs {
     /// Relay whole packages only (the seed's literal flow).
     #[arg(long)]
     pub store_and_forward: bool,
-    /// Leave the network and daemons up after the campaign until Ctrl-C.
+    /// Keep the NMS and the nodes running after the first campaign, until Ctrl-C: every
+    /// file dropped into the watched folder (the demo prints where) becomes a campaign.
     #[arg(long)]
     pub keep: bool,
     /// Give up after this many seconds.
@@ -49,23 +52,10 @@ const FILE: &str = "frobnicator-2.4.1.tar.gz";
 
 /// Runs the demo; fails if any node did not install the exact bytes.
 pub fn run(args: &DemoArgs) -> Result<()> {
-    if let Err(why) = netns::check_privileges() {
-        bail!(
-            "the demo builds a private network out of Linux network namespaces, and cannot here: {why}\n\
-             Run it as root (e.g. `sudo target/release/baton-testbed demo`) on Linux with iproute2 installed."
-        );
-    }
     if args.nodes == 0 || args.nodes > 250 {
         bail!("--nodes must be between 1 and 250");
     }
-    install_interrupt_handler();
-    let removed = netns::clean_stale()?;
-    if !removed.is_empty() {
-        println!(
-            "removed {} namespaces left by an earlier crashed run",
-            removed.len()
-        );
-    }
+    prepare_host("the demo", "demo")?;
     let exe = std::env::current_exe()?;
     println!(
         "Creating a private network: 1 NMS + {} nodes, each in its own network namespace, on a bridge connected to nothing else (198.18.0.0/15){}",
@@ -90,32 +80,24 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     for i in 1..=args.nodes {
         c.start_node(i, &node_args)?;
     }
-    let mut nms_args = vec![
-        "--once".to_string(),
-        "--min-nodes".into(),
-        args.nodes.to_string(),
-        "--settle".into(),
-        "0".into(),
-        "--fanout".into(),
-        args.fanout.to_string(),
-    ];
-    if args.store_and_forward {
-        nms_args.push("--store-and-forward".into());
-    }
-    if let Some(cs) = args.chunk_size {
-        nms_args.extend(["--chunk-size".to_string(), cs.to_string()]);
-    }
     // the NMS draws its live view on this terminal; its logs stay quiet unless asked for
     let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,mdns_sd=error".into());
-    let nms = c.start_nms(&nms_args, false, &[("RUST_LOG", &rust_log)])?;
+    let nms = c.start_nms(&nms_args(args), false, &[("RUST_LOG", &rust_log)])?;
     std::thread::sleep(Duration::from_millis(500));
     let mib = args.size as f64 / (1024.0 * 1024.0);
     println!("Dropping {FILE} ({mib:.1} MiB) into {}", c.watch_dir().display());
     let t0 = Instant::now();
     let expected = c.drop_package(FILE, args.size, 2026)?;
-    let status = c.wait(nms, Duration::from_secs(args.timeout), &interrupted)?;
+    let timeout = Duration::from_secs(args.timeout);
+    let ended = if args.keep {
+        first_campaign_end(&mut c, nms, timeout).map_err(speak_of_the_demo)?
+    } else {
+        c.wait(nms, timeout, &interrupted)
+            .map_err(speak_of_the_demo)?
+            .map(|st| format!("NMS {st}"))
+    };
     let elapsed = t0.elapsed();
-    let Some(status) = status else {
+    let Some(status) = ended else {
         bail!(
             "the campaign did not end within {} s; node logs are in {}",
             args.timeout,
@@ -126,7 +108,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .filter(|&i| c.installed_hash(i, PACKAGE) == Some(expected))
         .count();
     println!(
-        "\nDemo: {exact}/{} nodes hold exactly the dropped bytes (BLAKE3 {}); {:.2} s from the drop (NMS {status})",
+        "\nDemo: {exact}/{} nodes hold exactly the dropped bytes (BLAKE3 {}); {:.2} s from the drop ({status})",
         args.nodes,
         &hex::encode(expected)[..16],
         elapsed.as_secs_f64()
@@ -145,20 +127,19 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         }
     }
     if args.keep {
-        println!("\n--keep: the network and the nodes stay up until Ctrl-C. Namespaces:");
-        for h in c.net.hosts() {
-            println!("  {} ({})", h.netns, h.addr);
-        }
-        println!(
-            "e.g. `ip netns exec {} avahi-browse -rt _baton._tcp` lists the nodes; data and logs are in {}",
-            c.net.host(0).netns,
-            c.dir.display()
-        );
+        println!("{}", keep_message(&c, args.nodes));
         while !interrupted() {
+            if !c.running(nms) {
+                println!("demo: the NMS exited (its output is above); stopping the demo");
+                break;
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
     c.teardown();
+    if interrupted() {
+        println!("demo: stopped; its processes, network namespaces and files are removed");
+    }
     if exact != args.nodes {
         bail!(
             "{} of {} nodes did not install the package",
@@ -167,4 +148,145 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The NMS's flags: without `--keep` it exits after the first campaign.
+fn nms_args(args: &DemoArgs) -> Vec<String> {
+    let mut nms_args = vec![
+        "--min-nodes".to_string(),
+        args.nodes.to_string(),
+        "--settle".into(),
+        "0".into(),
+        "--fanout".into(),
+        args.fanout.to_string(),
+    ];
+    if !args.keep {
+        nms_args.insert(0, "--once".into());
+    }
+    if args.store_and_forward {
+        nms_args.push("--store-and-forward".into());
+    }
+    if let Some(cs) = args.chunk_size {
+        nms_args.extend(["--chunk-size".to_string(), cs.to_string()]);
+    }
+    nms_args
+}
+
+/// With `--keep` the NMS does not exit: the first campaign has ended once the NMS saved
+/// its summary. `None` on timeout.
+fn first_campaign_end(c: &mut Cluster, nms: usize, timeout: Duration) -> Result<Option<String>> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if interrupted() {
+            bail!("interrupted");
+        }
+        if !c.summaries().is_empty() {
+            return Ok(Some("the NMS keeps running".into()));
+        }
+        if !c.running(nms) {
+            return Ok(Some("the NMS exited".into()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(None)
+}
+
+/// Ctrl-C during the demo is reported as the demo's, not as an error of its parts.
+fn speak_of_the_demo(e: anyhow::Error) -> anyhow::Error {
+    if interrupted() {
+        anyhow::anyhow!("demo interrupted (Ctrl-C): its processes, network namespaces and files are removed")
+    } else {
+        e
+    }
+}
+
+/// What `--keep` tells the user once the first campaign ended: where to drop files and
+/// how to stop.
+fn keep_message(c: &Cluster, nodes: usize) -> String {
+    let mut m = keep_instructions(&c.watch_dir(), &c.dir, nodes);
+    m.push_str("\nNamespaces:");
+    for h in c.net.hosts() {
+        m.push_str(&format!("\n  {} ({})", h.netns, h.addr));
+    }
+    m.push_str(&format!(
+        "\ne.g. `ip netns exec {} avahi-browse -rt _baton._tcp` lists the nodes; data and logs are in {}",
+        c.net.host(0).netns,
+        c.dir.display()
+    ));
+    m
+}
+
+fn keep_instructions(watch: &std::path::Path, dir: &std::path::Path, nodes: usize) -> String {
+    format!(
+        "\n--keep: the NMS and the {nodes} nodes keep running. Drop more files into\n  {w}\n\
+         and each becomes a campaign to every node; the NMS shows it here. The file name gives \
+         the package and its version, e.g. frobnicator-2.4.2.tar.gz (copy the file in, as root: \
+         sudo cp FILE {w}/).\n\
+         Press Ctrl-C to stop the demo: it stops the NMS and the nodes and removes the network \
+         and {d}.",
+        w = watch.display(),
+        d = dir.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::procs::interrupt_message;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Demo {
+        #[command(flatten)]
+        args: DemoArgs,
+    }
+
+    fn demo(args: &[&str]) -> DemoArgs {
+        Demo::try_parse_from(std::iter::once("demo").chain(args.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn keep_keeps_the_nms_running_after_the_first_campaign() {
+        let once = nms_args(&demo(&[]));
+        assert_eq!(once[0], "--once");
+        let kept = nms_args(&demo(&["--keep", "--nodes", "3", "--chunk-size", "65536"]));
+        assert!(!kept.contains(&"--once".to_string()), "{kept:?}");
+        assert_eq!(
+            kept,
+            [
+                "--min-nodes",
+                "3",
+                "--settle",
+                "0",
+                "--fanout",
+                "1",
+                "--chunk-size",
+                "65536"
+            ]
+        );
+        let m = keep_instructions(
+            std::path::Path::new("/tmp/baton-1-0/watch"),
+            std::path::Path::new("/tmp/baton-1-0"),
+            3,
+        );
+        assert!(m.contains("the NMS and the 3 nodes keep running"), "{m}");
+        assert!(
+            m.contains("Drop more files into\n  /tmp/baton-1-0/watch\n"),
+            "{m}"
+        );
+        assert!(m.contains("sudo cp FILE /tmp/baton-1-0/watch/"), "{m}");
+        assert!(m.contains("Press Ctrl-C to stop the demo"), "{m}");
+    }
+
+    #[test]
+    fn ctrl_c_in_the_demo_speaks_of_the_demo() {
+        for second in [false, true] {
+            let m = interrupt_message("demo", second);
+            assert!(m.starts_with("demo: ") && !m.contains("bench"), "{m}");
+        }
+        assert!(interrupt_message("demo", false).contains("Ctrl-C again"));
+        assert!(interrupt_message("bench", false).starts_with("bench: "));
+    }
 }

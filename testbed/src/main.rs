@@ -5,6 +5,7 @@ use anyhow::Result;
 use baton_testbed::attack::{self, AttackArgs};
 use baton_testbed::bench::{self, BenchArgs};
 use baton_testbed::demo::{self, DemoArgs};
+use baton_testbed::faults::{self, FaultArgs};
 use clap::{Parser, Subcommand};
 
 /// Many Baton hosts on one machine: network namespaces on an isolated bridge.
@@ -24,6 +25,10 @@ enum Cmd {
     /// A rogue peer against a live fleet: forged, unsigned, untrusted, expired and replayed
     /// offers, garbage, oversize and slow frames, floods; checks installs, RSS and the campaign.
     Attack(AttackArgs),
+    /// Faults against a live fleet (dead relays, a restarted NMS or node, loss, a full
+    /// disk, a corrupting relay, a late node, a replaced file): checks every survivor holds
+    /// the exact bytes and the NMS's report is true.
+    Faults(FaultArgs),
 }
 
 fn main() {
@@ -56,5 +61,6 @@ fn real_main() -> Result<()> {
         Cmd::Demo(a) => demo::run(&a),
         Cmd::Bench(a) => bench::run(&a, baton_testbed::baton_bench::methods()),
         Cmd::Attack(a) => attack::run(&a),
+        Cmd::Faults(a) => faults::run(&a),
     }
 }

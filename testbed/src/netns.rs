@@ -417,6 +417,22 @@ pub fn clean_stale() -> Result<Vec<String>> {
     bail!("removing stale namespaces failed: {}", lines.join("; "))
 }
 
+/// For integration tests: true when this process may build namespaces. Otherwise prints
+/// why the test is skipped and returns false, or panics when `BATON_REQUIRE_NETNS` is set
+/// (as `.ci/run` does), so that a missing privilege fails there instead.
+pub fn available_for_tests() -> bool {
+    match check_privileges() {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("BATON_REQUIRE_NETNS").is_some() => {
+            panic!("BATON_REQUIRE_NETNS is set but namespaces are unavailable: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipped: needs root to create network namespaces ({why}); run the tests as root");
+            false
+        }
+    }
+}
+
 /// Whether this process may build networks: `ip` and `tc` are there, it has
 /// CAP_NET_ADMIN and CAP_SYS_ADMIN, and `ip netns add` works (tried once
 /// per process with a probe namespace). The error explains what is missing.

@@ -15,11 +15,7 @@ use baton_testbed::netns::{self, NetSpec};
 const PKG: &str = "frob";
 
 fn cluster(nodes: usize, rate: Option<&str>) -> Option<Cluster> {
-    if let Err(why) = netns::check_privileges() {
-        if std::env::var_os("BATON_REQUIRE_NETNS").is_some() {
-            panic!("BATON_REQUIRE_NETNS is set but namespaces are unavailable: {why}");
-        }
-        eprintln!("skipped: needs root to create network namespaces ({why}); run the tests as root");
+    if !netns::available_for_tests() {
         return None;
     }
     let spec = NetSpec {

@@ -38,8 +38,8 @@ use crate::manifest::{CampaignId, Manifest};
 use crate::receiver::{NodeAction, NodeCampaign, NodeConfig, Note, Refusal, backoff};
 use crate::serve::{RequestId, ServeAction};
 use crate::wire::{
-    ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, InstallOutcome, Offer, Phase,
-    RefuseReason, Verdict,
+    ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, Holding, InstallOutcome, Offer, Phase,
+    ProbeState, RefuseReason, Verdict,
 };
 
 /// Tunables of a node endpoint.
@@ -1095,10 +1095,32 @@ impl NodeEndpoint {
         }
     }
 
+    /// Where this node stands in campaign `c`, for a probe's answer.
+    fn holding(&self, c: &CampaignId) -> Holding {
+        if let Some(h) = self.campaigns.get(c) {
+            Holding::Running {
+                phase: h.machine.phase(),
+                verified: h.machine.verified_bytes(),
+            }
+        } else if self.finished.contains(c) {
+            Holding::Finished
+        } else if self.preparing.contains_key(c) {
+            Holding::Opening
+        } else {
+            Holding::No
+        }
+    }
+
     fn on_control_request(&mut self, now: Duration, from: NodeId, reply: ReplyId, msg: Control) {
         let answer = match msg {
             Control::Offer(offer) => return self.on_offer(from, reply, offer),
-            Control::Probe { nonce } => Control::ProbeReply { nonce },
+            Control::Probe { nonce, campaign } => Control::ProbeReply {
+                nonce,
+                state: campaign.map(|c| ProbeState {
+                    campaign: c,
+                    holding: self.holding(&c),
+                }),
+            },
             other => match other.campaign().copied() {
                 Some(c) if self.campaigns.contains_key(&c) => {
                     let h = self.campaigns.get_mut(&c).expect("held");

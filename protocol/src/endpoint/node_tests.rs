@@ -729,12 +729,57 @@ fn duplicate_offers_busy_offers_and_probes() {
     s.input(Input::ControlRequest {
         from: id(Q),
         reply: ReplyId(5),
-        msg: Control::Probe { nonce: 42 },
+        msg: Control::Probe {
+            nonce: 42,
+            campaign: None,
+        },
     });
     assert_eq!(
         s.replies.last(),
-        Some(&(ReplyId(5), Control::ProbeReply { nonce: 42 }))
+        Some(&(
+            ReplyId(5),
+            Control::ProbeReply {
+                nonce: 42,
+                state: None,
+            }
+        ))
     );
+    // a probe naming a campaign is answered with where the node stands in it
+    let held = s.worlds[0].manifest.campaign;
+    for (reply, campaign, want) in [
+        (
+            7,
+            held,
+            // the fake shell served it every chunk; it waits for the NMS's acknowledgement
+            Holding::Running {
+                phase: Phase::Authenticating,
+                verified: s.worlds[0].manifest.size,
+            },
+        ),
+        (8, [9; 16], Holding::No),
+    ] {
+        s.input(Input::ControlRequest {
+            from: id(Q),
+            reply: ReplyId(reply),
+            msg: Control::Probe {
+                nonce: 43,
+                campaign: Some(campaign),
+            },
+        });
+        assert_eq!(
+            s.replies.last(),
+            Some(&(
+                ReplyId(reply),
+                Control::ProbeReply {
+                    nonce: 43,
+                    state: Some(ProbeState {
+                        campaign,
+                        holding: want
+                    }),
+                }
+            ))
+        );
+    }
     ep.handle(
         t(0),
         Input::ChunkRequest {

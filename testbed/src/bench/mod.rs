@@ -438,7 +438,7 @@ pub(crate) fn run_inner(
         }
     }
     netns::check_privileges().map_err(|why| anyhow::anyhow!("bench {why}"))?;
-    procs::install_interrupt_handler();
+    procs::install_interrupt_handler("bench");
     if clean_stale {
         let removed = netns::clean_stale()?;
         if !removed.is_empty() {

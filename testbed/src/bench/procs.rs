@@ -47,22 +47,35 @@ pub fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-/// Installs (once per process) a SIGINT/SIGTERM watcher: the first signal
-/// sets [`interrupted`], so the benchmark stops at the next check and tears
-/// everything down; a second one exits at once with status 130 (the
-/// namespaces left behind are then removed by the next run's
-/// `clean_stale`). Uses tokio's signal support on a small thread, because
-/// installing a handler by hand needs `unsafe`.
-pub(crate) fn install_interrupt_handler() {
+/// What the interrupt handler says, for `what` (`bench`, `demo`, `attack`): at the first
+/// signal (`second` false) and at the second.
+pub(crate) fn interrupt_message(what: &str, second: bool) -> String {
+    if second {
+        format!("{what}: second interrupt, exiting now (the next run removes what is left)")
+    } else {
+        format!(
+            "{what}: interrupted; stopping the {what}'s processes and removing its network \
+             (press Ctrl-C again to exit at once)"
+        )
+    }
+}
+
+/// Installs (once per process) a SIGINT/SIGTERM watcher for the subcommand `what`
+/// (`bench`, `demo`, `attack`; its messages name it): the first signal sets
+/// [`interrupted`], so the run stops at the next check and tears everything down; a
+/// second one exits at once with status 130 (the namespaces left behind are then removed
+/// by the next run's `clean_stale`). Uses tokio's signal support on a small thread,
+/// because installing a handler by hand needs `unsafe`.
+pub(crate) fn install_interrupt_handler(what: &'static str) {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let spawned = std::thread::Builder::new()
-            .name("bench-signals".into())
-            .spawn(|| {
+            .name(format!("{what}-signals"))
+            .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
                     Ok(rt) => rt,
                     Err(err) => {
-                        tracing::warn!("bench: no Ctrl-C handling: {err}");
+                        tracing::warn!("{what}: no Ctrl-C handling: {err}");
                         return;
                     }
                 };
@@ -71,7 +84,7 @@ pub(crate) fn install_interrupt_handler() {
                     let (Ok(mut int), Ok(mut term)) =
                         (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
                     else {
-                        tracing::warn!("bench: cannot watch SIGINT/SIGTERM");
+                        tracing::warn!("{what}: cannot watch SIGINT/SIGTERM");
                         return;
                     };
                     loop {
@@ -80,15 +93,15 @@ pub(crate) fn install_interrupt_handler() {
                             _ = term.recv() => {}
                         }
                         if INTERRUPTED.swap(true, Ordering::Relaxed) {
-                            eprintln!("bench: second interrupt, exiting now");
+                            eprintln!("{}", interrupt_message(what, true));
                             std::process::exit(130);
                         }
-                        eprintln!("bench: interrupted, cleaning up (press Ctrl-C again to exit at once)");
+                        eprintln!("{}", interrupt_message(what, false));
                     }
                 });
             });
         if let Err(err) = spawned {
-            tracing::warn!("bench: no Ctrl-C handling: {err}");
+            tracing::warn!("{what}: no Ctrl-C handling: {err}");
         }
     });
 }
