@@ -286,8 +286,8 @@ impl NodeCampaign {
     /// sequence was installed meanwhile): it is not resumed, but it ends here
     /// [`Phase::Failed`] with `reason` and reports that to the NMS, which would otherwise
     /// wait for this node forever. It fetches and serves nothing (requests are answered
-    /// `Gated`, so children move up their path at once); in store-and-forward mode its
-    /// children, never offered yet, are offered now so that they fetch from higher up.
+    /// `Gated`, so children move up their path at once); its children are offered (again),
+    /// so that they fetch from higher up (see [`Self::offer_children_again`]).
     pub fn resume_refused(
         now: Duration,
         me: NodeId,
@@ -298,9 +298,41 @@ impl NodeCampaign {
     ) -> Self {
         let count = manifest.layout().expect("validated manifest").count();
         let mut c = Self::build(now, me, offer, manifest, cfg, ChunkSet::new(count));
+        c.offer_children_again();
         c.disk_failed(format!("not resumed after a restart: {reason}"));
         c.check_relay_done(now);
         c
+    }
+
+    /// A campaign that had ended here (its final phase journaled) when the node restarted
+    /// before it was over (its reports delivered, its relaying done): its report may never
+    /// have reached the NMS, which would wait for this node forever. It ends again at once
+    /// with `outcome` and reports it; like [`Self::resume_refused`] it fetches, installs
+    /// and serves nothing, and offers its children (again).
+    pub fn resume_ended(
+        now: Duration,
+        me: NodeId,
+        offer: Offer,
+        manifest: Manifest,
+        cfg: NodeConfig,
+        outcome: InstallOutcome,
+    ) -> Self {
+        let count = manifest.layout().expect("validated manifest").count();
+        let mut c = Self::build(now, me, offer, manifest, cfg, ChunkSet::new(count));
+        c.offer_children_again();
+        c.stop_serving();
+        c.finish(outcome);
+        c.check_relay_done(now);
+        c
+    }
+
+    /// After a restart: every child is offered, in either transfer mode. An offer of the
+    /// earlier run may never have been delivered (its retries died with the process), and
+    /// only this node offers that part. A child running the campaign accepts it again; one
+    /// that is over with it refuses, and the rest of its part is offered on.
+    fn offer_children_again(&mut self) {
+        self.offering = true;
+        self.offer_children();
     }
 
     fn build(
@@ -481,10 +513,14 @@ impl NodeCampaign {
             self.auth_due,
             (!finished).then_some(self.next_progress),
             self.retry_at.filter(|_| self.phase == Phase::Receiving),
-            // the end of relaying, when only a silent child's linger is left
-            (finished && !self.relay_done_sent && self.server.held_count() == 0)
-                .then(|| self.linger_end())
-                .flatten(),
+            // the end of relaying, when only a silent child's linger is left (an offer
+            // still unanswered ends with its answer or failure, an input, not a timer)
+            (finished
+                && !self.relay_done_sent
+                && self.server.held_count() == 0
+                && !self.children.iter().any(|c| c.state == ChildState::Offered))
+            .then(|| self.linger_end())
+            .flatten(),
         ];
         t.sort();
         t.into_iter().flatten().next()
@@ -644,6 +680,15 @@ impl NodeCampaign {
     /// at once, without counting a fault) and fails with `reason`. In store-and-forward
     /// mode its children are offered now, so that they fetch from higher up.
     fn disk_failed(&mut self, reason: String) {
+        self.stop_serving();
+        self.finish(InstallOutcome::Failed {
+            reason: clip_reason(reason),
+        });
+    }
+
+    /// Fetches and serves nothing more (requests are answered `Gated`); children not
+    /// offered yet (store-and-forward) are offered now, to fetch from higher up.
+    fn stop_serving(&mut self) {
         self.in_flight.clear();
         self.storing.clear();
         let mut out = Vec::new();
@@ -653,9 +698,6 @@ impl NodeCampaign {
             self.offering = true;
             self.offer_children();
         }
-        self.finish(InstallOutcome::Failed {
-            reason: clip_reason(reason),
-        });
     }
 
     /// A chunk request this node made failed in transport.

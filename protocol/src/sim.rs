@@ -22,25 +22,32 @@
 //! 4. a final state never changes: the NMS's status of a node once installed or failed,
 //!    and the outcome a node reported for a campaign (across restarts);
 //! 5. at the end, every addressee that is up is final at the NMS for every campaign
-//!    (installed, or failed with a reason), and installed at the NMS only if it is.
+//!    (installed, or failed with a reason), and installed at the NMS only if it is;
+//! 6. virtual time moves on: at most 100,000 events happen at one instant (a livelock
+//!    otherwise hangs the run);
+//! 7. each node endpoint's own `check_invariants` holds after each of its inputs.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::time::Duration;
 
-use crate::admission::{AdmissionContext, admit, open_offer};
+use crate::admission::open_offer;
 use crate::chunk::{ChunkSet, Hash, PackageHasher, hash_chunk};
+use crate::endpoint::nms::{DropId, NmsAction, NmsConfig, NmsEndpoint, NmsEvent, NmsInput, OutboundId};
+use crate::endpoint::node::{
+    Action, Config as EndpointConfig, Event, Input, InstalledPackage, JournalEntry, NodeEndpoint, OutId,
+    ReplyId, SavedCampaign, Start, fold_journal,
+};
 use crate::id::{NodeId, fake_id, keypair_from_seed};
 use crate::keys::CampaignSecret;
 use crate::manifest::{
     HashList, InstallCheck, MANIFEST_FORMAT, Manifest, PlanParams, RelayPolicy, SignedManifest, Transfer,
 };
-use crate::monitor::{CampaignMonitor, MonitorAction, MonitorConfig, NodeStatus};
-use crate::receiver::{NodeAction, NodeCampaign, NodeConfig};
-use crate::serve::{RequestId, ServeAction};
+use crate::monitor::{CampaignMonitor, MonitorConfig, NodeStatus};
+use crate::receiver::{NodeConfig, Note};
 use crate::wire::{
-    ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, InstallOutcome, Offer, decode_control,
-    encode_control,
+    ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, InstallOutcome, Offer, PROTOCOL_VERSION,
+    decode_control, encode_control,
 };
 
 /// A crash and restart of one entity.
@@ -298,44 +305,66 @@ impl SimReport {
     }
 }
 
+/// Unix seconds at virtual time 0 (the manifests are valid from 1,000 to 1,000,000).
+const UNIX_ORIGIN: u64 = 2_000;
+/// The package every campaign of a run installs.
+const PACKAGE: &str = "simulated";
+/// Events at one virtual instant beyond which the run counts as a livelock.
+const MAX_EVENTS_AT_ONCE: u64 = 100_000;
+/// The reason of every dropped connection.
+const DROPPED: &str = "connection closed";
+
 #[derive(Debug)]
 enum Ev {
-    /// A control request (`reply: false`) or its answer. `k`: the campaign of the request;
-    /// `epoch`: the requester's run when it sent the request.
-    Control {
+    /// A control request from `from` to `to`. `id`: the requester's id for it (a node
+    /// endpoint's `OutId` or the NMS endpoint's `OutboundId`); `epoch`: the requester's run
+    /// when it sent it (an answer to an earlier run is dropped).
+    Request {
         from: usize,
         to: usize,
         bytes: Vec<u8>,
-        reply: bool,
-        k: Option<usize>,
+        id: u64,
         epoch: u32,
-        /// An install or trouble report from a node to the NMS, or its answer.
-        report: bool,
     },
-    /// A control request failed; `copy`: the request, for the shell's retries.
+    /// The answer of `from` to request `id` of `to`.
+    Answer {
+        from: usize,
+        to: usize,
+        bytes: Vec<u8>,
+        id: u64,
+        epoch: u32,
+    },
+    /// Control request `id` of `from` to `to` failed: its connection dropped.
     ControlFailed {
         from: usize,
         to: usize,
-        kind: crate::wire::ControlKind,
-        k: Option<usize>,
+        id: u64,
         epoch: u32,
-        copy: Option<Vec<u8>>,
+        kind: ControlKind,
     },
+    /// A chunk request of campaign `k`.
     ChunkReq {
         from: usize,
         to: usize,
         bytes: Vec<u8>,
+        id: u64,
+        k: usize,
         epoch: u32,
     },
+    /// The answer of `from` to chunk request `id` of `to`.
     ChunkResp {
         from: usize,
         to: usize,
         bytes: Vec<u8>,
+        id: u64,
+        k: usize,
         epoch: u32,
     },
+    /// Chunk request `id` of `from` to `to` failed.
     ChunkFailed {
         from: usize,
         to: usize,
+        id: u64,
         k: usize,
         index: u32,
         epoch: u32,
@@ -350,51 +379,48 @@ enum Ev {
     Restart {
         e: usize,
     },
+    /// Campaign `k`'s file is dropped at the NMS.
     Start {
         k: usize,
     },
-    /// A node's shell sends again a report the NMS did not get (as `NodeEndpoint` retries
-    /// one-shot messages).
-    Resend {
-        from: usize,
-        k: usize,
-        bytes: Vec<u8>,
-        epoch: u32,
-        attempt: u32,
-    },
 }
 
-/// One campaign of the package.
+/// One campaign of the package: what the NMS's shell prepares from the dropped file.
 struct Camp {
     manifest: Manifest,
     signed: SignedManifest,
     secret: CampaignSecret,
     data: Vec<u8>,
-    monitor: Option<CampaignMonitor>,
+}
+
+/// What a node keeps across a crash, as its data directory does.
+#[derive(Debug, Clone, Default)]
+struct Disk {
+    /// Per campaign, its working area (`partial/<campaign>`): the offer saved at
+    /// [`Action::Prepare`] and the chunks written since.
+    offers: Vec<Option<Offer>>,
+    chunks: Vec<Vec<Option<Vec<u8>>>>,
+    /// The journal's lines, oldest first.
+    journal: Vec<JournalEntry>,
+    /// NMS ids pinned by trust on first use.
+    pins: Vec<NodeId>,
+    /// The package's current version (sequence, root) and the versions on disk.
+    current: Option<(u64, Hash)>,
+    versions: BTreeSet<u64>,
 }
 
 struct Entity {
     id: NodeId,
     /// Incremented at each crash: answers to an earlier run are dropped.
     epoch: u32,
-    /// Per campaign: the running machine.
-    campaigns: Vec<Option<NodeCampaign>>,
-    /// Per campaign, per chunk: what the disk holds (survives a crash).
-    disk: Vec<Vec<Option<Vec<u8>>>>,
-    /// Per campaign: the offer saved at accept, until the campaign is over (survives).
-    saved: Vec<Option<Offer>>,
-    /// Per campaign: over here (relaying done) in this run.
-    over: Vec<bool>,
-    /// Per campaign: the machine's relaying is done, its reports not all delivered yet.
-    relay_done: Vec<bool>,
-    /// Per campaign: it reached a final phase here (the journal's final entry; survives).
-    ended: Vec<bool>,
-    /// Installed sequence and root (survives).
-    current: Option<(u64, Hash)>,
+    /// A node's endpoint while it runs (the NMS's is [`Sim::nms`]); dropped in a crash.
+    ep: Option<NodeEndpoint>,
+    disk: Disk,
     up_free: Duration,
     down_free: Duration,
     timer_at: Option<Duration>,
-    dead: bool,
+    /// Crashed, or dead for the whole run.
+    down: bool,
     corrupt: bool,
     install_fail: bool,
     /// Chunk writes left before the disk is full (`None`: never full).
@@ -403,6 +429,26 @@ struct Entity {
     faults_seen: u32,
     /// The first campaign's package, as installed, equals the package.
     exact: bool,
+}
+
+/// A request an entity holds until its endpoint answers it.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    /// The requester, its run, and its id for the request.
+    from: usize,
+    epoch: u32,
+    id: u64,
+    kind: ControlKind,
+}
+
+/// A chunk request an entity holds until its endpoint answers it.
+#[derive(Debug, Clone, Copy)]
+struct AskedChunk {
+    from: usize,
+    epoch: u32,
+    id: u64,
+    k: usize,
+    index: u32,
 }
 
 struct Sim {
@@ -416,9 +462,14 @@ struct Sim {
     index: HashMap<NodeId, usize>,
     camps: Vec<Camp>,
     by_id: HashMap<[u8; 16], usize>,
-    next_req: u64,
-    /// (server, request) -> (requester, its epoch, request)
-    pending_serve: HashMap<(usize, RequestId), (usize, u32, ChunkRequest)>,
+    /// The NMS: its campaign state survives its crashes (as in its data directory).
+    nms: NmsEndpoint,
+    /// The handles a node's shell gives requests it must answer.
+    next_reply: u64,
+    /// (server, its handle) -> the control request it has to answer.
+    held_control: HashMap<(usize, u64), Asked>,
+    /// (server, its handle) -> the chunk request it has to answer.
+    held_chunk: HashMap<(usize, u64), AskedChunk>,
     nms_bytes: u64,
     processed: u64,
     started: Vec<bool>,
@@ -435,10 +486,6 @@ struct Sim {
     finals: HashMap<(usize, usize), NodeStatus>,
     /// Per node: the sequences made current, in order.
     installs: Vec<Vec<u64>>,
-    /// (node, campaign) -> reports sent again.
-    resends: HashMap<(usize, usize), u32>,
-    /// (node, campaign) -> reports on their way to the NMS or waiting to be sent again.
-    reports_out: HashMap<(usize, usize), u32>,
     violations: Vec<String>,
     trace: Vec<String>,
 }
@@ -447,7 +494,7 @@ struct Sim {
 pub fn run(cfg: &SimConfig) -> SimReport {
     let mut rng = fastrand::Rng::with_seed(cfg.seed);
     let nms_key = keypair_from_seed(cfg.seed.wrapping_mul(31).wrapping_add(7));
-    let nms = NodeId::of(&nms_key);
+    let nms_id = NodeId::of(&nms_key);
     let addressees: Vec<NodeId> = (0..cfg.nodes as u64)
         .map(|i| fake_id(cfg.seed << 32 | i))
         .collect();
@@ -469,10 +516,10 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             campaign,
-            nms,
-            name: "simulated".into(),
+            nms: nms_id,
+            name: PACKAGE.into(),
             version: format!("{}", k + 1),
-            file: format!("simulated-{}.bin", k + 1),
+            file: format!("{PACKAGE}-{}.bin", k + 1),
             sequence: k as u64 + 1,
             size,
             chunk_size: cfg.chunk_size,
@@ -495,7 +542,6 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             signed,
             secret: CampaignSecret(secret),
             data,
-            monitor: None,
         });
     }
     let counts: Vec<usize> = camps
@@ -504,7 +550,10 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         .collect();
     let nc = camps.len();
     let mut ents = Vec::new();
-    for (i, id) in std::iter::once(nms).chain(addressees.iter().copied()).enumerate() {
+    for (i, id) in std::iter::once(nms_id)
+        .chain(addressees.iter().copied())
+        .enumerate()
+    {
         let a = i.wrapping_sub(1); // addressee index (meaningless for the NMS)
         let node = i > 0;
         let room = if !node {
@@ -518,23 +567,23 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                 .find(|(n, _)| *n == a)
                 .map(|(_, r)| *r)
         };
-        ents.push(Entity {
-            id,
-            epoch: 0,
-            campaigns: (0..nc).map(|_| None).collect(),
-            disk: counts
+        let disk = Disk {
+            offers: vec![None; nc],
+            chunks: counts
                 .iter()
                 .map(|&c| if node { vec![None; c] } else { Vec::new() })
                 .collect(),
-            saved: vec![None; nc],
-            over: vec![false; nc],
-            relay_done: vec![false; nc],
-            ended: vec![false; nc],
-            current: None,
+            ..Disk::default()
+        };
+        ents.push(Entity {
+            id,
+            epoch: 0,
+            ep: None,
+            disk,
             up_free: Duration::ZERO,
             down_free: Duration::ZERO,
             timer_at: None,
-            dead: node && cfg.dead.contains(&a),
+            down: node && cfg.dead.contains(&a),
             corrupt: node && cfg.corrupt.contains(&a),
             install_fail: node && cfg.faults.install_fail.contains(&a),
             room,
@@ -549,6 +598,23 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         .enumerate()
         .map(|(k, c)| (c.manifest.campaign, k))
         .collect();
+    // every addressee is a static peer of the NMS; a drop becomes a campaign at once
+    let mut nms = NmsEndpoint::new(
+        Duration::ZERO,
+        NmsConfig {
+            min_nodes: 1,
+            settle: Duration::ZERO,
+            discovery_timeout: Duration::from_secs(60),
+            tags: Vec::new(),
+            protocol_version: PROTOCOL_VERSION,
+            monitor: MonitorConfig::default(),
+            halt_after: None,
+            unix_origin: UNIX_ORIGIN,
+        },
+    );
+    for id in &addressees {
+        nms.handle(Duration::ZERO, NmsInput::StaticPeer { id: *id });
+    }
     let n_ents = ents.len();
     let mut sim = Sim {
         cfg: cfg.clone(),
@@ -561,8 +627,10 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         index,
         camps,
         by_id,
-        next_req: 0,
-        pending_serve: HashMap::new(),
+        nms,
+        next_reply: 0,
+        held_control: HashMap::new(),
+        held_chunk: HashMap::new(),
         nms_bytes: 0,
         processed: 0,
         started: vec![false; nc],
@@ -572,11 +640,15 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         reported: HashMap::new(),
         finals: HashMap::new(),
         installs: vec![Vec::new(); n_ents],
-        resends: HashMap::new(),
-        reports_out: HashMap::new(),
         violations: Vec::new(),
         trace: Vec::new(),
     };
+    sim.after(0);
+    for e in 1..n_ents {
+        if !sim.ents[e].down {
+            sim.boot(e);
+        }
+    }
     for (k, at) in starts.iter().enumerate() {
         sim.push(*at, Ev::Start { k });
     }
@@ -600,8 +672,20 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             },
         );
     }
-    while let Some(Reverse((t, seq))) = sim.queue.pop() {
+    let mut at_once = 0u64;
+    while sim.violations.is_empty()
+        && let Some(Reverse((t, seq))) = sim.queue.pop()
+    {
         if t > cfg.max_time || sim.all_done() {
+            break;
+        }
+        // 6. time moves on: a livelock (e.g. a timer due again and again at the same
+        // instant) would otherwise hang the run
+        at_once = if t == sim.now { at_once + 1 } else { 0 };
+        if at_once > MAX_EVENTS_AT_ONCE {
+            sim.violation(format!(
+                "livelock: more than {MAX_EVENTS_AT_ONCE} events at {t:?} without time moving on"
+            ));
             break;
         }
         sim.now = t;
@@ -617,9 +701,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             sim.trace.push(line);
         }
         sim.handle(ev);
-        sim.check_invariants();
-        if !sim.violations.is_empty() {
-            break;
+        if sim.violations.is_empty() {
+            sim.check_invariants();
         }
     }
     if sim.violations.is_empty() {
@@ -631,10 +714,15 @@ pub fn run(cfg: &SimConfig) -> SimReport {
 impl Sim {
     fn all_done(&self) -> bool {
         self.started.iter().all(|s| *s)
-            && self
-                .camps
-                .iter()
-                .all(|c| c.monitor.as_ref().is_some_and(|m| m.is_done()))
+            && self.camps.iter().all(|c| {
+                self.nms
+                    .campaign(&c.manifest.campaign)
+                    .is_some_and(|m| m.is_done())
+            })
+    }
+
+    fn monitor(&self, k: usize) -> Option<&CampaignMonitor> {
+        self.nms.campaign(&self.camps[k].manifest.campaign)
     }
 
     fn push(&mut self, at: Duration, ev: Ev) {
@@ -664,20 +752,25 @@ impl Sim {
         }
     }
 
+    /// A short name for a peer or campaign id in the trace.
+    fn who(&self, id: &NodeId) -> String {
+        self.index
+            .get(id)
+            .map_or_else(|| id.to_string(), |e| self.name(*e))
+    }
+
     fn describe(&self, ev: &Ev) -> String {
         let n = |e: &usize| self.name(*e);
         match ev {
-            Ev::Control {
-                from,
-                to,
-                bytes,
-                reply,
-                ..
-            } => {
+            Ev::Request { from, to, bytes, .. } | Ev::Answer { from, to, bytes, .. } => {
                 let kind = decode_control(bytes)
                     .map(|m| format!("{:?}", m.kind()))
                     .unwrap_or_default();
-                let what = if *reply { "answer" } else { "request" };
+                let what = if matches!(ev, Ev::Request { .. }) {
+                    "request"
+                } else {
+                    "answer"
+                };
                 format!("{} -> {}: {kind} {what}", n(from), n(to))
             }
             Ev::ControlFailed { from, to, kind, .. } => {
@@ -697,8 +790,7 @@ impl Sim {
             Ev::Timer { e } => format!("{}: timer", n(e)),
             Ev::Crash { e, down_for } => format!("{}: CRASH for {down_for:?}", n(e)),
             Ev::Restart { e } => format!("{}: RESTART", n(e)),
-            Ev::Start { k } => format!("campaign {k} (sequence {}) starts", k + 1),
-            Ev::Resend { from, attempt, .. } => format!("{}: resend to the NMS, attempt {attempt}", n(from)),
+            Ev::Start { k } => format!("campaign {k} (sequence {}) dropped at the NMS", k + 1),
         }
     }
 
@@ -709,7 +801,7 @@ impl Sim {
         p > 0.0 && self.rng.f64() < p
     }
 
-    /// When a dropped connection between `a` and `b` is noticed.
+    /// When a dropped connection is noticed.
     fn fail_at(&self) -> Duration {
         self.now + self.cfg.latency * 4
     }
@@ -735,42 +827,21 @@ impl Sim {
         arrival
     }
 
-    fn campaign_of(&self, msg: &Control) -> Option<usize> {
-        let id = match msg {
-            Control::Offer(o) => o.manifest.open_unchecked().ok()?.campaign,
-            other => *other.campaign()?,
-        };
-        self.by_id.get(&id).copied()
+    /// Feeds an input to node `e`'s endpoint, if it runs.
+    fn feed(&mut self, e: usize, input: Input) {
+        let now = self.now;
+        if let Some(ep) = self.ents[e].ep.as_mut() {
+            ep.handle(now, input);
+        }
     }
 
-    /// Entity `from` sends a control request about campaign `k` to `to`.
-    fn send_request(&mut self, from: usize, to: usize, msg: &Control, k: Option<usize>) {
+    /// Entity `from` sends control request `id` to `to`.
+    fn send_control(&mut self, from: usize, to: usize, id: u64, msg: &Control) {
         let epoch = self.ents[from].epoch;
         let kind = msg.kind();
-        // a report counts as pending from here until answered; a failure of it schedules
-        // a resend, which stays pending
-        let report = from > 0 && to == 0 && matches!(kind, ControlKind::InstallReport | ControlKind::Trouble);
-        if report && let Some(k) = k {
-            *self.reports_out.entry((from, k)).or_insert(0) += 1;
-        }
-        if self.ents[to].dead || self.lost(from, to) {
-            let at = self.fail_at();
-            self.push(
-                at,
-                Ev::ControlFailed {
-                    from,
-                    to,
-                    kind,
-                    k,
-                    epoch,
-                    copy: Some(encode_control(msg)),
-                },
-            );
-            return;
-        }
         if from > 0
-            && to == 0
-            && let (Some(k), Control::InstallReport { outcome, .. }) = (k, msg)
+            && let Control::InstallReport { campaign, outcome } = msg
+            && let Some(&k) = self.by_id.get(campaign)
         {
             let installed = *outcome == InstallOutcome::Installed;
             match self.reported.get(&(from, k)) {
@@ -785,160 +856,264 @@ impl Sim {
                 Some(_) => {}
             }
         }
+        if self.ents[to].down || self.lost(from, to) {
+            let at = self.fail_at();
+            self.push(
+                at,
+                Ev::ControlFailed {
+                    from,
+                    to,
+                    id,
+                    epoch,
+                    kind,
+                },
+            );
+            return;
+        }
         let bytes = encode_control(msg);
         let at = self.transmit(from, to, bytes.len());
         self.push(
             at,
-            Ev::Control {
+            Ev::Request {
                 from,
                 to,
                 bytes,
-                reply: false,
+                id,
+                epoch,
+            },
+        );
+    }
+
+    /// Entity `server` answers the control request it holds as `handle`.
+    fn reply(&mut self, server: usize, handle: u64, msg: Control) {
+        let Some(a) = self.held_control.remove(&(server, handle)) else {
+            return;
+        };
+        // the answer travels back unless the connection drops
+        if self.lost(server, a.from) {
+            let at = self.fail_at();
+            self.push(
+                at,
+                Ev::ControlFailed {
+                    from: a.from,
+                    to: server,
+                    id: a.id,
+                    epoch: a.epoch,
+                    kind: a.kind,
+                },
+            );
+            return;
+        }
+        let bytes = encode_control(&msg);
+        let at = self.transmit(server, a.from, bytes.len());
+        self.push(
+            at,
+            Ev::Answer {
+                from: server,
+                to: a.from,
+                bytes,
+                id: a.id,
+                epoch: a.epoch,
+            },
+        );
+    }
+
+    /// Node `e` sends chunk request `id` to `to`.
+    fn send_chunk_request(&mut self, e: usize, to: usize, id: u64, req: ChunkRequest) {
+        let Some(&k) = self.by_id.get(&req.campaign) else {
+            return;
+        };
+        *self.out.entry((e, k, to)).or_insert(0) += 1;
+        let epoch = self.ents[e].epoch;
+        if self.ents[to].down || self.lost(e, to) {
+            let at = self.fail_at();
+            self.push(
+                at,
+                Ev::ChunkFailed {
+                    from: e,
+                    to,
+                    id,
+                    k,
+                    index: req.index,
+                    epoch,
+                },
+            );
+            return;
+        }
+        let bytes = req.encode();
+        let at = self.transmit(e, to, bytes.len());
+        self.push(
+            at,
+            Ev::ChunkReq {
+                from: e,
+                to,
+                bytes,
+                id,
                 k,
                 epoch,
-                report,
+            },
+        );
+    }
+
+    /// Entity `server` answers the chunk request it holds as `handle`.
+    fn chunk_answer(&mut self, server: usize, handle: u64, resp: ChunkResponse) {
+        let Some(a) = self.held_chunk.remove(&(server, handle)) else {
+            return;
+        };
+        if self.lost(server, a.from) {
+            let at = self.fail_at();
+            self.push(
+                at,
+                Ev::ChunkFailed {
+                    from: a.from,
+                    to: server,
+                    id: a.id,
+                    k: a.k,
+                    index: a.index,
+                    epoch: a.epoch,
+                },
+            );
+            return;
+        }
+        let bytes = resp.encode();
+        let at = self.transmit(server, a.from, bytes.len());
+        self.push(
+            at,
+            Ev::ChunkResp {
+                from: server,
+                to: a.from,
+                bytes,
+                id: a.id,
+                k: a.k,
+                epoch: a.epoch,
             },
         );
     }
 
     fn handle(&mut self, ev: Ev) {
+        let now = self.now;
         match ev {
-            Ev::Control {
+            Ev::Request {
                 from,
                 to,
                 bytes,
-                reply,
-                k,
+                id,
                 epoch,
-                report,
             } => {
                 let msg = decode_control(&bytes).expect("simulated peers send valid messages");
-                if reply {
-                    // `to` asked, `from` answers
-                    if self.ents[to].dead || self.ents[to].epoch != epoch {
-                        return;
-                    }
-                    let from_id = self.ents[from].id;
-                    let Some(k) = k else { return };
-                    if report {
-                        self.report_settled(to, k);
-                    }
-                    if let Control::AuthReply { ok: true, .. } = msg
-                        && from == 0
-                    {
-                        if self.auth_good.get(&(to, k)) == Some(&true) {
-                            self.acked.insert((to, k));
-                        } else {
-                            self.violation(format!(
-                                "the NMS acknowledged a wrong code from {} in campaign {k}",
-                                self.name(to)
-                            ));
-                        }
-                    }
-                    if to == 0 {
-                        if let Some(m) = self.camps[k].monitor.as_mut() {
-                            m.response(self.now, from_id, msg);
-                        }
-                    } else if let Some(c) = self.ents[to].campaigns[k].as_mut() {
-                        c.response(self.now, from_id, msg);
-                    }
-                    self.after(to);
-                } else {
-                    if self.ents[to].dead {
-                        let at = self.fail_at();
-                        let kind = msg.kind();
-                        self.push(
-                            at,
-                            Ev::ControlFailed {
-                                from,
-                                to,
-                                kind,
-                                k,
-                                epoch,
-                                copy: Some(bytes.clone()),
-                            },
-                        );
-                        return;
-                    }
-                    let answer = self.answer(from, to, &msg, k);
-                    self.after(to);
-                    // the answer travels back unless the connection drops
-                    if self.lost(to, from) {
-                        let at = self.fail_at();
-                        self.push(
-                            at,
-                            Ev::ControlFailed {
-                                from,
-                                to,
-                                kind: msg.kind(),
-                                k,
-                                epoch,
-                                copy: Some(bytes.clone()),
-                            },
-                        );
-                    } else {
-                        let bytes = encode_control(&answer);
-                        let at = self.transmit(to, from, bytes.len());
-                        self.push(
-                            at,
-                            Ev::Control {
-                                from: to,
-                                to: from,
-                                bytes,
-                                reply: true,
-                                k,
-                                epoch,
-                                report,
-                            },
-                        );
-                    }
+                let kind = msg.kind();
+                if self.ents[to].down {
+                    let at = self.fail_at();
+                    self.push(
+                        at,
+                        Ev::ControlFailed {
+                            from,
+                            to,
+                            id,
+                            epoch,
+                            kind,
+                        },
+                    );
+                    return;
                 }
+                let asked = Asked {
+                    from,
+                    epoch,
+                    id,
+                    kind,
+                };
+                let from_id = self.ents[from].id;
+                if to == 0 {
+                    if let Control::AuthRequest {
+                        campaign,
+                        path,
+                        root,
+                        code,
+                    } = &msg
+                        && let Some(&k) = self.by_id.get(campaign)
+                    {
+                        let good = self.code_is_right(k, from, path, root, code);
+                        self.auth_good.insert((from, k), good);
+                    }
+                    let input = NmsInput::ControlRequest { from: from_id, msg };
+                    if let Some(req) = self.nms.handle(now, input) {
+                        self.held_control.insert((0, req.0), asked);
+                    }
+                } else {
+                    self.next_reply += 1;
+                    let reply = self.next_reply;
+                    self.held_control.insert((to, reply), asked);
+                    self.feed(
+                        to,
+                        Input::ControlRequest {
+                            from: from_id,
+                            reply: ReplyId(reply),
+                            msg,
+                        },
+                    );
+                }
+                self.after(to);
             }
-            Ev::ControlFailed {
+            Ev::Answer {
                 from,
                 to,
-                kind,
-                k,
+                bytes,
+                id,
                 epoch,
-                copy,
             } => {
-                if self.ents[from].dead || self.ents[from].epoch != epoch {
+                if self.ents[to].down || self.ents[to].epoch != epoch {
                     return;
                 }
-                let Some(k) = k else { return };
-                if from > 0 && to == 0 && matches!(kind, ControlKind::InstallReport | ControlKind::Trouble) {
-                    // the node's shell retries a report until the NMS gets it
-                    if let Some(bytes) = copy {
-                        let n = self.resends.entry((from, k)).or_insert(0);
-                        *n += 1;
-                        let attempt = *n;
-                        let wait = crate::receiver::backoff(
-                            Duration::from_secs(2),
-                            Duration::from_secs(16),
-                            attempt,
-                            &[from as u8, attempt as u8],
-                        );
-                        let at = self.now + wait;
-                        self.push(
-                            at,
-                            Ev::Resend {
-                                from,
-                                k,
-                                bytes,
-                                epoch,
-                                attempt,
-                            },
-                        );
+                let msg = decode_control(&bytes).expect("simulated peers send valid messages");
+                if from == 0
+                    && let Control::AuthReply {
+                        campaign, ok: true, ..
+                    } = &msg
+                    && let Some(&k) = self.by_id.get(campaign)
+                {
+                    if self.auth_good.get(&(to, k)) == Some(&true) {
+                        self.acked.insert((to, k));
+                    } else {
+                        self.violation(format!(
+                            "the NMS acknowledged a wrong code from {} in campaign {k}",
+                            self.name(to)
+                        ));
                     }
+                }
+                if to == 0 {
+                    self.nms.handle(
+                        now,
+                        NmsInput::ControlResponse {
+                            id: OutboundId(id),
+                            msg,
+                        },
+                    );
+                } else {
+                    self.feed(to, Input::ControlResponse { id: OutId(id), msg });
+                }
+                self.after(to);
+            }
+            Ev::ControlFailed { from, id, epoch, .. } => {
+                if self.ents[from].down || self.ents[from].epoch != epoch {
                     return;
                 }
-                let to_id = self.ents[to].id;
+                let reason = DROPPED.to_string();
                 if from == 0 {
-                    if let Some(m) = self.camps[k].monitor.as_mut() {
-                        m.send_failed(self.now, to_id, kind, "connection closed");
-                    }
-                } else if let Some(c) = self.ents[from].campaigns[k].as_mut() {
-                    c.send_failed(self.now, to_id, kind, "connection closed");
+                    self.nms.handle(
+                        now,
+                        NmsInput::SendFailed {
+                            id: OutboundId(id),
+                            reason,
+                        },
+                    );
+                } else {
+                    self.feed(
+                        from,
+                        Input::SendFailed {
+                            id: OutId(id),
+                            reason,
+                        },
+                    );
                 }
                 self.after(from);
             }
@@ -946,17 +1121,26 @@ impl Sim {
                 from,
                 to,
                 bytes,
+                id,
+                k,
                 epoch,
             } => {
                 let req = ChunkRequest::decode(&bytes).expect("valid chunk request");
-                let k = self.by_id[&req.campaign];
-                if self.ents[to].dead {
+                let asked = AskedChunk {
+                    from,
+                    epoch,
+                    id,
+                    k,
+                    index: req.index,
+                };
+                if self.ents[to].down {
                     let at = self.fail_at();
                     self.push(
                         at,
                         Ev::ChunkFailed {
                             from,
                             to,
+                            id,
                             k,
                             index: req.index,
                             epoch,
@@ -964,20 +1148,27 @@ impl Sim {
                     );
                     return;
                 }
-                self.next_req += 1;
-                let rid = RequestId(self.next_req);
-                self.pending_serve.insert((to, rid), (from, epoch, req.clone()));
                 let from_id = self.ents[from].id;
                 if to == 0 {
-                    match self.camps[k].monitor.as_mut() {
-                        Some(m) => m.chunk_request(self.now, rid, from_id, &req),
-                        None => self.unknown(to, rid, req.index),
+                    let input = NmsInput::ChunkRequest {
+                        from: from_id,
+                        request: req,
+                    };
+                    if let Some(r) = self.nms.handle(now, input) {
+                        self.held_chunk.insert((0, r.0), asked);
                     }
                 } else {
-                    match self.ents[to].campaigns[k].as_mut() {
-                        Some(c) => c.chunk_request(self.now, rid, from_id, &req),
-                        None => self.unknown(to, rid, req.index),
-                    }
+                    self.next_reply += 1;
+                    let reply = self.next_reply;
+                    self.held_chunk.insert((to, reply), asked);
+                    self.feed(
+                        to,
+                        Input::ChunkRequest {
+                            from: from_id,
+                            reply: ReplyId(reply),
+                            req,
+                        },
+                    );
                 }
                 self.after(to);
             }
@@ -985,112 +1176,71 @@ impl Sim {
                 from,
                 to,
                 bytes,
+                id,
+                k,
                 epoch,
             } => {
-                if self.ents[to].dead || self.ents[to].epoch != epoch {
+                if self.ents[to].down || self.ents[to].epoch != epoch {
                     return;
                 }
-                let resp = ChunkResponse::decode(&bytes).expect("valid chunk response");
-                let k = self.by_id[&resp.campaign];
                 self.done_request(to, k, from);
-                let from_id = self.ents[from].id;
-                if let Some(c) = self.ents[to].campaigns[k].as_mut() {
-                    c.chunk_response(self.now, from_id, resp);
-                }
+                let resp = ChunkResponse::decode(&bytes).expect("valid chunk response");
+                self.feed(to, Input::ChunkResponse { id: OutId(id), resp });
                 self.after(to);
             }
             Ev::ChunkFailed {
                 from,
                 to,
+                id,
                 k,
-                index,
                 epoch,
+                ..
             } => {
-                if self.ents[from].dead || self.ents[from].epoch != epoch {
+                if self.ents[from].down || self.ents[from].epoch != epoch {
                     return;
                 }
                 self.done_request(from, k, to);
-                let to_id = self.ents[to].id;
-                if let Some(c) = self.ents[from].campaigns[k].as_mut() {
-                    c.chunk_failed(self.now, to_id, index, "connection closed");
-                }
+                self.feed(
+                    from,
+                    Input::ChunkFailed {
+                        id: OutId(id),
+                        reason: DROPPED.to_string(),
+                    },
+                );
                 self.after(from);
             }
             Ev::Timer { e } => {
-                if self.ents[e].timer_at != Some(self.now) || self.ents[e].dead {
+                if self.ents[e].timer_at != Some(now) || self.ents[e].down {
                     return;
                 }
                 self.ents[e].timer_at = None;
-                let now = self.now;
                 if e == 0 {
-                    for c in &mut self.camps {
-                        if let Some(m) = c.monitor.as_mut() {
-                            m.timeout(now);
-                        }
-                    }
-                } else {
-                    for c in self.ents[e].campaigns.iter_mut().flatten() {
-                        if c.poll_timeout().is_some_and(|t| t <= now) {
-                            c.timeout(now);
-                        }
-                    }
+                    self.nms.handle(now, NmsInput::Timeout);
+                } else if let Some(ep) = self.ents[e].ep.as_mut() {
+                    ep.handle_timeout(now);
                 }
                 self.after(e);
             }
             Ev::Crash { e, down_for } => self.crash(e, down_for),
             Ev::Restart { e } => self.restart(e),
-            Ev::Resend {
-                from,
-                k,
-                bytes,
-                epoch,
-                attempt,
-            } => {
-                if self.ents[from].dead || self.ents[from].epoch != epoch {
-                    return;
-                }
-                let msg = decode_control(&bytes).expect("valid");
-                self.note(format!(
-                    "{} resends a report (attempt {attempt})",
-                    self.name(from)
-                ));
-                // counted again as it goes out
-                if let Some(n) = self.reports_out.get_mut(&(from, k)) {
-                    *n = n.saturating_sub(1);
-                }
-                self.send_request(from, 0, &msg, Some(k));
-            }
             Ev::Start { k } => {
-                if self.ents[0].dead {
-                    return; // started at the restart
+                if self.ents[0].down {
+                    return; // dropped at the restart
                 }
                 self.start(k);
             }
         }
     }
 
+    /// Campaign `k`'s file is dropped at the NMS (prepared in [`Sim::act_nms`]).
     fn start(&mut self, k: usize) {
         self.started[k] = true;
-        let c = &mut self.camps[k];
-        c.monitor = Some(CampaignMonitor::start(
-            self.now,
-            c.manifest.clone(),
-            c.signed.clone(),
-            c.secret.clone(),
-            MonitorConfig::default(),
-        ));
+        let input = NmsInput::DropReady {
+            drop_id: DropId(k as u64),
+            name: self.camps[k].manifest.file.clone(),
+        };
+        self.nms.handle(self.now, input);
         self.after(0);
-    }
-
-    fn unknown(&mut self, server: usize, req: RequestId, index: u32) {
-        self.serve(
-            server,
-            ServeAction::Answer {
-                req,
-                index,
-                status: ChunkStatus::UnknownCampaign,
-            },
-        );
     }
 
     fn done_request(&mut self, node: usize, k: usize, source: usize) {
@@ -1100,44 +1250,55 @@ impl Sim {
     }
 
     fn crash(&mut self, e: usize, down_for: Duration) {
-        if self.ents[e].dead {
+        if self.ents[e].down {
             return;
         }
         self.note(format!("{} crashes", self.name(e)));
         let ent = &mut self.ents[e];
-        ent.dead = true;
+        ent.down = true;
         ent.epoch += 1;
         ent.timer_at = None;
         if e > 0 {
-            // memory is gone; the disk (chunks, saved offers, what is installed) stays
-            for c in &mut ent.campaigns {
-                *c = None;
-            }
-            ent.over.iter_mut().for_each(|o| *o = false);
-            ent.relay_done.iter_mut().for_each(|o| *o = false);
+            // memory is gone (the endpoint and its machines); the disk stays
+            ent.ep = None;
             self.acked.retain(|(n, _)| *n != e);
-            self.reports_out.retain(|(n, _), _| *n != e);
             self.out.retain(|(n, _, _), _| *n != e);
         }
         // requests this entity was holding: their connections drop
-        let held: Vec<(usize, RequestId)> = self
-            .pending_serve
+        let at = self.fail_at();
+        let mut held: Vec<(usize, u64)> = self
+            .held_control
             .keys()
             .filter(|(s, _)| *s == e)
             .copied()
             .collect();
-        let at = self.fail_at();
+        held.sort_unstable();
         for key in held {
-            let (from, epoch, req) = self.pending_serve.remove(&key).expect("listed");
-            let k = self.by_id[&req.campaign];
+            let a = self.held_control.remove(&key).expect("listed");
+            self.push(
+                at,
+                Ev::ControlFailed {
+                    from: a.from,
+                    to: e,
+                    id: a.id,
+                    epoch: a.epoch,
+                    kind: a.kind,
+                },
+            );
+        }
+        let mut held: Vec<(usize, u64)> = self.held_chunk.keys().filter(|(s, _)| *s == e).copied().collect();
+        held.sort_unstable();
+        for key in held {
+            let a = self.held_chunk.remove(&key).expect("listed");
             self.push(
                 at,
                 Ev::ChunkFailed {
-                    from,
+                    from: a.from,
                     to: e,
-                    k,
-                    index: req.index,
-                    epoch,
+                    id: a.id,
+                    k: a.k,
+                    index: a.index,
+                    epoch: a.epoch,
                 },
             );
         }
@@ -1146,160 +1307,78 @@ impl Sim {
     }
 
     fn restart(&mut self, e: usize) {
-        self.ents[e].dead = false;
+        self.ents[e].down = false;
         self.note(format!("{} restarts", self.name(e)));
-        if e == 0 {
-            // the campaign state was kept (as in the NMS's data directory); campaigns
-            // due while it was down start now; offers lost in the crash go out again
-            for c in &mut self.camps {
-                if let Some(m) = c.monitor.as_mut() {
-                    m.restarted();
-                }
-            }
-            for k in 0..self.camps.len() {
-                if !self.started[k] && self.queue_has_passed_start(k) {
-                    self.start(k);
-                }
-            }
-            self.after(0);
+        if e > 0 {
+            self.boot(e);
             return;
         }
-        // resume every campaign whose offer is saved, as the node does at start
+        // the campaign state was kept (as in the NMS's data directory), requests in
+        // flight are lost; files dropped while it was down are picked up now
+        self.nms.restarted(self.now);
         for k in 0..self.camps.len() {
-            let Some(offer) = self.ents[e].saved[k].clone() else {
-                continue;
-            };
-            let from = if offer.path.len() >= 2 {
-                offer.path[offer.path.len() - 2]
-            } else {
-                self.camps[k].manifest.nms
-            };
-            if let Err(r) = self.admit_and_start(e, k, offer.clone(), from, true) {
-                self.note(format!(
-                    "{} does not resume campaign {k}: {}",
-                    self.name(e),
-                    r.detail
-                ));
-                // as the node does: one that had ended here is dropped; an unfinished one
-                // ends failed and reports why (its offer stays saved until it is over)
-                if self.ents[e].ended[k] {
-                    self.forget(e, k);
-                    continue;
-                }
-                let c = NodeCampaign::resume_refused(
-                    self.now,
-                    self.ents[e].id,
-                    offer,
-                    self.camps[k].manifest.clone(),
-                    self.cfg.node.clone(),
-                    &r.detail,
-                );
-                self.ents[e].campaigns[k] = Some(c);
+            let due = self.cfg.faults.campaigns.get(k).is_none_or(|t| *t <= self.now);
+            if !self.started[k] && due {
+                self.start(k);
             }
         }
-        self.after(e);
+        self.after(0);
     }
 
-    fn queue_has_passed_start(&self, k: usize) -> bool {
-        let starts = &self.cfg.faults.campaigns;
-        starts.get(k).is_none_or(|t| *t <= self.now)
-    }
-
-    fn forget(&mut self, e: usize, k: usize) {
-        let ent = &mut self.ents[e];
-        ent.saved[k] = None;
-        ent.disk[k].iter_mut().for_each(|c| *c = None);
-    }
-
-    /// Admission and start of campaign `k` on node `e` (an offer, or a resume from disk).
-    fn admit_and_start(
-        &mut self,
-        e: usize,
-        k: usize,
-        offer: Offer,
-        from: NodeId,
-        resuming: bool,
-    ) -> Result<(), crate::receiver::Refusal> {
+    /// Starts node `e` as `node/src/agent.rs` does: what its data directory holds (trusted
+    /// NMS ids, installed versions, the journal, the saved offers) builds a new endpoint,
+    /// and every peer can be dialled (static peers).
+    fn boot(&mut self, e: usize) {
+        let now = self.now;
+        let nms = self.ents[0].id;
+        let d = &mut self.ents[e].disk;
+        d.journal = fold_journal(&d.journal); // as the journal is compacted at open
+        let mut trusted = vec![nms];
+        for p in &d.pins {
+            if !trusted.contains(p) {
+                trusted.push(*p);
+            }
+        }
+        let installed = if d.current.is_some() || !d.versions.is_empty() {
+            vec![InstalledPackage {
+                name: PACKAGE.into(),
+                current: d.current,
+                sequences: d.versions.iter().copied().collect(),
+            }]
+        } else {
+            Vec::new()
+        };
+        let saved = d
+            .offers
+            .iter()
+            .enumerate()
+            .filter_map(|(k, o)| {
+                Some(SavedCampaign {
+                    campaign: self.camps[k].manifest.campaign,
+                    offer: Ok(o.clone()?),
+                })
+            })
+            .collect();
+        let start = Start {
+            trusted,
+            installed,
+            journal: d.journal.clone(),
+            saved,
+        };
+        let cfg = EndpointConfig {
+            campaign: self.cfg.node.clone(),
+            unix_origin: UNIX_ORIGIN,
+            ..EndpointConfig::default()
+        };
         let me = self.ents[e].id;
-        let opened = open_offer(offer, from, me)?;
-        let trusted = [self.camps[k].manifest.nms];
-        let nobody = HashSet::new();
-        let ctx = AdmissionContext {
-            trusted: &trusted,
-            trust_first: false,
-            advertised_nms: &nobody,
-            unix_now: 2_000,
-            installed: self.ents[e].current,
-            held: self.ents[e].campaigns[k].is_some(),
-            finished: self.ents[e].over[k],
-            resuming,
-        };
-        if admit(&opened, &ctx)? == crate::admission::Admitted::AlreadyHeld {
-            return Ok(());
-        }
-        // the chunks on disk are checked again, as the store does
-        let m = &opened.manifest;
-        let mut have = ChunkSet::new(m.layout().expect("valid").count());
-        for (i, c) in self.ents[e].disk[k].iter().enumerate() {
-            if c.as_ref().is_some_and(|d| hash_chunk(d) == m.chunk_hashes.0[i]) {
-                have.insert(i as u32);
+        let mut ep = NodeEndpoint::new(now, me, cfg, start);
+        for (i, peer) in self.ents.iter().enumerate() {
+            if i != e {
+                ep.handle(now, Input::PeerAddressKnown(peer.id));
             }
         }
-        self.ents[e].saved[k] = Some(opened.offer.clone());
-        let m = opened.manifest.clone();
-        let c = NodeCampaign::accept(
-            self.now,
-            me,
-            opened.offer,
-            opened.manifest,
-            self.cfg.node.clone(),
-            have,
-        );
-        let installed = (m.sequence, m.root);
-        let mut c = c;
-        if resuming && self.ents[e].current == Some(installed) {
-            c.already_installed();
-        }
-        self.ents[e].campaigns[k] = Some(c);
-        Ok(())
-    }
-
-    /// The answer of entity `to` to a control request from `from` (about campaign `k`).
-    fn answer(&mut self, from: usize, to: usize, msg: &Control, k: Option<usize>) -> Control {
-        let from_id = self.ents[from].id;
-        let unknown = Control::Error {
-            reason: "unknown campaign".into(),
-        };
-        let Some(k) = k.or_else(|| self.campaign_of(msg)) else {
-            return unknown;
-        };
-        if to == 0 {
-            if let Control::AuthRequest { path, root, code, .. } = msg {
-                let good = self.code_is_right(k, from, path, root, code);
-                self.auth_good.insert((from, k), good);
-            }
-            return match self.camps[k].monitor.as_mut() {
-                Some(m) => m.request(self.now, from_id, msg),
-                None => unknown,
-            };
-        }
-        let campaign = self.camps[k].manifest.campaign;
-        match msg {
-            Control::Offer(offer) => match self.admit_and_start(to, k, (**offer).clone(), from_id, false) {
-                Ok(()) => Control::OfferReply {
-                    campaign,
-                    verdict: crate::wire::Verdict::Accept,
-                },
-                Err(r) => Control::OfferReply {
-                    campaign,
-                    verdict: r.verdict(),
-                },
-            },
-            other => match self.ents[to].campaigns[k].as_mut() {
-                Some(c) => c.request(self.now, from_id, other),
-                None => unknown,
-            },
-        }
+        self.ents[e].ep = Some(ep);
+        self.after(e);
     }
 
     /// The rolling code of node `e` for campaign `k`, derived here from the secret along
@@ -1317,224 +1396,311 @@ impl Sim {
         token.auth_code(&m.campaign, root) == *code
     }
 
-    fn serve(&mut self, server: usize, a: ServeAction) {
-        let (req, status, payload) = match a {
-            ServeAction::SendChunk { req, index, key, .. } => {
-                let Some((_, _, r)) = self.pending_serve.get(&(server, req)) else {
-                    return;
-                };
-                let k = self.by_id[&r.campaign];
-                let c = &self.camps[k];
-                let mut data = if server == 0 {
-                    let l = c.manifest.layout().expect("valid");
-                    let s = l.offset(index) as usize;
-                    c.data[s..s + l.len(index) as usize].to_vec()
-                } else {
-                    self.ents[server].disk[k][index as usize]
-                        .clone()
-                        .expect("served chunks are stored")
-                };
-                key.seal(&c.manifest.campaign, index, &mut data);
-                if self.ents[server].corrupt {
-                    data[0] ^= 0x40;
-                }
-                (req, ChunkStatus::Ok, data)
-            }
-            ServeAction::Answer { req, status, .. } => (req, status, Vec::new()),
-        };
-        let Some((to, epoch, r)) = self.pending_serve.remove(&(server, req)) else {
-            return;
-        };
-        if self.lost(server, to) {
-            let at = self.fail_at();
-            let k = self.by_id[&r.campaign];
-            self.push(
-                at,
-                Ev::ChunkFailed {
-                    from: to,
-                    to: server,
-                    k,
-                    index: r.index,
-                    epoch,
-                },
-            );
-            return;
-        }
-        let resp = ChunkResponse {
-            campaign: r.campaign,
-            index: r.index,
-            status,
-            data: payload,
-        };
-        let bytes = resp.encode();
-        let at = self.transmit(server, to, bytes.len());
-        self.push(
-            at,
-            Ev::ChunkResp {
-                from: server,
-                to,
-                bytes,
-                epoch,
-            },
-        );
-    }
-
+    /// Carries out entity `e`'s actions and notes its events until both are drained, then
+    /// sleeps until its endpoint's next timeout.
     fn after(&mut self, e: usize) {
         if e == 0 {
-            self.drain_monitors();
+            loop {
+                if let Some(a) = self.nms.poll_action() {
+                    self.act_nms(a);
+                } else if let Some(ev) = self.nms.poll_event() {
+                    if self.cfg.trace && !matches!(ev, NmsEvent::NodeProgress { .. }) {
+                        self.note(format!("nms: {ev:?}"));
+                    }
+                } else {
+                    break;
+                }
+            }
+            let next = self.nms.poll_timeout();
+            self.schedule(0, next);
             return;
         }
-        for k in 0..self.camps.len() {
-            self.drain_node(e, k);
+        loop {
+            let Some(ep) = self.ents[e].ep.as_mut() else {
+                return;
+            };
+            if let Some(a) = ep.poll_action() {
+                self.act_node(e, a);
+            } else if let Some(ev) = ep.poll_event() {
+                self.node_event(e, ev);
+            } else {
+                break;
+            }
         }
-        let next = self.ents[e]
-            .campaigns
-            .iter()
-            .flatten()
-            .filter_map(|c| c.poll_timeout())
-            .min();
+        let Some(ep) = self.ents[e].ep.as_ref() else {
+            return;
+        };
+        // the endpoint's own invariants (it panics on a broken one)
+        let broken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ep.check_invariants())).err();
+        let next = ep.poll_timeout();
+        if let Some(p) = broken {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            self.violation(format!("{}'s endpoint broke an invariant: {what}", self.name(e)));
+        }
         self.schedule(e, next);
     }
 
-    fn drain_monitors(&mut self) {
-        for k in 0..self.camps.len() {
-            while let Some(a) = self.camps[k].monitor.as_mut().and_then(|m| m.poll_action()) {
-                match a {
-                    MonitorAction::Send { to, msg } => {
-                        let to = self.index[&to];
-                        self.send_request(0, to, &msg, Some(k));
-                    }
-                    MonitorAction::Serve(s) => self.serve(0, s),
-                    MonitorAction::Note(n) => self.note(format!("nms campaign {k}: {n:?}")),
+    /// The NMS's shell: prepares dropped files, sends, answers, serves the package.
+    fn act_nms(&mut self, a: NmsAction) {
+        match a {
+            NmsAction::Prepare { drop_id, addressees } => {
+                let k = drop_id.0 as usize;
+                let mut planned = self.camps[k].manifest.addressees.clone();
+                planned.sort();
+                if addressees != planned {
+                    self.violation(format!(
+                        "the NMS picked {} addressees for campaign {k}, not the fleet of {}",
+                        addressees.len(),
+                        planned.len()
+                    ));
                 }
+                let c = &self.camps[k];
+                let input = NmsInput::Prepared {
+                    drop_id,
+                    manifest: Box::new(c.manifest.clone()),
+                    signed: c.signed.clone(),
+                    secret: c.secret.clone(),
+                };
+                self.nms.handle(self.now, input);
             }
-        }
-        let next = self
-            .camps
-            .iter()
-            .filter_map(|c| c.monitor.as_ref()?.poll_timeout())
-            .min();
-        self.schedule(0, next);
-    }
-
-    fn drain_node(&mut self, e: usize, k: usize) {
-        while let Some(a) = self.ents[e].campaigns[k].as_mut().and_then(|c| c.poll_action()) {
-            match a {
-                NodeAction::Send { to, msg } => {
-                    if let Control::InstallReport { .. } = msg {
-                        self.ents[e].ended[k] = true; // journaled before the report goes out
-                    }
-                    let to = self.index[&to];
-                    self.send_request(e, to, &msg, Some(k));
-                }
-                NodeAction::RequestChunk { to, req } => {
-                    let to = self.index[&to];
-                    let n = self.out.entry((e, k, to)).or_insert(0);
-                    *n += 1;
-                    let epoch = self.ents[e].epoch;
-                    if self.ents[to].dead || self.lost(e, to) {
-                        let at = self.fail_at();
-                        self.push(
-                            at,
-                            Ev::ChunkFailed {
-                                from: e,
-                                to,
-                                k,
-                                index: req.index,
-                                epoch,
-                            },
-                        );
-                    } else {
-                        let bytes = req.encode();
-                        let at = self.transmit(e, to, bytes.len());
-                        self.push(
-                            at,
-                            Ev::ChunkReq {
-                                from: e,
-                                to,
-                                bytes,
-                                epoch,
-                            },
-                        );
-                    }
-                }
-                NodeAction::Store { index, data } => {
-                    let now = self.now;
-                    let ent = &mut self.ents[e];
-                    let full = ent.room == Some(0);
-                    if !full {
-                        ent.disk[k][index as usize] = Some(data);
-                        ent.room = ent.room.map(|r| r - 1);
-                    }
-                    if let Some(c) = ent.campaigns[k].as_mut() {
-                        if full {
-                            c.store_failed(now, index, "No space left on device (os error 28)");
-                        } else {
-                            c.chunk_stored(now, index);
-                        }
-                    }
-                }
-                NodeAction::HashFile => {
-                    let mut h = blake3::Hasher::new();
-                    for c in self.ents[e].disk[k].iter().flatten() {
-                        h.update(c);
-                    }
-                    let root = *h.finalize().as_bytes();
-                    let now = self.now;
-                    if let Some(c) = self.ents[e].campaigns[k].as_mut() {
-                        c.file_hashed(now, root);
-                    }
-                }
-                NodeAction::Install => {
-                    let outcome = self.install(e, k);
-                    let now = self.now;
-                    if let Some(c) = self.ents[e].campaigns[k].as_mut() {
-                        c.install_done(now, outcome);
-                    }
-                }
-                NodeAction::Serve(s) => self.serve(e, s),
-                NodeAction::Note(crate::receiver::Note::SwitchedSource { .. }) => self.ents[e].switches += 1,
-                NodeAction::Note(_) => {}
-                NodeAction::RelayDone => {
-                    // as the node does: the campaign ends once its reports reached the NMS
-                    self.ents[e].relay_done[k] = true;
-                    if self.retire(e, k) {
-                        return;
-                    }
-                }
+            NmsAction::FollowUp { of, addressees, .. } => {
+                // every node is an addressee of every campaign here: nobody is late
+                self.violation(format!(
+                    "the NMS asked for a follow-up of campaign {} for {} node(s), all addressees already",
+                    of.iter().take(4).map(|b| format!("{b:02x}")).collect::<String>(),
+                    addressees.len()
+                ));
+            }
+            NmsAction::SendControl { id, to, msg } => {
+                let to = self.index[&to];
+                self.send_control(0, to, id.0, &msg);
+            }
+            NmsAction::AnswerControl { req, msg } => self.reply(0, req.0, msg),
+            NmsAction::SendChunk {
+                req,
+                campaign,
+                index,
+                key,
+            } => {
+                let Some(&k) = self.by_id.get(&campaign) else {
+                    return;
+                };
+                let c = &self.camps[k];
+                let l = c.manifest.layout().expect("valid");
+                let s = l.offset(index) as usize;
+                let mut data = c.data[s..s + l.len(index) as usize].to_vec();
+                key.seal(&campaign, index, &mut data);
+                let resp = ChunkResponse {
+                    campaign,
+                    index,
+                    status: ChunkStatus::Ok,
+                    data,
+                };
+                self.chunk_answer(0, req.0, resp);
+            }
+            NmsAction::AnswerChunk { req, response } => self.chunk_answer(0, req.0, response),
+            NmsAction::CampaignFinished { summary } => {
+                let k = self.by_id.get(&summary.campaign).copied();
+                self.note(format!(
+                    "nms: campaign {k:?} finished, {} of {} installed",
+                    summary.installed,
+                    summary.nodes.len()
+                ));
             }
         }
     }
 
-    /// A report of node `e` in campaign `k` reached the NMS; the campaign ends if its
-    /// relaying was done.
-    fn report_settled(&mut self, e: usize, k: usize) {
-        if let Some(n) = self.reports_out.get_mut(&(e, k)) {
-            *n = n.saturating_sub(1);
+    /// Node `e`'s shell: the links, its disk, its install command.
+    fn act_node(&mut self, e: usize, a: Action) {
+        let k_of = |s: &Sim, c: &[u8; 16]| s.by_id.get(c).copied();
+        match a {
+            Action::SendControl { id, to, msg } => {
+                let to = self.index[&to];
+                self.send_control(e, to, id.0, &msg);
+            }
+            Action::Reply { reply, msg } => self.reply(e, reply.0, msg),
+            Action::OpenOffer { ticket, from, offer } => {
+                let result = open_offer(*offer, from, self.ents[e].id);
+                self.feed(
+                    e,
+                    Input::OfferOpened {
+                        ticket,
+                        result: Box::new(result),
+                    },
+                );
+            }
+            Action::Prepare {
+                campaign,
+                offer,
+                manifest,
+            } => {
+                let Some(k) = k_of(self, &campaign) else {
+                    let result = Err("not a campaign of this run".to_string());
+                    return self.feed(e, Input::Prepared { campaign, result });
+                };
+                // the offer is saved; the chunks already on disk are checked again
+                let d = &mut self.ents[e].disk;
+                d.offers[k] = Some(*offer);
+                let mut have = ChunkSet::new(d.chunks[k].len() as u32);
+                for (i, c) in d.chunks[k].iter().enumerate() {
+                    if c.as_ref()
+                        .is_some_and(|c| manifest.chunk_hashes.0.get(i) == Some(&hash_chunk(c)))
+                    {
+                        have.insert(i as u32);
+                    }
+                }
+                self.feed(
+                    e,
+                    Input::Prepared {
+                        campaign,
+                        result: Ok(have),
+                    },
+                );
+            }
+            Action::RequestChunk { id, to, req } => {
+                let to = self.index[&to];
+                self.send_chunk_request(e, to, id.0, req);
+            }
+            Action::StoreChunk {
+                campaign,
+                index,
+                data,
+            } => {
+                let Some(k) = k_of(self, &campaign) else { return };
+                let ent = &mut self.ents[e];
+                let input = if ent.room == Some(0) {
+                    Input::StoreFailed {
+                        campaign,
+                        index,
+                        reason: "No space left on device (os error 28)".into(),
+                    }
+                } else {
+                    ent.disk.chunks[k][index as usize] = Some(data);
+                    ent.room = ent.room.map(|r| r - 1);
+                    Input::ChunkStored { campaign, index }
+                };
+                self.feed(e, input);
+            }
+            Action::HashFile { campaign } => {
+                let Some(k) = k_of(self, &campaign) else { return };
+                let mut h = blake3::Hasher::new();
+                for c in self.ents[e].disk.chunks[k].iter().flatten() {
+                    h.update(c);
+                }
+                let root = *h.finalize().as_bytes();
+                self.feed(e, Input::FileHashed { campaign, root });
+            }
+            Action::Install { campaign } => {
+                let Some(k) = k_of(self, &campaign) else { return };
+                let outcome = self.install(e, k);
+                self.feed(e, Input::InstallDone { campaign, outcome });
+            }
+            Action::SendChunk {
+                reply,
+                campaign,
+                index,
+                key,
+                ..
+            } => {
+                let Some(k) = k_of(self, &campaign) else { return };
+                let stored = self.ents[e].disk.chunks[k].get(index as usize).cloned().flatten();
+                let Some(mut data) = stored else {
+                    let what = format!(
+                        "{} serves chunk {index} of campaign {k}, which is not on its disk",
+                        self.name(e)
+                    );
+                    return self.violation(what);
+                };
+                key.seal(&campaign, index, &mut data);
+                if self.ents[e].corrupt
+                    && let Some(b) = data.first_mut()
+                {
+                    *b ^= 0x40;
+                }
+                let resp = ChunkResponse {
+                    campaign,
+                    index,
+                    status: ChunkStatus::Ok,
+                    data,
+                };
+                self.chunk_answer(e, reply.0, resp);
+            }
+            Action::AnswerChunk {
+                reply,
+                campaign,
+                index,
+                status,
+            } => {
+                let resp = ChunkResponse {
+                    campaign,
+                    index,
+                    status,
+                    data: Vec::new(),
+                };
+                self.chunk_answer(e, reply.0, resp);
+            }
+            Action::Forget { campaign } => {
+                let Some(k) = k_of(self, &campaign) else { return };
+                let d = &mut self.ents[e].disk;
+                d.offers[k] = None;
+                d.chunks[k].iter_mut().for_each(|c| *c = None);
+                self.note(format!("{} forgets campaign {k}", self.name(e)));
+            }
+            Action::RemoveVersion { sequence, .. } => {
+                let d = &mut self.ents[e].disk;
+                if d.current.is_some_and(|(s, _)| s == sequence) {
+                    let what = format!("{} removes its current version {sequence}", self.name(e));
+                    return self.violation(what);
+                }
+                d.versions.remove(&sequence);
+            }
+            Action::Pin { trusted, .. } => self.ents[e].disk.pins = trusted,
+            Action::Journal(entry) => {
+                self.ents[e].disk.journal.push(entry);
+                if let Some(k) = k_of(self, &entry.campaign) {
+                    self.note(format!(
+                        "{} journals campaign {k} {}",
+                        self.name(e),
+                        entry.phase.as_str()
+                    ));
+                }
+            }
         }
-        self.retire(e, k);
     }
 
-    /// As `NodeEndpoint` retires a campaign: once its relaying is done and no report is
-    /// on its way to the NMS, it is dropped and its partial removed. Returns whether it was.
-    fn retire(&mut self, e: usize, k: usize) -> bool {
-        let pending = self.reports_out.get(&(e, k)).is_some_and(|n| *n > 0);
-        if !self.ents[e].relay_done[k] || pending {
-            return false;
+    fn node_event(&mut self, e: usize, ev: Event) {
+        match &ev {
+            Event::Note {
+                note: Note::SwitchedSource { .. },
+                ..
+            } => self.ents[e].switches += 1,
+            Event::Finished { faults, .. } => self.ents[e].faults_seen += faults,
+            _ => {}
         }
-        let Some(c) = self.ents[e].campaigns[k].take() else {
-            return false;
-        };
-        self.ents[e].relay_done[k] = false;
-        self.ents[e].faults_seen += c.total_faults();
-        self.ents[e].over[k] = true;
-        self.forget(e, k);
-        self.note(format!("{} is done with campaign {k}", self.name(e)));
-        true
+        if self.cfg.trace {
+            let line = match &ev {
+                Event::Accepted {
+                    campaign, resumed, ..
+                } => format!(
+                    "campaign {:?} {}",
+                    self.by_id.get(campaign),
+                    if *resumed { "resumed" } else { "accepted" }
+                ),
+                Event::Refused { from, refusal, .. } => {
+                    format!("refused an offer from {}: {}", self.who(from), refusal.detail)
+                }
+                other => format!("{other:?}"),
+            };
+            self.note(format!("{}: {line}", self.name(e)));
+        }
     }
 
-    /// The install step of the node's shell: the sequence check and the switch of
-    /// `current` in one step, the install command in between.
+    /// The install step of the node's shell (the store's): the sequence check and the
+    /// switch of `current` in one step, the install command in between.
     fn install(&mut self, e: usize, k: usize) -> InstallOutcome {
         if !self.acked.contains(&(e, k)) {
             self.violation(format!(
@@ -1544,7 +1710,7 @@ impl Sim {
         }
         let m = &self.camps[k].manifest;
         let (seq, root) = (m.sequence, m.root);
-        let outcome = match m.install_check(self.ents[e].current) {
+        let outcome = match m.install_check(self.ents[e].disk.current) {
             Err(s) => InstallOutcome::Failed {
                 reason: s.to_string(),
             },
@@ -1553,14 +1719,16 @@ impl Sim {
                 reason: "the install command exited with status 1".into(),
             },
             Ok(InstallCheck::Install) => {
-                self.ents[e].current = Some((seq, root));
+                let d = &mut self.ents[e].disk;
+                d.current = Some((seq, root));
+                d.versions.insert(seq);
                 self.installs[e].push(seq);
                 InstallOutcome::Installed
             }
         };
         if k == 0 && outcome == InstallOutcome::Installed {
             let mut h = blake3::Hasher::new();
-            for c in self.ents[e].disk[0].iter().flatten() {
+            for c in self.ents[e].disk.chunks[0].iter().flatten() {
                 h.update(c);
             }
             self.ents[e].exact = *h.finalize().as_bytes() == self.camps[0].manifest.root;
@@ -1605,34 +1773,41 @@ impl Sim {
         }
         // 4. a final state at the NMS never changes
         for k in 0..self.camps.len() {
-            let Some(m) = self.camps[k].monitor.as_ref() else {
+            let Some(m) = self.monitor(k) else {
                 continue;
             };
+            let mut changed = None;
+            let mut new = Vec::new();
             for e in 1..self.ents.len() {
                 let s = &m.nodes()[&self.ents[e].id].status;
                 match self.finals.get(&(k, e)) {
                     Some(f) if f != s => {
-                        let line = format!(
+                        changed = Some(format!(
                             "the NMS's final status of {} in campaign {k} changed from {f:?} to {s:?}",
                             self.name(e)
-                        );
-                        self.violation(line);
-                        return;
+                        ));
+                        break;
                     }
-                    None if s.is_final() => {
-                        self.finals.insert((k, e), s.clone());
-                    }
+                    None if s.is_final() => new.push((e, s.clone())),
                     _ => {}
                 }
+            }
+            if let Some(line) = changed {
+                self.violation(line);
+                return;
+            }
+            for (e, s) in new {
+                self.finals.insert((k, e), s);
             }
         }
     }
 
-    /// Invariant 5, at the end: every addressee that is up is final at the NMS in every campaign, and
-    /// installed at the NMS only if it installed that campaign (or a newer one first).
+    /// Invariant 5, at the end: every addressee that is up is final at the NMS in every
+    /// campaign, and installed at the NMS only if it installed that campaign (or a newer
+    /// one first).
     fn check_end(&mut self) {
         for k in 0..self.camps.len() {
-            let Some(m) = self.camps[k].monitor.as_ref() else {
+            let Some(m) = self.monitor(k) else {
                 self.violation(format!("campaign {k} never started"));
                 return;
             };
@@ -1640,12 +1815,12 @@ impl Sim {
             let mut bad = Vec::new();
             for e in 1..self.ents.len() {
                 let v = &m.nodes()[&self.ents[e].id];
-                if self.ents[e].dead && self.cfg.dead.contains(&(e - 1)) {
+                if self.ents[e].down && self.cfg.dead.contains(&(e - 1)) {
                     continue; // down for the whole run: see the planning checks
                 }
                 match &v.status {
                     NodeStatus::Installed => {
-                        let cur = self.ents[e].current.map(|c| c.0);
+                        let cur = self.ents[e].disk.current.map(|c| c.0);
                         if cur.is_none_or(|c| c < seq) {
                             bad.push(format!(
                                 "{} installed at the NMS but its current sequence is {cur:?}",
@@ -1674,7 +1849,8 @@ impl Sim {
     fn report(&self) -> SimReport {
         let first = &self.camps[0];
         let empty = HashMap::new();
-        let nodes = first.monitor.as_ref().map_or(&empty, |m| m.nodes());
+        let monitor = self.monitor(0);
+        let nodes = monitor.map_or(&empty, |m| m.nodes());
         let status = |e: &Entity| nodes.get(&e.id).map(|v| (v.status.clone(), v.finished_at));
         let installed_at = self.ents[1..]
             .iter()
@@ -1687,18 +1863,19 @@ impl Sim {
         let faults = self.ents[1..]
             .iter()
             .map(|e| {
-                e.faults_seen
-                    + e.campaigns
-                        .iter()
-                        .flatten()
-                        .map(|c| c.total_faults())
-                        .sum::<u32>()
+                let running: u32 = self
+                    .camps
+                    .iter()
+                    .filter_map(|c| e.ep.as_ref()?.campaign(&c.manifest.campaign))
+                    .map(|c| c.total_faults())
+                    .sum();
+                e.faults_seen + running
             })
             .sum();
         SimReport {
             seed: self.cfg.seed,
             installed_at,
-            done_at: first.monitor.as_ref().and_then(|m| m.finished_at()),
+            done_at: monitor.and_then(|m| m.finished_at()),
             exact_copies,
             nms_copies: self.nms_bytes as f64 / first.data.len().max(1) as f64,
             faults_detected: faults,
@@ -1713,10 +1890,8 @@ impl Sim {
             t1: Duration::from_nanos(first.data.len() as u64 * 8 * 1_000_000_000 / self.cfg.link_bps),
             events: self.processed,
             end: self.now,
-            outcomes: self
-                .camps
-                .iter()
-                .map(|c| c.monitor.as_ref().map_or((0, 0, self.cfg.nodes), |m| m.counts()))
+            outcomes: (0..self.camps.len())
+                .map(|k| self.monitor(k).map_or((0, 0, self.cfg.nodes), |m| m.counts()))
                 .collect(),
             violations: self.violations.clone(),
             trace: self.trace.clone(),

@@ -231,6 +231,21 @@ fn settle(w: &World, c: &mut NodeCampaign, now: Duration) {
     }
 }
 
+/// `P` and `Q` accept the offers `N` sent them.
+fn accept_offers(w: &World, c: &mut NodeCampaign, now: Duration) {
+    for child in [P, Q] {
+        c.response(
+            now,
+            id(child),
+            Control::OfferReply {
+                campaign: w.campaign(),
+                verdict: Verdict::Accept,
+            },
+        );
+    }
+    drain(c);
+}
+
 // ---------- the node ----------
 
 #[test]
@@ -657,7 +672,10 @@ fn a_chunk_that_failed_to_store_is_never_served_and_fails_the_campaign() {
             }),
         ]
     );
-    // waits for nothing but the end of relaying (it answers Gated until then)
+    // waits for nothing but the answers to its offers (inputs, no timer), then the end of
+    // relaying (it answers Gated until then)
+    assert_eq!(c.poll_timeout(), None);
+    accept_offers(&w, &mut c, t(2));
     assert_eq!(
         c.poll_timeout(),
         Some(t(2) + baton_protocol::receiver::RELAY_LINGER)
@@ -728,7 +746,10 @@ fn a_failed_whole_file_hash_fails_the_campaign() {
                 )));
             }
         }
-        // waits for nothing but the end of relaying (it answers Gated until then)
+        // waits for nothing but the answers to its offers (inputs, no timer), then the end
+        // of relaying (it answers Gated until then)
+        assert_eq!(c.poll_timeout(), None);
+        accept_offers(&w, &mut c, t(3));
         assert_eq!(
             c.poll_timeout(),
             Some(t(2) + baton_protocol::receiver::RELAY_LINGER)
@@ -943,6 +964,117 @@ fn relaying_is_not_done_while_an_offer_to_a_child_is_unanswered() {
     );
     c.response(t(2), w.nms, Control::Ack); // trouble
     assert!(c.relay_done(t(2) + baton_protocol::receiver::RELAY_LINGER));
+}
+
+#[test]
+fn a_relay_waiting_for_an_offer_answer_after_its_linger_is_not_woken_again_and_again() {
+    // found by the fault explorer (seed 312, once it drove NodeEndpoint, which retries an
+    // undelivered offer for up to about 30 s): a relay that had installed waited for the
+    // answer to its offer to a dead child when its linger ended. Its timer stayed due at
+    // the end of the linger, so its shell woke it at that same instant forever (a busy
+    // loop; relaying is not done while an offer is unanswered).
+    use baton_protocol::receiver::RELAY_LINGER;
+    let w = node_world();
+    let mut c = node_n(&w);
+    receive_and_hash(&w, &mut c);
+    let ok = Control::AuthReply {
+        campaign: w.campaign(),
+        ok: true,
+        reason: String::new(),
+    };
+    c.response(t(3), w.nms, ok);
+    drain(&mut c);
+    c.install_done(t(3), InstallOutcome::Installed);
+    drain(&mut c);
+    for _ in 0..5 {
+        c.response(t(3), w.nms, Control::Ack);
+    }
+    // P accepts; the offer to Q stays unanswered
+    c.response(
+        t(3),
+        id(P),
+        Control::OfferReply {
+            campaign: w.campaign(),
+            verdict: Verdict::Accept,
+        },
+    );
+    drain(&mut c);
+    assert_eq!(c.phase(), Phase::Installed);
+    // a shell sleeping on `poll_timeout` until well after the linger
+    let late = t(3) + RELAY_LINGER * 2;
+    let mut now = t(3);
+    let mut wakes = 0;
+    while let Some(at) = c.poll_timeout().filter(|at| *at <= late) {
+        now = now.max(at);
+        c.timeout(now);
+        drain(&mut c);
+        wakes += 1;
+        assert!(wakes < 100, "woken {wakes} times, last at {now:?}");
+    }
+    assert!(!c.relay_done(late), "the offer to Q is unanswered");
+    // its answer ends the relaying (P never sent a receipt, and lingered long enough)
+    c.response(
+        late,
+        id(Q),
+        Control::OfferReply {
+            campaign: w.campaign(),
+            verdict: Verdict::Accept,
+        },
+    );
+    assert!(drain(&mut c).contains(&NodeAction::RelayDone));
+}
+
+#[test]
+fn a_campaign_resumed_after_a_restart_without_fetching_offers_its_children_again() {
+    // found by the fault explorer (seed 723): a cut-through relay installed, its offer to a
+    // child failed and was to be sent again, and the relay crashed first. After the restart
+    // it reported again but offered nothing (cut-through children are offered at accept),
+    // so that child's part never got the campaign and the NMS waited for it forever.
+    let w = node_world();
+    let part_offer = |k: u64| send(id(k), Control::Offer(Box::new(w.offer(&[A, B, N, k], &[k]))));
+    for ended in [true, false] {
+        let offer = w.offer(&[A, B, N], &[N, P, Q]);
+        let m = check_offer(&offer, &id(B), &w.ctx(N)).expect("a good offer");
+        let mut c = if ended {
+            NodeCampaign::resume_ended(t(0), id(N), offer, m, cfg(), InstallOutcome::Installed)
+        } else {
+            NodeCampaign::resume_refused(t(0), id(N), offer, m, cfg(), "rollback")
+        };
+        let actions = drain(&mut c);
+        for k in [P, Q] {
+            assert!(actions.contains(&part_offer(k)), "{ended}: {actions:?}");
+        }
+        let report = actions.iter().find_map(|a| match a {
+            NodeAction::Send {
+                msg: Control::InstallReport { outcome, .. },
+                ..
+            } => Some(outcome.clone()),
+            _ => None,
+        });
+        match report {
+            Some(InstallOutcome::Installed) => assert!(ended),
+            Some(InstallOutcome::Failed { reason }) => {
+                assert!(!ended);
+                assert!(reason.contains("rollback"), "{reason}");
+            }
+            None => panic!("{ended}: no report: {actions:?}"),
+        }
+        // nothing fetched, authenticated or installed
+        assert!(
+            actions.iter().all(|a| matches!(a, NodeAction::Send { .. })
+                && !matches!(
+                    a,
+                    NodeAction::Send {
+                        msg: Control::AuthRequest { .. },
+                        ..
+                    }
+                )),
+            "{actions:?}"
+        );
+        assert!(!c.relay_done(t(1)), "its offers are unanswered");
+        accept_offers(&w, &mut c, t(1));
+        assert!(c.relay_done(t(1)));
+    }
 }
 
 #[test]

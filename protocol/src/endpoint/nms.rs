@@ -761,6 +761,30 @@ impl NmsEndpoint {
         r
     }
 
+    /// The NMS process restarted with its campaigns as they were (their state is kept on
+    /// disk) but nothing in flight: responses to requests sent before, and chunk requests
+    /// it held, are not awaited any more; every running campaign offers again to the
+    /// first-tier heads that had not answered ([`CampaignMonitor::restarted`]).
+    pub fn restarted(&mut self, now: Duration) {
+        self.sent.clear();
+        self.chunk_requests.clear();
+        let mut running: Vec<CampaignId> = self
+            .campaigns
+            .iter()
+            .filter(|(_, k)| !k.finished)
+            .map(|(c, _)| *c)
+            .collect();
+        running.sort();
+        for c in running {
+            if let Some(k) = self.campaigns.get_mut(&c) {
+                k.monitor.restarted();
+            }
+            self.drain(now, c);
+        }
+        #[cfg(test)]
+        self.check_invariants();
+    }
+
     /// The next thing the shell must do.
     pub fn poll_action(&mut self) -> Option<NmsAction> {
         self.actions.pop_front()

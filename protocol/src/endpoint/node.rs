@@ -66,9 +66,13 @@ pub struct Config {
     /// A message for a peer whose address is not known yet waits this long for it, then
     /// is sent anyway (and retried like any failed send).
     pub address_wait: Duration,
-    /// Attempts to deliver a one-shot message (offer, receipt, trouble, install report)
-    /// before it counts as undeliverable (an offer: the child is unreachable).
+    /// Attempts to deliver a one-shot message (offer, receipt) before it counts as
+    /// undeliverable (an offer: the child is unreachable).
     pub send_attempts: u32,
+    /// Attempts to deliver an install report or a trouble report before it is given up:
+    /// more than [`Config::send_attempts`], as the NMS hears of this node's outcome from
+    /// nothing else, and an NMS restart takes a while.
+    pub report_attempts: u32,
     /// First pause before a failed one-shot message is sent again; doubles per attempt up
     /// to [`Config::send_retry_max`], jittered to `[d/2, d]`.
     pub send_retry_base: Duration,
@@ -93,6 +97,8 @@ impl Default for Config {
             address_wait: Duration::from_secs(60),
             // 4 pauses of 1-2, 2-4, 4-8 and 8-16 s: 15 to 30 s from the first attempt
             send_attempts: 5,
+            // then 7 more pauses of 8-16 s: 71 to 142 s from the first attempt
+            report_attempts: 12,
             send_retry_base: Duration::from_secs(2),
             send_retry_max: Duration::from_secs(16),
             relay_policy: None,
@@ -596,8 +602,17 @@ pub enum TimerName {
 /// Where an offer being opened came from.
 #[derive(Debug, Clone, Copy)]
 enum Origin {
-    Peer { from: NodeId, reply: ReplyId },
+    Peer {
+        from: NodeId,
+        reply: ReplyId,
+    },
     Resume,
+    /// A campaign that had ended here (`phase`, final, journaled) but was not over when the
+    /// node restarted: it resumes only to report that phase again and end.
+    Ended {
+        campaign: CampaignId,
+        phase: JournalPhase,
+    },
 }
 
 #[derive(Debug)]
@@ -757,14 +772,6 @@ impl NodeEndpoint {
         }
         for s in start.saved {
             let c = s.campaign;
-            if let Some(p) = phase.get(&c).filter(|p| p.is_final()) {
-                e.events.push_back(Event::NotResumed {
-                    campaign: c,
-                    reason: format!("it had ended here ({}) before the restart", p.as_str()),
-                });
-                e.actions.push_back(Action::Forget { campaign: c });
-                continue;
-            }
             let offer = match s.offer {
                 Ok(o) => o,
                 Err(reason) => {
@@ -791,8 +798,18 @@ impl NodeEndpoint {
                     }
                 }
             };
+            // a campaign whose final phase is journaled but whose working files are still
+            // here was not over: its report may not have reached the NMS
+            let origin = match phase.get(&c).copied().filter(|p| p.is_final()) {
+                Some(phase) => {
+                    e.finished.remove(&c);
+                    e.finished_order.retain(|f| *f != c);
+                    Origin::Ended { campaign: c, phase }
+                }
+                None => Origin::Resume,
+            };
             let ticket = e.ticket();
-            e.opening.insert(ticket, Origin::Resume);
+            e.opening.insert(ticket, origin);
             e.actions.push_back(Action::OpenOffer {
                 ticket,
                 from,
@@ -821,7 +838,10 @@ impl NodeEndpoint {
     pub fn busy(&self) -> bool {
         !self.campaigns.is_empty()
             || !self.preparing.is_empty()
-            || self.opening.values().any(|o| matches!(o, Origin::Resume))
+            || self
+                .opening
+                .values()
+                .any(|o| matches!(o, Origin::Resume | Origin::Ended { .. }))
     }
 
     /// True once some campaign ended here and was dropped (for `--once`).
@@ -1100,8 +1120,13 @@ impl NodeEndpoint {
         if !self.campaigns.contains_key(&campaign) {
             return;
         }
+        let attempts = if matches!(kind, ControlKind::InstallReport | ControlKind::Trouble) {
+            self.cfg.report_attempts
+        } else {
+            self.cfg.send_attempts
+        };
         if let Some(msg) = copy
-            && attempt < self.cfg.send_attempts
+            && attempt < attempts
         {
             self.retries += 1;
             let mut salt = self.me.to_bytes();
@@ -1238,6 +1263,9 @@ impl NodeEndpoint {
         };
         let c = opened.manifest.campaign;
         let held = self.campaigns.contains_key(&c) || self.preparing.contains_key(&c);
+        if let Origin::Ended { campaign, phase } = origin {
+            return self.resume_ended(now, campaign, phase, opened, held);
+        }
         let resuming = matches!(origin, Origin::Resume);
         let ctx = AdmissionContext {
             trusted: &self.trusted,
@@ -1308,6 +1336,18 @@ impl NodeEndpoint {
     fn refused(&mut self, origin: Origin, c: Option<CampaignId>, signer: Option<NodeId>, r: Refusal) {
         match origin {
             Origin::Peer { from, reply } => self.refuse(from, reply, c.unwrap_or_default(), signer, r),
+            Origin::Ended { campaign, phase } => {
+                self.events.push_back(Event::NotResumed {
+                    campaign,
+                    reason: format!(
+                        "it had ended here ({}) before the restart, and {}",
+                        phase.as_str(),
+                        r.detail
+                    ),
+                });
+                self.actions.push_back(Action::Forget { campaign });
+                self.remember_finished(campaign);
+            }
             Origin::Resume => {
                 if let Some(c) = c {
                     self.events.push_back(Event::NotResumed {
@@ -1369,9 +1409,75 @@ impl NodeEndpoint {
         self.hold(now, c, machine);
     }
 
+    /// A campaign that had ended here before the restart (`phase` journaled) but was not
+    /// over: it ends again at once and reports `phase` (to an NMS still trusted), fetching,
+    /// authenticating, installing and serving nothing; it is over once the report is
+    /// delivered or given up. Nothing is journaled again.
+    fn resume_ended(
+        &mut self,
+        now: Duration,
+        c: CampaignId,
+        phase: JournalPhase,
+        opened: OpenedOffer,
+        held: bool,
+    ) {
+        let origin = Origin::Ended { campaign: c, phase };
+        let m = &opened.manifest;
+        let refusal = if m.campaign != c {
+            Some("its saved offer is for another campaign".to_string())
+        } else if !self.trusted.contains(&m.nms) {
+            Some(format!("its NMS {} is not trusted any more", m.nms))
+        } else if held {
+            Some("it runs again".to_string())
+        } else {
+            None
+        };
+        if let Some(detail) = refusal {
+            let r = Refusal {
+                reason: RefuseReason::Untrusted,
+                detail,
+            };
+            return self.refused(origin, Some(c), Some(m.nms), r);
+        }
+        let OpenedOffer {
+            offer,
+            manifest,
+            from,
+        } = opened;
+        self.events.push_back(Event::Accepted {
+            campaign: c,
+            from,
+            resumed: true,
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            sequence: manifest.sequence,
+            size: manifest.size,
+            part: offer.part.len(),
+            chunks_on_disk: 0,
+            chunks: manifest.layout().map(|l| l.count()).unwrap_or(0),
+        });
+        let outcome = match phase {
+            JournalPhase::Installed => InstallOutcome::Installed,
+            _ => InstallOutcome::Failed {
+                reason: "it had failed on this node before the node restarted (the first report, \
+                         with the reason, may not have reached the NMS)"
+                    .into(),
+            },
+        };
+        let machine =
+            NodeCampaign::resume_ended(now, self.me, offer, manifest, self.cfg.campaign.clone(), outcome);
+        self.hold_as(now, c, machine, phase);
+    }
+
     /// Holds campaign `c`'s new machine (its acceptance is journaled) and carries out what
     /// it decided.
-    fn hold(&mut self, now: Duration, c: CampaignId, mut machine: NodeCampaign) {
+    fn hold(&mut self, now: Duration, c: CampaignId, machine: NodeCampaign) {
+        self.hold_as(now, c, machine, JournalPhase::Accepted);
+    }
+
+    /// Holds campaign `c`'s new machine, whose phase `journaled` is in the journal; it
+    /// starts gated if its relay gate is closed.
+    fn hold_as(&mut self, now: Duration, c: CampaignId, mut machine: NodeCampaign, journaled: JournalPhase) {
         let p = self.gating.effective(&machine.manifest().relay);
         let g = self.gating.gate(now, p);
         if !g.open {
@@ -1387,7 +1493,7 @@ impl NodeEndpoint {
             c,
             Held {
                 machine,
-                journaled: JournalPhase::Accepted,
+                journaled,
                 relay_done: false,
             },
         );

@@ -477,8 +477,24 @@ fn finish_campaign(s: &mut Shell) {
     assert!(s.events.iter().any(|e| matches!(e, Event::Finished { .. })));
 }
 
+/// The install reports of `s` so far.
+fn reports(s: &Shell) -> Vec<InstallOutcome> {
+    s.sent
+        .iter()
+        .filter_map(|(_, _, _, m)| match m {
+            Control::InstallReport { outcome, .. } => Some(outcome.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Fault explorer, seed 47 (once the explorer drove the real endpoint): a node journaled
+/// `installed`, its install report failed, and it crashed before the retry. After the
+/// restart it did not resume the campaign (its phase was final), so the report never went
+/// out again and the NMS waited for it forever. A final campaign whose working files are
+/// still there was not over: it reports its phase again, and nothing else.
 #[test]
-fn a_restart_after_install_neither_installs_nor_authenticates_again() {
+fn a_restart_after_install_reports_again_but_neither_installs_nor_authenticates() {
     let mut s = offered(1, &[N]);
     finish_campaign(&mut s);
     let c = s.worlds[0].c();
@@ -496,7 +512,8 @@ fn a_restart_after_install_neither_installs_nor_authenticates_again() {
         ]
     );
     assert_eq!(s.forgotten, vec![c]);
-    // restart, as if the node died before its working files were removed
+    // restart, as if the node died before its working files were removed (before its
+    // report was delivered)
     let journal = s.journal.clone();
     let w = world_seq(7, 1);
     let mut start = start_with(&w, journal, vec![saved(&w, &[N])]);
@@ -506,13 +523,24 @@ fn a_restart_after_install_neither_installs_nor_authenticates_again() {
         sequences: vec![7],
     }];
     let mut s = Shell::new(start, config(), vec![w]);
-    assert_eq!(s.forgotten, vec![c], "its working files are removed");
-    assert!(s.events.iter().any(|e| matches!(e, Event::NotResumed { .. })));
-    assert!(!s.ep.busy());
+    assert!(s.forgotten.is_empty(), "forgotten before its report is delivered");
+    assert!(s.ep.busy());
     s.input(Input::PeerAddressKnown(s.worlds[0].nms));
+    assert_eq!(reports(&s), vec![InstallOutcome::Installed]);
+    assert!(
+        s.sent
+            .iter()
+            .all(|(_, _, _, m)| m.kind() == ControlKind::InstallReport),
+        "{:?}",
+        s.sent
+    );
+    assert!(s.journal.is_empty(), "journaled again: {:?}", s.journal);
+    s.nms_answers();
     s.run_until(t(100));
     assert_eq!(s.installs, 0);
     assert!(s.sent.is_empty(), "{:?}", s.sent);
+    assert_eq!(s.forgotten, vec![c], "its working files are removed");
+    assert!(!s.ep.busy());
     // its parent offers it again: refused, nothing downloaded
     let offer = s.worlds[0].offer(&[N]);
     s.input(Input::ControlRequest {
@@ -533,6 +561,48 @@ fn a_restart_after_install_neither_installs_nor_authenticates_again() {
         r => panic!("{r:?}"),
     }
     assert_eq!(s.installs, 0);
+}
+
+/// As above for a campaign that had failed here: the failure is reported again (its
+/// first reason is not kept), nothing is fetched or installed; a campaign whose working
+/// files are gone is not resumed.
+#[test]
+fn a_restart_after_a_failure_reports_it_again_and_nothing_else() {
+    let w = world_seq(7, 1);
+    let c = w.c();
+    let journal = vec![
+        JournalEntry {
+            campaign: c,
+            phase: JournalPhase::Accepted,
+        },
+        JournalEntry {
+            campaign: c,
+            phase: JournalPhase::Failed,
+        },
+    ];
+    let mut s = Shell::new(
+        start_with(&w, journal.clone(), vec![saved(&w, &[N])]),
+        config(),
+        vec![w],
+    );
+    s.input(Input::PeerAddressKnown(s.worlds[0].nms));
+    match reports(&s).as_slice() {
+        [InstallOutcome::Failed { reason }] => assert!(reason.contains("restarted"), "{reason}"),
+        r => panic!("{r:?}"),
+    }
+    s.nms_answers();
+    s.run_until(t(100));
+    assert_eq!(s.installs, 0);
+    assert!(s.sent.is_empty(), "{:?}", s.sent);
+    assert!(s.journal.is_empty());
+    assert_eq!(s.forgotten, vec![c]);
+    // without its working files, the same journal resumes nothing
+    let w = world_seq(7, 1);
+    let mut s = Shell::new(start_with(&w, journal, vec![]), config(), vec![w]);
+    s.input(Input::PeerAddressKnown(s.worlds[0].nms));
+    s.run_until(t(100));
+    assert!(s.sent.is_empty(), "{:?}", s.sent);
+    assert!(!s.ep.busy());
 }
 
 #[test]
@@ -835,6 +905,60 @@ fn a_campaign_ends_only_once_its_install_report_is_delivered() {
     assert!(s.ep.campaign(&c).is_none());
     assert_eq!(s.forgotten, vec![c]);
     assert!(s.events.iter().any(|e| matches!(e, Event::Finished { .. })));
+}
+
+/// Fault explorer, seeds 1079 and 1489: the NMS was down for 12 s, four attempts of an
+/// install report fell in that time, and the fifth, after the NMS was back, was lost on a
+/// lossy link; the report was given up and the NMS waited for the node forever. Reports
+/// are tried longer than offers and receipts.
+#[test]
+fn an_install_report_is_tried_longer_than_other_one_shot_messages() {
+    let mut s = offered(1, &[N]);
+    let c = s.worlds[0].c();
+    let nms = s.worlds[0].nms;
+    s.input(Input::PeerAddressKnown(nms));
+    let mut tries = 0;
+    for _ in 0..40 {
+        let pending: Vec<(OutId, Control)> = s
+            .sent
+            .iter()
+            .filter(|(_, _, to, _)| *to == nms)
+            .map(|(_, id, _, m)| (*id, m.clone()))
+            .collect();
+        s.sent.retain(|(_, _, to, _)| *to != nms);
+        for (id, m) in pending {
+            match m {
+                Control::InstallReport { .. } => {
+                    tries += 1;
+                    s.input(Input::SendFailed {
+                        id,
+                        reason: "connection closed".into(),
+                    });
+                }
+                Control::AuthRequest { campaign, .. } => s.input(Input::ControlResponse {
+                    id,
+                    msg: Control::AuthReply {
+                        campaign,
+                        ok: true,
+                        reason: String::new(),
+                    },
+                }),
+                _ => s.input(Input::ControlResponse {
+                    id,
+                    msg: Control::Ack,
+                }),
+            }
+        }
+        let now = s.now;
+        s.run_until(now + t(20));
+    }
+    assert_eq!(s.installs, 1);
+    let cfg = config();
+    assert!(cfg.report_attempts > cfg.send_attempts);
+    assert_eq!(tries, cfg.report_attempts);
+    // given up after the last attempt: the campaign is over here
+    assert!(s.ep.campaign(&c).is_none());
+    assert_eq!(s.forgotten, vec![c]);
 }
 
 /// Seed 301 of the fault explorer: a campaign left unfinished by a crash is refused at

@@ -524,6 +524,78 @@ fn requests_responses_and_failures_reach_the_right_campaign() {
 }
 
 #[test]
+fn a_restart_offers_again_to_heads_that_had_not_answered_and_forgets_requests_in_flight() {
+    // fanout 2: two first-tier heads, each offered at the start
+    let mut e = NmsEndpoint::new(s(0), cfg());
+    for n in [A, B, C, D, E] {
+        e.handle(s(0), seen(n, &[]));
+    }
+    e.handle(s(0), drop_ready(1));
+    let (d, addressees) = prepares(&run_until(&mut e, s(2))).remove(0);
+    let NmsInput::Prepared {
+        mut manifest, secret, ..
+    } = prepared(d.0, 1, &addressees)
+    else {
+        unreachable!()
+    };
+    manifest.plan.fanout = 2;
+    let signed = SignedManifest::sign(&manifest, &keypair_from_seed(100)).unwrap();
+    e.handle(
+        s(3),
+        NmsInput::Prepared {
+            drop_id: d,
+            manifest,
+            signed,
+            secret,
+        },
+    );
+    let first = offers(&actions(&mut e));
+    events(&mut e);
+    assert!(first.len() >= 2, "{first:?}");
+    let (answered, head) = first[0];
+    e.handle(
+        s(4),
+        NmsInput::ControlResponse {
+            id: answered,
+            msg: Control::OfferReply {
+                campaign: [1; 16],
+                verdict: Verdict::Accept,
+            },
+        },
+    );
+    actions(&mut e);
+    events(&mut e);
+    // the process restarts: the heads that had not answered are offered again, the one
+    // that accepted is not
+    e.restarted(s(5));
+    let again = offers(&actions(&mut e));
+    let waiting: Vec<NodeId> = first[1..].iter().map(|(_, to)| *to).collect();
+    assert_eq!(again.iter().map(|(_, to)| *to).collect::<Vec<_>>(), waiting);
+    assert!(again.iter().all(|(id, _)| first.iter().all(|(f, _)| f != id)));
+    // a response or failure of a request sent before the restart changes nothing
+    for (id, _) in &first[1..] {
+        e.handle(
+            s(6),
+            NmsInput::SendFailed {
+                id: *id,
+                reason: "connection closed".into(),
+            },
+        );
+    }
+    assert!(actions(&mut e).is_empty());
+    for (_, to) in &first[1..] {
+        assert_eq!(
+            e.campaign(&[1; 16]).unwrap().nodes()[to].status,
+            NodeStatus::Waiting
+        );
+    }
+    assert_ne!(
+        e.campaign(&[1; 16]).unwrap().nodes()[&head].status,
+        NodeStatus::Waiting
+    );
+}
+
+#[test]
 fn unknown_campaigns_are_answered_as_such() {
     let (mut e, _) = running(&[A], 1);
     let req = e
