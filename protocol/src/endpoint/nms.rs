@@ -1172,6 +1172,42 @@ impl NmsEndpoint {
             },
         );
         self.drain(now, c);
+        self.supersede_older(now, c);
+    }
+
+    /// A newer version of a package supersedes its running campaigns of lower sequences:
+    /// each is halted ([`CampaignMonitor::halt`]), so that its nodes not yet installing
+    /// stop there and take the new version instead, and it ends with the reason. A
+    /// follow-up (same sequence) supersedes nothing.
+    fn supersede_older(&mut self, now: Duration, newer: CampaignId) {
+        let Some((name, version, sequence)) = self.campaigns.get(&newer).map(|k| {
+            let m = k.monitor.manifest();
+            (m.name.clone(), m.version.clone(), m.sequence)
+        }) else {
+            return;
+        };
+        let mut older: Vec<CampaignId> = self
+            .campaigns
+            .iter()
+            .filter(|(id, k)| {
+                **id != newer
+                    && !k.monitor.is_done()
+                    && k.monitor.halted().is_none()
+                    && k.monitor.manifest().name == name
+                    && k.monitor.manifest().sequence < sequence
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        older.sort();
+        for o in older {
+            if let Some(k) = self.campaigns.get_mut(&o) {
+                k.monitor.halt(
+                    now,
+                    format!("superseded by {name} {version} (sequence {sequence})"),
+                );
+            }
+            self.drain(now, o);
+        }
     }
 
     fn control_request(&mut self, now: Duration, from: NodeId, msg: Control) -> RequestId {

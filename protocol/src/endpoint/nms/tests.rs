@@ -293,6 +293,35 @@ fn tags_version_and_role_filter_the_addressees() {
 }
 
 #[test]
+fn a_newer_version_supersedes_the_running_campaign_of_an_older_one() {
+    // issue 9: a file replaced during its campaign left nodes on the older version
+    let (mut e, _) = running(&[A, B], 1);
+    e.handle(s(4), drop_ready(2));
+    let mut a = actions(&mut e);
+    a.extend(run_until(&mut e, s(7)));
+    let (d, addressees) = prepares(&a).remove(0);
+    e.handle(s(7), prepared(d.0, 2, &addressees));
+    actions(&mut e);
+    let ev = events(&mut e);
+    let why = ev
+        .iter()
+        .find_map(|v| match v {
+            NmsEvent::CampaignHalted { campaign, reason } if *campaign == [1; 16] => Some(reason.clone()),
+            _ => None,
+        })
+        .expect("the older campaign is halted");
+    assert!(why.contains("superseded by pkg 2 (sequence 2)"), "{why}");
+    let old = e.campaign(&[1; 16]).unwrap();
+    assert!(
+        old.nodes()
+            .values()
+            .all(|v| matches!(v.status, NodeStatus::Halted(_)))
+    );
+    // the new one runs
+    assert!(e.campaign(&[2; 16]).unwrap().halted().is_none());
+}
+
+#[test]
 fn two_drops_are_prepared_one_at_a_time() {
     let mut e = NmsEndpoint::new(s(0), cfg());
     e.handle(s(0), seen(A, &[]));
