@@ -737,7 +737,8 @@ impl<'a> Run<'a> {
     /// Per node, chunks fetched and verified more than once for the same bytes (over all
     /// its runs and all campaigns of the same content), from the one line per verified
     /// chunk its log has ([`NODE_LOG`]).
-    fn refetched(&self, cs: &[CampaignFiles]) -> BTreeMap<usize, u64> {
+    /// With it, per node, how many distinct chunks of the bytes `root` its log names.
+    fn refetched(&self, cs: &[CampaignFiles], root: [u8; 32]) -> BTreeMap<usize, (u64, usize)> {
         let roots: BTreeMap<String, [u8; 32]> = cs
             .iter()
             .map(|c| (hex::encode(c.manifest.campaign), c.manifest.root))
@@ -749,7 +750,8 @@ impl<'a> Run<'a> {
                 let root = roots.get(&campaign).copied().unwrap_or_default();
                 *seen.entry((root, index)).or_default() += 1;
             }
-            out.insert(i, seen.values().map(|n| n - 1).sum());
+            let distinct = seen.keys().filter(|(r, _)| *r == root).count();
+            out.insert(i, (seen.values().map(|n| n - 1).sum(), distinct));
         }
         out
     }
@@ -975,7 +977,7 @@ impl<'a> Run<'a> {
                 ));
             }
         }
-        self.check_targets(&cs, &status, &sources, out);
+        self.check_targets(expected, &cs, &status, &sources, out);
         // without any report on the last bytes, the line per campaign above says it all
         let reported = last.iter().any(|c| c.summary.is_some());
         if last.is_empty() {
@@ -1061,6 +1063,7 @@ impl<'a> Run<'a> {
     /// [`apply_targets`]); a target missed, or that cannot be checked, is a failure.
     fn check_targets(
         &self,
+        expected: [u8; 32],
         cs: &[CampaignFiles],
         status: &BTreeMap<usize, (String, String)>,
         sources: &BTreeMap<usize, BTreeSet<String>>,
@@ -1068,7 +1071,24 @@ impl<'a> Run<'a> {
     ) {
         // no node fetches a chunk it had already verified; a restarted node at most its
         // in-flight window (the requests it had out when it was killed)
-        out.refetched = self.refetched(cs);
+        let counts = self.refetched(cs, expected);
+        out.refetched = counts.iter().map(|(i, (n, _))| (*i, *n)).collect();
+        // every survivor fetched (now or before a restart) every chunk: its log must name
+        // them all, or the count above would miss what it did not log
+        let chunks = cs
+            .iter()
+            .find(|c| c.manifest.root == expected)
+            .and_then(|c| c.manifest.layout().ok())
+            .map(|l| l.count() as usize);
+        for i in self.survivors() {
+            let named = counts.get(&i).map_or(0, |c| c.1);
+            if let Some(m) = chunks.filter(|&m| named != m) {
+                out.failures.push(format!(
+                    "target not checked: node-{i}'s log names {named} of the {m} chunks as verified \
+                     (does the node log the target baton_node::chunks at debug level?)"
+                ));
+            }
+        }
         let restarted = (self.s == Scenario::RestartNode).then(|| self.victims()[0]);
         for (&i, &again) in &out.refetched {
             if Some(i) == restarted || self.roles[i - 1] != Role::Survivor {
