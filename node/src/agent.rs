@@ -25,7 +25,7 @@ use libp2p::request_response::{self, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::journal::Journal;
 use crate::probe::{FileProbe, IDLE_WINDOW, PROBE_INTERVAL, Probe, SysProbe, SystemClock};
@@ -152,7 +152,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         net::Limits::node(),
     )?;
     let port = net::wait_for_port(&mut swarm).await?;
-    info!(peer_id = %me, port, data = %opts.data_dir.display(), "baton-node started");
+    info!(peer_id = %me, port, data = %opts.data_dir.display(), window = opts.protocol.window, "baton-node started");
     println!("baton-node {me} listening on port {port}");
     let (itx, mut irx) = mpsc::unbounded_channel();
     let start = Instant::now();
@@ -563,6 +563,9 @@ impl Agent {
                 let Some(o) = self.files.get(&campaign) else {
                     return;
                 };
+                // one line per chunk fetched and verified (the fault suite counts chunks
+                // fetched twice from these; off unless RUST_LOG enables the target)
+                debug!(target: "baton_node::chunks", "campaign {}: verified chunk {index}", hex::encode(campaign));
                 let input = match Store::write_chunk(&o.data, &o.manifest, index, &data) {
                     Ok(()) => Input::ChunkStored { campaign, index },
                     Err(e) => {

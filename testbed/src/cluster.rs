@@ -148,6 +148,11 @@ impl Cluster {
 
     /// Starts node `i` (1-based) trusting the cluster's NMS, logging to `node-i.log`.
     pub fn start_node(&mut self, i: usize, extra: &[String]) -> Result<ProcIdx> {
+        self.start_node_env(i, extra, &[])
+    }
+
+    /// [`Cluster::start_node`] with extra environment variables (e.g. `RUST_LOG`).
+    pub fn start_node_env(&mut self, i: usize, extra: &[String], env: &[(&str, &str)]) -> Result<ProcIdx> {
         let mut args = vec![
             "node".to_string(),
             "--data-dir".into(),
@@ -157,7 +162,7 @@ impl Cluster {
         ];
         args.extend(extra.iter().cloned());
         let log = self.dir.join(format!("node-{i}.log"));
-        self.spawn(i, format!("baton-node {i}"), args, Some(log), &[])
+        self.spawn(i, format!("baton-node {i}"), args, Some(log), env)
     }
 
     /// Starts node `i` with exactly these arguments after `node --data-dir <dir>`.

@@ -18,6 +18,12 @@
 //! from the drop to the end, as a multiple of a run without faults (`baseline`); the NMS's
 //! copies are the bytes its host sent (all its traffic, from the drop to the end) over the
 //! package size.
+//!
+//! On top, issue 9's targets ([`apply_targets`] and `Run::check_targets`; docs/reliability.md
+//! "Targets"): kill-relays' time against the baseline's, the dead reported within 30 s, the
+//! NMS's copies over a restart, chunks fetched again (from the nodes' one debug line per
+//! verified chunk) against the in-flight window, loss against T1 on the same links, and the
+//! full disk reported as such.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -39,11 +45,22 @@ const FILE: &str = "frob-1.0.tar.gz";
 /// Content seeds of the first and of the replacing drop.
 const SEED: u64 = 9;
 const SEED_REPLACED: u64 = 10;
-/// Once every campaign reported, how long a follow-up campaign (for a late or lagging
-/// node) may take to appear before the scenario is judged as it stands.
 /// How long after the last survivor's install the dead must be reported (issue 9).
 pub const DEAD_REPORTED_WITHIN: Duration = Duration::from_secs(30);
+/// `kill-relays`: the last survivor's install at most this multiple of the baseline's last
+/// install (issue 9).
+pub const KILL_RELAYS_MAX_RATIO: f64 = 1.5;
+/// `kill-nms`: what the NMS's host may send over the whole campaign, both NMS processes
+/// together, in copies of the package (issue 9).
+pub const KILL_NMS_MAX_COPIES: f64 = 1.2;
+/// `loss`: the last install at most this multiple of T1 over the same lossy link (issue 9).
+pub const LOSS_MAX_T1: f64 = 2.0;
+/// The nodes' log filter: the default, plus one line per chunk fetched and verified (what
+/// "fetched again" is counted from).
+const NODE_LOG: &str = "info,libp2p=warn,mdns_sd=warn,baton_node::chunks=debug";
 
+/// Once every campaign reported, how long a follow-up campaign (for a late or lagging
+/// node) may take to appear before the scenario is judged as it stands.
 pub const GRACE: Duration = Duration::from_secs(10);
 /// Loss on every link in the `loss` scenario.
 const LOSS: &str = "5%";
@@ -166,6 +183,21 @@ pub struct Outcome {
     pub reported: String,
     /// Seconds from the last survivor's install to the last dead node's report.
     pub dead_after: Option<f64>,
+    /// Seconds from the (last) drop to the last survivor's install: the `time` of the
+    /// NMS's `node-installed` events (`--json`) for the campaigns of the last bytes, minus
+    /// the unix time the suite dropped the file (the NMS's intake wait included).
+    pub install_secs: Option<f64>,
+    /// Seconds from the campaign's start to the last survivor's install, from the NMS's
+    /// summaries (`per_node[].secs`) of the campaigns of the last bytes.
+    pub transfer_secs: Option<f64>,
+    /// `loss` only: T1, one HTTP copy from host 0 to node 1 over the same shaped, lossy
+    /// links (the `t1` method of `baton-testbed bench`), in seconds.
+    pub t1_secs: Option<f64>,
+    /// Per node, chunks it fetched and verified although it had verified them before (in an
+    /// earlier run or an earlier campaign of the same bytes), from the nodes' logs.
+    pub refetched: BTreeMap<usize, u64>,
+    /// Issue 9's targets this scenario was checked against, each with what was measured.
+    pub targets: Vec<String>,
     /// Why the scenario failed (empty: it passed).
     pub failures: Vec<String>,
 }
@@ -229,6 +261,7 @@ pub fn run(args: &FaultArgs) -> Result<()> {
         );
         outcomes.push(o);
     }
+    apply_targets(&mut outcomes);
     let table = render(&outcomes);
     println!("\n{table}");
     if let Some(out) = &opts.out {
@@ -240,6 +273,49 @@ pub fn run(args: &FaultArgs) -> Result<()> {
         bail!("{failed} of {} scenarios failed", outcomes.len());
     }
     Ok(())
+}
+
+/// Checks the targets that compare a scenario with the baseline (`kill-relays`: the last
+/// survivor's install at most [`KILL_RELAYS_MAX_RATIO`] times the baseline's last install,
+/// both from the NMS's summaries); a target that cannot be checked fails the scenario.
+pub fn apply_targets(outcomes: &mut [Outcome]) {
+    let base = outcomes
+        .iter()
+        .find(|o| o.scenario == Scenario::Baseline)
+        .map(|o| (o.ok(), o.install_secs, o.transfer_secs));
+    for o in outcomes.iter_mut().filter(|o| o.scenario == Scenario::KillRelays) {
+        match (base, o.install_secs) {
+            (Some((true, Some(b), bt)), Some(t)) if b > 0.0 => {
+                let r = t / b;
+                let ok = r <= KILL_RELAYS_MAX_RATIO;
+                // also shown: the same from the campaign's start (without the intake wait)
+                let from_start = match (o.transfer_secs, bt) {
+                    (Some(a), Some(b)) if b > 0.0 => format!(", {:.2}x from the campaign's start", a / b),
+                    _ => String::new(),
+                };
+                o.targets.push(format!(
+                    "time {r:.2}x baseline ({t:.1} s / {b:.1} s from the drop{from_start}) {} \
+                     {KILL_RELAYS_MAX_RATIO}x",
+                    if ok { "<=" } else { ">" }
+                ));
+                if !ok {
+                    o.failures.push(format!(
+                        "target missed: the last survivor installed {t:.1} s after the drop, {r:.2}x \
+                         the baseline's {b:.1} s (at most {KILL_RELAYS_MAX_RATIO}x)"
+                    ));
+                }
+            }
+            (None, _) => o
+                .failures
+                .push("target not checked: the baseline did not run".into()),
+            (Some(_), None) => o
+                .failures
+                .push("target not checked: the NMS reported no install time for the survivors".into()),
+            (Some(_), Some(_)) => o
+                .failures
+                .push("target not checked: the baseline failed or reported no install time".into()),
+        }
+    }
 }
 
 /// The table: one row per scenario, then why each failed one failed.
@@ -254,9 +330,10 @@ pub fn render(outcomes: &[Outcome]) -> String {
         "time",
         "NMS copies",
         "NMS reported",
+        "targets",
         "ok",
     ];
-    let rows: Vec<[String; 6]> = outcomes
+    let rows: Vec<[String; 7]> = outcomes
         .iter()
         .map(|o| {
             [
@@ -269,18 +346,23 @@ pub fn render(outcomes: &[Outcome]) -> String {
                 },
                 o.nms_copies.map(|c| format!("{c:.2}")).unwrap_or("-".into()),
                 o.reported.clone(),
+                if o.targets.is_empty() {
+                    "-".into()
+                } else {
+                    o.targets.join("; ")
+                },
                 if o.ok() { "ok".into() } else { "FAIL".into() },
             ]
         })
         .collect();
     let mut w = head.map(|h| h.chars().count());
     for r in &rows {
-        for k in 0..6 {
+        for k in 0..7 {
             w[k] = w[k].max(r[k].chars().count());
         }
     }
-    let line = |c: [&str; 6]| {
-        let cells: Vec<String> = (0..6)
+    let line = |c: [&str; 7]| {
+        let cells: Vec<String> = (0..7)
             .map(|k| format!("{}{}", c[k], " ".repeat(w[k] - c[k].chars().count())))
             .collect();
         cells.join(" | ").trim_end().to_string() + "\n"
@@ -292,7 +374,7 @@ pub fn render(outcomes: &[Outcome]) -> String {
     }
     out.push_str(
         "\nexact bytes: survivors holding the last dropped bytes; time: drop to end, as a multiple of the baseline; \
-         NMS copies: bytes the NMS host sent / package size\n",
+         NMS copies: bytes the NMS host sent / package size; targets: issue 9's, with what was measured\n",
     );
     for o in outcomes.iter().filter(|o| !o.ok()) {
         out.push_str(&format!("\n{} FAILED:\n", o.scenario));
@@ -324,8 +406,15 @@ pub fn run_scenario(s: Scenario, o: &FaultOptions, exe: &Path) -> Outcome {
         nms_copies: None,
         reported: "-".into(),
         dead_after: None,
+        install_secs: None,
+        transfer_secs: None,
+        t1_secs: None,
+        refetched: BTreeMap::new(),
+        targets: Vec::new(),
         failures: Vec::new(),
     };
+    // the T1 copy of `loss` runs this executable's HTTP helper
+    crate::bench::procs::use_helper_program(exe.to_path_buf());
     if let Err(e) = Run::go(s, o, exe, &mut outcome) {
         outcome.failures.push(format!("{e:#}"));
     }
@@ -387,6 +476,8 @@ struct Run<'a> {
     node_args: Vec<Vec<String>>,
     /// What the suite did, with unix times (saved as `events.txt`).
     events: Vec<String>,
+    /// Unix time of the last drop (the replacing one in `replace-file`).
+    dropped_at: f64,
 }
 
 impl<'a> Run<'a> {
@@ -409,6 +500,7 @@ impl<'a> Run<'a> {
             roles: vec![Role::Survivor; n],
             node_args: vec![Vec::new(); n],
             events: Vec::new(),
+            dropped_at: 0.0,
         };
         let res = r.drive(out);
         r.c.stop_all();
@@ -433,15 +525,12 @@ impl<'a> Run<'a> {
     }
 
     fn event(&mut self, what: String) {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        self.events.push(format!("{:.3} {what}", t.as_secs_f64()));
+        self.events.push(format!("{:.3} {what}", unix_now()));
     }
 
     fn start_node(&mut self, i: usize) -> Result<()> {
         let args = self.node_args[i - 1].clone();
-        let p = self.c.start_node(i, &args)?;
+        let p = self.c.start_node_env(i, &args, &[("RUST_LOG", NODE_LOG)])?;
         self.procs[i - 1] = Some(p);
         let name = format!("node-{i}");
         let runs = self.c.log(&name).matches("listening on port").count();
@@ -478,6 +567,9 @@ impl<'a> Run<'a> {
             }
             _ => {}
         }
+        if self.s == Scenario::Loss {
+            out.t1_secs = Some(self.t1()?);
+        }
         let late = (self.s == Scenario::LateJoin).then(|| victims[0]);
         for i in 1..=n {
             if Some(i) != late {
@@ -510,6 +602,7 @@ impl<'a> Run<'a> {
         let tx0 = self.c.net.tx_bytes(0)?;
         let mut expected = self.c.drop_package(FILE, size, SEED)?;
         let t0 = Instant::now();
+        self.dropped_at = unix_now();
         self.event(format!("dropped {FILE} ({size} bytes)"));
         let deadline = t0 + self.o.timeout;
         let mut injected = !matches!(
@@ -611,6 +704,72 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// T1 on this fleet's links, before the daemons start: the `t1` method of
+    /// `baton-testbed bench` (one HTTP copy from host 0 to node 1, checked by hash).
+    fn t1(&mut self) -> Result<f64> {
+        use crate::bench::{BenchCtx, Method, T1};
+        let dir = self.c.dir.join("t1");
+        fs::create_dir_all(&dir)?;
+        let package = dir.join(FILE);
+        let root_hash = crate::cluster::write_pseudo_random(&package, self.o.size, SEED)?;
+        let rate_bps = match &self.o.rate {
+            Some(r) => crate::netns::parse_rate(r)?,
+            None => 0,
+        };
+        let ctx = BenchCtx {
+            net: &self.c.net,
+            nodes: 1,
+            package: package.clone(),
+            size: self.o.size,
+            root_hash,
+            workdir: dir.join("run"),
+            rate_bps,
+            timeout: self.o.timeout,
+        };
+        fs::create_dir_all(&ctx.workdir)?;
+        let r = T1.run(&ctx).context("measuring T1")?;
+        let _ = fs::remove_dir_all(&dir);
+        let wall = match (r.wall, r.error) {
+            (Some(w), None) => w,
+            (_, e) => bail!(
+                "T1 (one HTTP copy to node 1) failed: {}",
+                e.unwrap_or_else(|| "no verified copy".into())
+            ),
+        };
+        self.event(format!("T1 = {:.2} s", wall.as_secs_f64()));
+        Ok(wall.as_secs_f64())
+    }
+
+    /// Per node, chunks fetched and verified more than once for the same bytes (over all
+    /// its runs and all campaigns of the same content), from the one line per verified
+    /// chunk its log has ([`NODE_LOG`]).
+    /// With it, per node, how many distinct chunks of the bytes `root` its log names.
+    fn refetched(&self, cs: &[CampaignFiles], root: [u8; 32]) -> BTreeMap<usize, (u64, usize)> {
+        let roots: BTreeMap<String, [u8; 32]> = cs
+            .iter()
+            .map(|c| (hex::encode(c.manifest.campaign), c.manifest.root))
+            .collect();
+        let mut out = BTreeMap::new();
+        for i in 1..=self.o.nodes {
+            let mut seen: BTreeMap<([u8; 32], u32), u64> = BTreeMap::new();
+            for (campaign, index) in verified_chunks(&self.c.log(&format!("node-{i}"))) {
+                let root = roots.get(&campaign).copied().unwrap_or_default();
+                *seen.entry((root, index)).or_default() += 1;
+            }
+            let distinct = seen.keys().filter(|(r, _)| *r == root).count();
+            out.insert(i, (seen.values().map(|n| n - 1).sum(), distinct));
+        }
+        out
+    }
+
+    /// The in-flight window node `i` last started with (its start line says it).
+    fn window(&self, i: usize) -> Option<u64> {
+        let log = self.c.log(&format!("node-{i}"));
+        let line = log.lines().rev().find(|l| l.contains("baton-node started"))?;
+        let v = &line[line.find("window=")? + "window=".len()..];
+        v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    }
+
     /// Injects the scenario's fault; returns the new expected content if it changed.
     fn inject(&mut self, victims: &[usize]) -> Result<Option<[u8; 32]>> {
         match self.s {
@@ -635,7 +794,9 @@ impl<'a> Run<'a> {
             }
             Scenario::LateJoin => self.start_node(victims[0])?,
             Scenario::ReplaceFile => {
-                return Ok(Some(self.c.drop_package(FILE, self.o.size, SEED_REPLACED)?));
+                let e = self.c.drop_package(FILE, self.o.size, SEED_REPLACED)?;
+                self.dropped_at = unix_now();
+                return Ok(Some(e));
             }
             _ => {}
         }
@@ -731,6 +892,7 @@ impl<'a> Run<'a> {
         // statuses from the campaigns of the last drop's content
         let mut status: BTreeMap<usize, (String, String)> = BTreeMap::new();
         let mut settled_at: BTreeMap<usize, f64> = BTreeMap::new();
+        let mut sources: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
         let mut addressed = BTreeSet::new();
         let last: Vec<&CampaignFiles> = cs.iter().filter(|c| c.manifest.root == expected).collect();
         for c in &last {
@@ -755,9 +917,25 @@ impl<'a> Run<'a> {
                 if let Some(t) = pn["secs"].as_f64() {
                     settled_at.insert(k + 1, t);
                 }
+                for src in pn["sources"].as_array().into_iter().flatten() {
+                    let from = match (src["nms"].as_bool(), src["from"].as_str()) {
+                        (Some(true), _) => "the NMS".to_string(),
+                        (_, Some(f)) => match self.c.node_ids.iter().position(|x| x.to_string() == f) {
+                            Some(j) => format!("node-{}", j + 1),
+                            None => f.to_string(),
+                        },
+                        _ => "?".to_string(),
+                    };
+                    sources.entry(k + 1).or_default().insert(from);
+                }
+                let why = reasons
+                    .get(id)
+                    .cloned()
+                    .or_else(|| pn["reason"].as_str().map(String::from))
+                    .unwrap_or_default();
                 let e = status.entry(k + 1).or_default();
                 if e.0 != "installed" {
-                    *e = (st, reasons.get(id).cloned().unwrap_or_default());
+                    *e = (st, why);
                 }
             }
         }
@@ -771,9 +949,33 @@ impl<'a> Run<'a> {
             .filter(|i| self.roles[i - 1] == Role::Dead)
             .filter_map(|i| settled_at.get(&i).copied())
             .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
+        out.transfer_secs = last_survivor;
+        let hexes: BTreeSet<String> = last.iter().map(|c| hex::encode(c.manifest.campaign)).collect();
+        let mut installed_at: BTreeMap<usize, f64> = BTreeMap::new();
+        for (c, node, t) in installed_events(&self.c.log("nms")) {
+            let Some(k) = self.c.node_ids.iter().position(|x| x.to_string() == node) else {
+                continue;
+            };
+            if hexes.contains(&c) {
+                let e = installed_at.entry(k + 1).or_insert(t);
+                *e = e.min(t);
+            }
+        }
+        out.install_secs = self
+            .survivors()
+            .filter_map(|i| installed_at.get(&i).copied())
+            .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))))
+            .map(|t| t - self.dropped_at);
         if let (Some(s), Some(d)) = (last_survivor, last_dead) {
             out.dead_after = Some(d - s);
-            if d - s > DEAD_REPORTED_WITHIN.as_secs_f64() {
+            let ok = d - s <= DEAD_REPORTED_WITHIN.as_secs_f64();
+            out.targets.push(format!(
+                "dead reported {:.1} s after the last survivor {} {} s",
+                d - s,
+                if ok { "<=" } else { ">" },
+                DEAD_REPORTED_WITHIN.as_secs()
+            ));
+            if !ok {
                 out.failures.push(format!(
                     "the dead were reported {:.1} s after the last survivor installed (at most {} s)",
                     d - s,
@@ -781,6 +983,7 @@ impl<'a> Run<'a> {
                 ));
             }
         }
+        self.check_targets(expected, &cs, &status, &sources, out);
         // without any report on the last bytes, the line per campaign above says it all
         let reported = last.iter().any(|c| c.summary.is_some());
         if last.is_empty() {
@@ -862,6 +1065,166 @@ impl<'a> Run<'a> {
         };
     }
 
+    /// Issue 9's targets measured within the scenario (the comparison with the baseline is
+    /// [`apply_targets`]); a target missed, or that cannot be checked, is a failure.
+    fn check_targets(
+        &self,
+        expected: [u8; 32],
+        cs: &[CampaignFiles],
+        status: &BTreeMap<usize, (String, String)>,
+        sources: &BTreeMap<usize, BTreeSet<String>>,
+        out: &mut Outcome,
+    ) {
+        // no node fetches a chunk it had already verified; a restarted node at most its
+        // in-flight window (the requests it had out when it was killed)
+        let counts = self.refetched(cs, expected);
+        out.refetched = counts.iter().map(|(i, (n, _))| (*i, *n)).collect();
+        // every survivor fetched (now or before a restart) every chunk: its log must name
+        // them all, or the count above would miss what it did not log
+        let chunks = cs
+            .iter()
+            .find(|c| c.manifest.root == expected)
+            .and_then(|c| c.manifest.layout().ok())
+            .map(|l| l.count() as usize);
+        // (one without the bytes already fails for that)
+        let holding: Vec<usize> = self
+            .survivors()
+            .filter(|&i| self.c.installed_hash(i, PACKAGE) == Some(expected))
+            .collect();
+        for i in holding {
+            let named = counts.get(&i).map_or(0, |c| c.1);
+            if let Some(m) = chunks.filter(|&m| named != m) {
+                out.failures.push(format!(
+                    "target not checked: node-{i}'s log names {named} of the {m} chunks as verified \
+                     (does the node log the target baton_node::chunks at debug level?)"
+                ));
+            }
+        }
+        let restarted = (self.s == Scenario::RestartNode).then(|| self.victims()[0]);
+        for (&i, &again) in &out.refetched {
+            if Some(i) == restarted || self.roles[i - 1] != Role::Survivor {
+                continue;
+            }
+            if again > 0 {
+                out.failures.push(format!(
+                    "target missed: node-{i} ({}) fetched {again} chunk(s) it had already verified",
+                    self.position(i)
+                ));
+            }
+        }
+        let others: u64 = out
+            .refetched
+            .iter()
+            .filter(|(i, _)| Some(**i) != restarted && self.roles[**i - 1] == Role::Survivor)
+            .map(|(_, n)| n)
+            .sum();
+        if out.secs.is_none() {
+            // "did not end" (or never injected) already fails it: nothing to measure against
+            if self.s != Scenario::Baseline {
+                out.targets.push("not checked: the scenario did not end".into());
+            }
+            return;
+        }
+        match self.s {
+            Scenario::KillNms => {
+                match out.nms_copies {
+                    Some(c) => {
+                        let ok = c <= KILL_NMS_MAX_COPIES;
+                        out.targets.push(format!(
+                            "NMS copies {c:.2} {} {KILL_NMS_MAX_COPIES}",
+                            if ok { "<=" } else { ">" }
+                        ));
+                        if !ok {
+                            out.failures.push(format!(
+                                "target missed: the NMS's host sent {c:.2} copies over the campaign, \
+                                 both NMS processes together (at most {KILL_NMS_MAX_COPIES})"
+                            ));
+                        }
+                    }
+                    None => out
+                        .failures
+                        .push("target not checked: the NMS host's bytes could not be read".into()),
+                }
+                out.targets
+                    .push(format!("chunks fetched again: {others} (target 0)"));
+            }
+            Scenario::RestartNode => {
+                let v = restarted.unwrap_or_default();
+                let again = out.refetched.get(&v).copied().unwrap_or(0);
+                match self.window(v) {
+                    Some(w) => {
+                        let ok = again <= w;
+                        out.targets.push(format!(
+                            "node-{v} fetched again {again} {} window {w}; others {others} (target 0)",
+                            if ok { "<=" } else { ">" }
+                        ));
+                        if !ok {
+                            out.failures.push(format!(
+                                "target missed: the restarted node-{v} fetched {again} chunks it had \
+                                 already verified, more than its in-flight window of {w}"
+                            ));
+                        }
+                    }
+                    None => out.failures.push(format!(
+                        "target not checked: node-{v}'s log does not say its in-flight window"
+                    )),
+                }
+            }
+            Scenario::Loss => match (out.transfer_secs, out.t1_secs) {
+                (Some(t), Some(t1)) if t1 > 0.0 => {
+                    let r = t / t1;
+                    let ok = r <= LOSS_MAX_T1;
+                    out.targets.push(format!(
+                        "time {r:.2}x T1 ({t:.1} s / {t1:.1} s) {} {LOSS_MAX_T1}x",
+                        if ok { "<=" } else { ">" }
+                    ));
+                    if !ok {
+                        out.failures.push(format!(
+                            "target missed: the last install came {t:.1} s after the campaign's start, \
+                             {r:.2}x T1 = {t1:.1} s over the same lossy links (at most {LOSS_MAX_T1}x)"
+                        ));
+                    }
+                }
+                _ => out
+                    .failures
+                    .push("target not checked: no install time from the NMS, or no T1".into()),
+            },
+            Scenario::FullDisk => {
+                let v = self.victims()[0];
+                let why = status.get(&v).map(|s| s.1.clone()).unwrap_or_default();
+                let enospc = why.to_lowercase().contains("no space left on device");
+                out.targets.push(format!(
+                    "node-{v} reported {}\"no space left on device\"",
+                    if enospc { "" } else { "without " }
+                ));
+                if !enospc {
+                    out.failures.push(format!(
+                        "target missed: the full-disk node-{v} was not reported with \"no space left \
+                         on device\" (reason: {why:?})"
+                    ));
+                }
+                // its children (the next in the chain) lose nothing but a source switch:
+                // installed (checked for every survivor) and nothing fetched twice
+                let chain = self.c.chain();
+                let pos = chain.iter().position(|&h| h == v);
+                if let Some(&child) = pos.and_then(|p| chain.get(p + 1)) {
+                    let again = out.refetched.get(&child).copied().unwrap_or(0);
+                    let from: Vec<String> = sources.get(&child).into_iter().flatten().cloned().collect();
+                    out.targets.push(format!(
+                        "child node-{child}: {}, fetched again {again}, bytes from {}",
+                        status.get(&child).map_or("not reported", |s| s.0.as_str()),
+                        if from.is_empty() {
+                            "?".to_string()
+                        } else {
+                            from.join(" + ")
+                        }
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// "relay 3/8" or "last of 8": where node `i` sits in the chain.
     fn position(&self, i: usize) -> String {
         let chain = self.c.chain();
@@ -903,6 +1266,43 @@ impl<'a> Run<'a> {
     }
 }
 
+/// `(campaign in hex, chunk index)` of every "verified chunk" line in a node's log.
+fn verified_chunks(log: &str) -> Vec<(String, u32)> {
+    const MARK: &str = ": verified chunk ";
+    log.lines()
+        .filter_map(|l| {
+            let at = l.find(MARK)?;
+            let index = l[at + MARK.len()..].trim().parse().ok()?;
+            let campaign = l[..at].rsplit("campaign ").next()?.trim().to_string();
+            Some((campaign, index))
+        })
+        .collect()
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// `(campaign in hex, node id, unix time)` of every `node-installed` event in the NMS's
+/// `--json` output (both runs of a restarted NMS: its log is appended).
+fn installed_events(log: &str) -> Vec<(String, String, f64)> {
+    log.lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"node-installed\""))
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["event"] == "node-installed").then_some(())?;
+            Some((
+                v["campaign"].as_str()?.to_string(),
+                v["node"].as_str()?.to_string(),
+                v["time"].as_f64()?,
+            ))
+        })
+        .collect()
+}
+
 struct CampaignFiles {
     manifest: Manifest,
     summary: Option<serde_json::Value>,
@@ -930,6 +1330,11 @@ mod tests {
             nms_copies: Some(1.0),
             reported: "8/8 installed".into(),
             dead_after: None,
+            install_secs: secs,
+            transfer_secs: secs,
+            t1_secs: None,
+            refetched: BTreeMap::new(),
+            targets: Vec::new(),
             failures: failures.iter().map(|f| f.to_string()).collect(),
         };
         let t = render(&[
@@ -944,5 +1349,84 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("loss FAILED"), "{t}");
+    }
+
+    fn outcome(s: Scenario, install_secs: Option<f64>) -> Outcome {
+        Outcome {
+            scenario: s,
+            exact: (8, 8),
+            secs: install_secs,
+            nms_copies: Some(1.0),
+            reported: "8/8 installed".into(),
+            dead_after: None,
+            install_secs,
+            transfer_secs: install_secs,
+            t1_secs: None,
+            refetched: BTreeMap::new(),
+            targets: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn kill_relays_fails_beyond_one_and_a_half_times_the_baselines_last_install() {
+        let mut v = vec![
+            outcome(Scenario::Baseline, Some(4.0)),
+            outcome(Scenario::KillRelays, Some(6.0)),
+        ];
+        apply_targets(&mut v);
+        assert!(v[1].ok(), "{:?}", v[1].failures);
+        assert!(v[1].targets[0].contains("1.50x baseline"), "{:?}", v[1].targets);
+        let mut v = vec![
+            outcome(Scenario::Baseline, Some(4.0)),
+            outcome(Scenario::KillRelays, Some(6.1)),
+        ];
+        apply_targets(&mut v);
+        assert!(!v[1].ok());
+        assert!(v[1].failures[0].contains("1.52x"), "{:?}", v[1].failures);
+        assert!(
+            render(&v).contains(
+                "1.52x baseline (6.1 s / 4.0 s from the drop, 1.52x from the campaign's start) > 1.5x"
+            ),
+            "{}",
+            render(&v)
+        );
+        // without a baseline the target is not met
+        let mut v = vec![outcome(Scenario::KillRelays, Some(1.0))];
+        apply_targets(&mut v);
+        assert!(
+            v[0].failures[0].contains("baseline did not run"),
+            "{:?}",
+            v[0].failures
+        );
+        let mut v = vec![
+            outcome(Scenario::Baseline, None),
+            outcome(Scenario::KillRelays, Some(1.0)),
+        ];
+        apply_targets(&mut v);
+        assert!(!v[1].ok());
+    }
+
+    #[test]
+    fn installs_are_read_from_the_nms_json_events() {
+        let log = "2026-11-26T00:34:58Z  INFO baton_nms::server: dropped\n\
+                   {\"campaign\":\"25e3\",\"event\":\"node-installed\",\"node\":\"12D3a\",\"time\":1795653301.402}\n\
+                   {\"campaign\":\"25e3\",\"event\":\"node-failed\",\"node\":\"12D3b\",\"time\":1795653302.0}\n";
+        assert_eq!(
+            installed_events(log),
+            vec![("25e3".to_string(), "12D3a".to_string(), 1795653301.402)]
+        );
+    }
+
+    #[test]
+    fn verified_chunk_lines_are_read_from_a_node_log() {
+        let log = "2026-11-26T00:00:00.1Z  INFO baton_node::agent: baton-node started window=3\n\
+                   2026-11-26T00:00:00.2Z DEBUG baton_node::chunks: campaign 0a0b: verified chunk 7\n\
+                   2026-11-26T00:00:00.3Z DEBUG baton_node::chunks: campaign 0a0b: verified chunk 12\n\
+                   garbage: verified chunk x\n";
+        assert_eq!(
+            verified_chunks(log),
+            vec![("0a0b".to_string(), 7), ("0a0b".to_string(), 12)]
+        );
     }
 }

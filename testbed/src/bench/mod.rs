@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use crate::netns::{self, Net, NetSpec};
 
 pub use http::{HttpFetchArgs, HttpServeArgs, helper_main, http_fetch, http_serve};
-pub use methods::builtin_methods;
+pub use methods::{T1, builtin_methods};
 pub use procs::{
     Done, HELPER_EXE_ENV, NodeTimes, NodeWatch, ProcId, Procs, TempDir, check_interrupted, find_tool,
     interrupted, missing_tools,

@@ -151,6 +151,17 @@ pub const HELPER_EXE_ENV: &str = "BATON_TESTBED_EXE";
 
 static HELPER_OVERRIDE: OnceLock<Helper> = OnceLock::new();
 
+/// Makes `program` (a baton-testbed executable) the helper for the rest of this process,
+/// unless one was chosen already: for callers whose own executable is not baton-testbed
+/// (the fault suite's integration tests run the T1 copy).
+pub fn use_helper_program(program: PathBuf) {
+    let _ = HELPER_OVERRIDE.set(Helper {
+        program,
+        prefix: Vec::new(),
+        env: None,
+    });
+}
+
 impl Helper {
     pub(crate) fn get() -> Result<Helper> {
         if let Some(h) = HELPER_OVERRIDE.get() {
