@@ -198,6 +198,9 @@ pub struct Outcome {
     pub refetched: BTreeMap<usize, u64>,
     /// Issue 9's targets this scenario was checked against, each with what was measured.
     pub targets: Vec<String>,
+    /// Timing targets missed: reported with the figures, never a failure (timings on a
+    /// shared machine are figures for a benchmark, not a pass/fail test).
+    pub missed: Vec<String>,
     /// Why the scenario failed (empty: it passed).
     pub failures: Vec<String>,
 }
@@ -299,7 +302,7 @@ pub fn apply_targets(outcomes: &mut [Outcome]) {
                     if ok { "<=" } else { ">" }
                 ));
                 if !ok {
-                    o.failures.push(format!(
+                    o.missed.push(format!(
                         "target missed: the last survivor installed {t:.1} s after the drop, {r:.2}x \
                          the baseline's {b:.1} s (at most {KILL_RELAYS_MAX_RATIO}x)"
                     ));
@@ -382,6 +385,15 @@ pub fn render(outcomes: &[Outcome]) -> String {
             out.push_str(&format!("  - {f}\n"));
         }
     }
+    for o in outcomes.iter().filter(|o| !o.missed.is_empty()) {
+        out.push_str(&format!(
+            "\n{}: timing target missed (reported; the exit status does not count timings):\n",
+            o.scenario
+        ));
+        for m in &o.missed {
+            out.push_str(&format!("  - {m}\n"));
+        }
+    }
     out
 }
 
@@ -411,6 +423,7 @@ pub fn run_scenario(s: Scenario, o: &FaultOptions, exe: &Path) -> Outcome {
         t1_secs: None,
         refetched: BTreeMap::new(),
         targets: Vec::new(),
+        missed: Vec::new(),
         failures: Vec::new(),
     };
     // the T1 copy of `loss` runs this executable's HTTP helper
@@ -976,7 +989,7 @@ impl<'a> Run<'a> {
                 DEAD_REPORTED_WITHIN.as_secs()
             ));
             if !ok {
-                out.failures.push(format!(
+                out.missed.push(format!(
                     "the dead were reported {:.1} s after the last survivor installed (at most {} s)",
                     d - s,
                     DEAD_REPORTED_WITHIN.as_secs()
@@ -1179,7 +1192,7 @@ impl<'a> Run<'a> {
                         if ok { "<=" } else { ">" }
                     ));
                     if !ok {
-                        out.failures.push(format!(
+                        out.missed.push(format!(
                             "target missed: the last install came {t:.1} s after the campaign's start, \
                              {r:.2}x T1 = {t1:.1} s over the same lossy links (at most {LOSS_MAX_T1}x)"
                         ));
@@ -1335,6 +1348,7 @@ mod tests {
             t1_secs: None,
             refetched: BTreeMap::new(),
             targets: Vec::new(),
+            missed: Vec::new(),
             failures: failures.iter().map(|f| f.to_string()).collect(),
         };
         let t = render(&[
@@ -1364,6 +1378,7 @@ mod tests {
             t1_secs: None,
             refetched: BTreeMap::new(),
             targets: Vec::new(),
+            missed: Vec::new(),
             failures: Vec::new(),
         }
     }
