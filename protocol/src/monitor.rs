@@ -93,7 +93,14 @@ pub struct CampaignMonitor {
     actions: VecDeque<MonitorAction>,
     started: Duration,
     finished_at: Option<Duration>,
+    /// Cancelled by the operator: no offers, no chunks, no authentication.
+    cancelled: bool,
+    /// How long the root holds a chunk request ([`MonitorConfig::hold`]).
+    server_hold: Duration,
 }
+
+/// The reason given to the nodes of a campaign the operator cancelled.
+pub const CANCELLED: &str = "cancelled by the operator";
 
 impl CampaignMonitor {
     /// Starts a campaign: offers go to the first tier at once.
@@ -144,6 +151,8 @@ impl CampaignMonitor {
             actions: VecDeque::new(),
             started: now,
             finished_at: None,
+            cancelled: false,
+            server_hold: cfg.hold,
             manifest,
         };
         let first = assignments(&m.manifest.addressees, m.manifest.plan.fanout);
@@ -154,6 +163,9 @@ impl CampaignMonitor {
     }
 
     fn offer(&mut self, a: Assignment) {
+        if self.cancelled {
+            return;
+        }
         let offer = Offer {
             manifest: self.signed.clone(),
             part: a.part.clone(),
@@ -237,6 +249,18 @@ impl CampaignMonitor {
         if !self.addressees.contains(&from) {
             return Control::Error {
                 reason: format!("{from} is not an addressee of this campaign"),
+            };
+        }
+        if self.cancelled {
+            return match msg {
+                Control::AuthRequest { .. } => Control::AuthReply {
+                    campaign: self.manifest.campaign,
+                    ok: false,
+                    reason: CANCELLED.into(),
+                },
+                _ => Control::Error {
+                    reason: CANCELLED.into(),
+                },
             };
         }
         if let Some(v) = self.nodes.get_mut(&from) {
@@ -421,6 +445,110 @@ impl CampaignMonitor {
             m.restarted();
         }
         m
+    }
+
+    /// True once the operator cancelled the campaign (until it is reopened).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    /// The operator cancels the campaign: no more offers, chunks (held requests and later
+    /// ones are answered `Gated`) or authentications; every addressee not yet final fails
+    /// with [`CANCELLED`], which ends the campaign. Returns those addressees.
+    pub fn cancel(&mut self, now: Duration) -> Vec<NodeId> {
+        let open: Vec<NodeId> = self
+            .manifest
+            .addressees
+            .iter()
+            .filter(|n| self.nodes.get(n).is_some_and(|v| !v.status.is_final()))
+            .copied()
+            .collect();
+        self.cancelled = true;
+        let mut out = Vec::new();
+        self.server.close(&mut out);
+        self.push_serve(out);
+        for n in &open {
+            self.set_status(now, *n, NodeStatus::Failed(CANCELLED.into()));
+        }
+        if self.finished_at.is_none() {
+            // every addressee was final already
+            self.finished_at = Some(now);
+            self.actions.push_back(MonitorAction::Note(MonitorNote::Done));
+        }
+        open
+    }
+
+    /// The operator resumes a cancelled campaign: its cancelled addressees wait again
+    /// (keeping their verified bytes), the NMS serves again, and each first-tier part
+    /// holding a waiting node is offered again, from its first waiting node on (a node
+    /// that holds the campaign takes the repeat as a duplicate). Returns the reopened
+    /// addressees (none, and nothing changes, if the campaign was not cancelled).
+    pub fn reopen(&mut self) -> Vec<NodeId> {
+        if !self.cancelled {
+            return Vec::new();
+        }
+        self.cancelled = false;
+        let count = self.all.len();
+        let mut server = Server::new(
+            self.manifest.campaign,
+            Vec::new(),
+            self.root_token.clone(),
+            self.manifest.plan.transfer,
+            self.server_hold,
+        );
+        server.set_complete(&ChunkSet::full(count), &mut Vec::new());
+        self.server = server;
+        let mut reopened = Vec::new();
+        for n in &self.manifest.addressees {
+            if let Some(v) = self.nodes.get_mut(n)
+                && v.status == NodeStatus::Failed(CANCELLED.into())
+            {
+                v.status = NodeStatus::Waiting;
+                v.finished_at = None;
+                reopened.push(*n);
+            }
+        }
+        if reopened.is_empty() {
+            return reopened;
+        }
+        self.finished_at = None;
+        let parts: Vec<Assignment> = self.offered.drain().map(|(_, a)| a).collect();
+        for a in parts {
+            let first = a
+                .part
+                .iter()
+                .position(|n| self.nodes.get(n).is_some_and(|v| v.status == NodeStatus::Waiting));
+            match first {
+                Some(i) => self.offer(Assignment {
+                    head: a.part[i],
+                    part: a.part[i..].to_vec(),
+                }),
+                None => {
+                    self.offered.insert(a.head, a);
+                }
+            }
+        }
+        reopened
+    }
+
+    /// A campaign the operator cancelled before an NMS restart, taken back to be resumed:
+    /// [`CampaignMonitor::resume`] from what the shell saved, then
+    /// [`CampaignMonitor::reopen`] as if it had been cancelled in this process.
+    pub fn resume_cancelled(
+        now: Duration,
+        manifest: Manifest,
+        signed: SignedManifest,
+        secret: CampaignSecret,
+        cfg: MonitorConfig,
+        saved: &[(NodeId, NodeStatus, u64)],
+    ) -> (Self, Vec<NodeId>) {
+        let mut m = Self::resume(now, manifest, signed, secret, cfg, saved);
+        // neither its end nor offers: reopen decides what is offered
+        m.actions.clear();
+        m.cancelled = true;
+        m.server.close(&mut Vec::new());
+        let reopened = m.reopen();
+        (m, reopened)
     }
 
     /// A request the NMS sent could not be delivered.

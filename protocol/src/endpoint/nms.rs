@@ -25,6 +25,7 @@ use crate::endpoint::timer::Timers;
 use crate::id::NodeId;
 use crate::keys::{CampaignSecret, ChunkKey, TAG_LEN};
 use crate::manifest::{CampaignId, Manifest, SignedManifest};
+pub use crate::monitor::CANCELLED;
 use crate::monitor::{CampaignMonitor, MonitorAction, MonitorConfig, MonitorNote, NodeStatus};
 use crate::serve::{RequestId, ServeAction};
 use crate::wire::{
@@ -376,6 +377,32 @@ impl CampaignSummary {
     }
 }
 
+/// Why the operator's cancel or resume of a campaign was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorRefusal {
+    /// Not among the campaigns this endpoint holds.
+    #[error("campaign {0} is not running in this NMS")]
+    NotHeld(String),
+    /// Cancel: every addressee already reached a final state.
+    #[error("campaign {0} has already ended; there is nothing to cancel")]
+    Ended(String),
+    /// Resume: it runs.
+    #[error("campaign {0} is running; only a cancelled campaign can be resumed")]
+    Running(String),
+    /// Resume: it ended by itself, without a node cancelled.
+    #[error(
+        "campaign {0} ended without being cancelled, so there is nothing to resume; to distribute \
+         its package again, drop the file again"
+    )]
+    NotCancelled(String),
+    /// Resume: its manifest expired; nodes would refuse it.
+    #[error(
+        "campaign {0}'s manifest has expired, so nodes would refuse it; drop the package file \
+         again for a new campaign"
+    )]
+    Expired(String),
+}
+
 /// The endpoint's named deadlines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -612,6 +639,119 @@ impl NmsEndpoint {
         );
         self.drain(now, c);
         true
+    }
+
+    /// The operator cancels campaign `c`: the NMS stops offering, serving and
+    /// authenticating it, every addressee not yet final fails with [`CANCELLED`], and the
+    /// campaign ends with its summary ([`NmsAction::CampaignFinished`],
+    /// [`NmsEvent::CampaignDone`]). Returns the addressees cancelled.
+    pub fn cancel(&mut self, now: Duration, c: &CampaignId) -> Result<Vec<NodeId>, OperatorRefusal> {
+        let k = self
+            .campaigns
+            .get_mut(c)
+            .ok_or_else(|| OperatorRefusal::NotHeld(hex(c)))?;
+        if k.finished {
+            return Err(OperatorRefusal::Ended(hex(c)));
+        }
+        let cancelled = k.monitor.cancel(now);
+        for n in &cancelled {
+            self.progress(*c, *n);
+        }
+        self.drain(now, *c);
+        #[cfg(test)]
+        self.check_invariants();
+        Ok(cancelled)
+    }
+
+    /// The operator resumes campaign `c`, cancelled in this process: unless its manifest
+    /// expired (`unix_now` is the wall clock in seconds), its cancelled addressees wait
+    /// again and the first-tier parts holding them are offered again
+    /// ([`CampaignMonitor::reopen`]). Returns the addressees reopened.
+    pub fn resume(
+        &mut self,
+        now: Duration,
+        c: &CampaignId,
+        unix_now: u64,
+    ) -> Result<Vec<NodeId>, OperatorRefusal> {
+        let k = self
+            .campaigns
+            .get_mut(c)
+            .ok_or_else(|| OperatorRefusal::NotHeld(hex(c)))?;
+        if !k.monitor.is_cancelled() {
+            return Err(if k.finished {
+                OperatorRefusal::NotCancelled(hex(c))
+            } else {
+                OperatorRefusal::Running(hex(c))
+            });
+        }
+        if k.monitor.manifest().expires_at <= unix_now {
+            return Err(OperatorRefusal::Expired(hex(c)));
+        }
+        let reopened = k.monitor.reopen();
+        k.finished = k.monitor.is_done();
+        for n in &reopened {
+            self.progress(*c, *n);
+        }
+        self.drain(now, *c);
+        #[cfg(test)]
+        self.check_invariants();
+        Ok(reopened)
+    }
+
+    /// The operator resumes a campaign cancelled before this NMS started, from what the
+    /// shell saved (as [`NmsEndpoint::restore`]): refused if held already, expired, or
+    /// without a cancelled addressee; else it runs again as [`NmsEndpoint::resume`] would
+    /// have it, announced with [`NmsEvent::CampaignStarted`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn resume_saved(
+        &mut self,
+        now: Duration,
+        drop_id: DropId,
+        signed: SignedManifest,
+        manifest: Manifest,
+        secret: CampaignSecret,
+        saved: &[(NodeId, NodeStatus, u64)],
+        unix_now: u64,
+    ) -> Result<Vec<NodeId>, OperatorRefusal> {
+        let c = manifest.campaign;
+        if self.campaigns.contains_key(&c) {
+            return self.resume(now, &c, unix_now);
+        }
+        if manifest.expires_at <= unix_now {
+            return Err(OperatorRefusal::Expired(hex(&c)));
+        }
+        let (monitor, reopened) = CampaignMonitor::resume_cancelled(
+            now,
+            manifest.clone(),
+            signed,
+            secret,
+            self.cfg.monitor.clone(),
+            saved,
+        );
+        if reopened.is_empty() {
+            return Err(OperatorRefusal::NotCancelled(hex(&c)));
+        }
+        self.events.push_back(NmsEvent::CampaignStarted {
+            drop_id,
+            manifest: Box::new(manifest),
+        });
+        self.campaigns.insert(
+            c,
+            Campaign {
+                monitor,
+                drop_id,
+                dropped_at: now,
+                bytes_sent: 0,
+                finished: false,
+            },
+        );
+        for n in &reopened {
+            self.progress(c, *n);
+        }
+        self.drain(now, c);
+        #[cfg(test)]
+        self.check_invariants();
+        Ok(reopened)
     }
 
     /// Drops waiting for the fleet, plus the one being prepared.

@@ -672,3 +672,179 @@ fn a_restored_campaign_whose_nodes_had_all_reported_ends_at_once() {
             .any(|a| matches!(a, NmsAction::CampaignFinished { summary } if summary.installed == 2))
     );
 }
+
+fn finished(a: &[NmsAction]) -> Option<&CampaignSummary> {
+    a.iter().find_map(|a| match a {
+        NmsAction::CampaignFinished { summary } => Some(summary),
+        _ => None,
+    })
+}
+
+fn chunk_from_a(e: &mut NmsEndpoint, tag: u8) -> Vec<NmsAction> {
+    e.handle(
+        s(5),
+        NmsInput::ChunkRequest {
+            from: id(A),
+            request: ChunkRequest {
+                campaign: [tag; 16],
+                index: 0,
+                path: vec![id(A)],
+            },
+        },
+    );
+    actions(e)
+}
+
+#[test]
+fn cancel_stops_offers_chunks_and_authentication_and_ends_the_campaign() {
+    // fanout 1 over A, B, C: one part [A, B, C] offered to A
+    let (mut e, a) = running(&[A, B, C], 7);
+    let c = [7; 16];
+    let (offer_a, _) = offers(&a)[0];
+    e.handle(
+        s(4),
+        NmsInput::ControlRequest {
+            from: id(A),
+            msg: report(7, InstallOutcome::Installed),
+        },
+    );
+    actions(&mut e);
+    events(&mut e);
+    assert_eq!(e.cancel(s(5), &c), Ok(vec![id(B), id(C)]));
+    let summary = finished(&actions(&mut e))
+        .expect("cancel ends the campaign")
+        .clone();
+    assert_eq!(summary.installed, 1);
+    assert_eq!(
+        summary.failed().collect::<Vec<_>>(),
+        vec![(&id(B), CANCELLED), (&id(C), CANCELLED)]
+    );
+    let ev = events(&mut e);
+    for n in [B, C] {
+        assert!(ev.iter().any(|v| matches!(v,
+            NmsEvent::NodeProgress { node, status: NodeStatus::Failed(r), .. } if *node == id(n) && r == CANCELLED)));
+    }
+    assert!(ev.iter().any(|v| matches!(v, NmsEvent::CampaignDone { .. })));
+    // no more chunks, no authentication, no offers (a late failure of A's offer would
+    // otherwise pass its part on to B)
+    let a = chunk_from_a(&mut e, 7);
+    assert!(
+        matches!(&a[..], [NmsAction::AnswerChunk { response, .. }] if response.status == ChunkStatus::Gated),
+        "{a:?}"
+    );
+    e.handle(
+        s(5),
+        NmsInput::ControlRequest {
+            from: id(B),
+            msg: Control::Progress {
+                campaign: c,
+                phase: Phase::Receiving,
+                verified: 10,
+                source: None,
+                parent: None,
+            },
+        },
+    );
+    assert!(matches!(&actions(&mut e)[..],
+        [NmsAction::AnswerControl { msg: Control::Error { reason }, .. }] if reason == CANCELLED));
+    e.handle(
+        s(6),
+        NmsInput::SendFailed {
+            id: offer_a,
+            reason: "gone".into(),
+        },
+    );
+    assert!(offers(&actions(&mut e)).is_empty());
+    // refused: twice, or a campaign not held
+    assert_eq!(e.cancel(s(7), &c), Err(OperatorRefusal::Ended(hex(&c))));
+    assert!(matches!(
+        e.cancel(s(7), &[1; 16]),
+        Err(OperatorRefusal::NotHeld(_))
+    ));
+}
+
+#[test]
+fn resume_reopens_a_cancelled_campaign_where_unanswered_unless_expired() {
+    let (mut e, _) = running(&[A, B, C], 7);
+    let c = [7; 16];
+    assert_eq!(e.resume(s(4), &c, 1500), Err(OperatorRefusal::Running(hex(&c))));
+    e.handle(
+        s(4),
+        NmsInput::ControlRequest {
+            from: id(A),
+            msg: report(7, InstallOutcome::Installed),
+        },
+    );
+    e.cancel(s(5), &c).unwrap();
+    actions(&mut e);
+    events(&mut e);
+    // the manifest expires at 2000 (unix seconds)
+    assert_eq!(e.resume(s(6), &c, 2000), Err(OperatorRefusal::Expired(hex(&c))));
+    assert_eq!(e.resume(s(6), &c, 1500), Ok(vec![id(B), id(C)]));
+    // A installed: the part goes out again from B, the first node still waiting
+    let a = actions(&mut e);
+    assert_eq!(
+        offers(&a).iter().map(|(_, to)| *to).collect::<Vec<_>>(),
+        vec![id(B)]
+    );
+    assert!(a.iter().any(
+        |a| matches!(a, NmsAction::SendControl { msg: Control::Offer(o), .. }
+        if o.part == vec![id(B), id(C)])
+    ));
+    assert!(events(&mut e).iter().any(|v| matches!(v,
+        NmsEvent::NodeProgress { node, status: NodeStatus::Waiting, .. } if *node == id(C))));
+    // it serves again, and ends on the reports
+    let a = chunk_from_a(&mut e, 7);
+    assert!(matches!(&a[..], [NmsAction::SendChunk { .. }]), "{a:?}");
+    for n in [B, C] {
+        e.handle(
+            s(8),
+            NmsInput::ControlRequest {
+                from: id(n),
+                msg: report(7, InstallOutcome::Installed),
+            },
+        );
+    }
+    assert_eq!(finished(&actions(&mut e)).expect("ended").installed, 3);
+    // a campaign that ended by itself is not resumed
+    assert_eq!(
+        e.resume(s(9), &c, 1500),
+        Err(OperatorRefusal::NotCancelled(hex(&c)))
+    );
+}
+
+#[test]
+fn a_campaign_cancelled_before_a_restart_is_resumed_from_its_saved_state() {
+    let nodes = [id(A), id(B), id(C)];
+    let (signed, manifest, secret) = saved_campaign(9, &nodes);
+    let mut e = NmsEndpoint::new(s(0), cfg());
+    let saved = [
+        (id(A), NodeStatus::Installed, 10_000),
+        (id(B), NodeStatus::Failed(CANCELLED.into()), 4096),
+        (id(C), NodeStatus::Failed(CANCELLED.into()), 0),
+    ];
+    let r = e.resume_saved(
+        s(1),
+        DropId(1),
+        signed.clone(),
+        manifest.clone(),
+        secret.clone(),
+        &saved,
+        1500,
+    );
+    assert_eq!(r, Ok(vec![id(B), id(C)]));
+    let a = actions(&mut e);
+    assert_eq!(
+        offers(&a).iter().map(|(_, to)| *to).collect::<Vec<_>>(),
+        vec![id(B)]
+    );
+    assert!(finished(&a).is_none());
+    assert!(matches!(&events(&mut e)[0], NmsEvent::CampaignStarted { .. }));
+    assert_eq!(e.campaign(&[9; 16]).unwrap().nodes()[&id(B)].verified, 4096);
+    // one whose nodes all ended by themselves is not resumed, and not taken in
+    let (signed, manifest, secret) = saved_campaign(4, &nodes);
+    let done: Vec<_> = nodes.iter().map(|n| (*n, NodeStatus::Installed, 0)).collect();
+    let r = e.resume_saved(s(2), DropId(2), signed, manifest, secret, &done, 1500);
+    assert_eq!(r, Err(OperatorRefusal::NotCancelled(hex(&[4; 16]))));
+    assert!(e.campaign(&[4; 16]).is_none());
+}
