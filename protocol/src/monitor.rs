@@ -559,6 +559,10 @@ impl CampaignMonitor {
     }
 
     fn first_tier_failed(&mut self, now: Duration, head: NodeId, reason: String) {
+        if self.cancelled {
+            // the part stays with its head: a resume offers it again
+            return;
+        }
         self.set_status(now, head, NodeStatus::Failed(clip_reason(reason)));
         if let Some(a) = self.offered.remove(&head) {
             let rest = &a.part[1..];

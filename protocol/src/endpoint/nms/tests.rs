@@ -761,6 +761,15 @@ fn cancel_stops_offers_chunks_and_authentication_and_ends_the_campaign() {
         e.cancel(s(7), &[1; 16]),
         Err(OperatorRefusal::NotHeld(_))
     ));
+    // the failure that came in while cancelled did not lose the part: a resume offers it
+    e.resume(s(8), &c, 1500).unwrap();
+    assert_eq!(
+        offers(&actions(&mut e))
+            .iter()
+            .map(|(_, to)| *to)
+            .collect::<Vec<_>>(),
+        vec![id(B)]
+    );
 }
 
 #[test]
