@@ -512,6 +512,13 @@ impl CampaignMonitor {
             return reopened;
         }
         self.finished_at = None;
+        self.reoffer_waiting();
+        reopened
+    }
+
+    /// Offers each first-tier part holding a waiting node again, from its first waiting
+    /// node on.
+    fn reoffer_waiting(&mut self) {
         let parts: Vec<Assignment> = self.offered.drain().map(|(_, a)| a).collect();
         for a in parts {
             let first = a
@@ -528,12 +535,11 @@ impl CampaignMonitor {
                 }
             }
         }
-        reopened
     }
 
     /// A campaign the operator cancelled before an NMS restart, taken back to be resumed:
-    /// [`CampaignMonitor::resume`] from what the shell saved, then
-    /// [`CampaignMonitor::reopen`] as if it had been cancelled in this process.
+    /// [`CampaignMonitor::resume`] from what the shell saved, its cancelled addressees
+    /// waiting again and offered as [`CampaignMonitor::reopen`] would. Returns them too.
     pub fn resume_cancelled(
         now: Duration,
         manifest: Manifest,
@@ -542,12 +548,33 @@ impl CampaignMonitor {
         cfg: MonitorConfig,
         saved: &[(NodeId, NodeStatus, u64)],
     ) -> (Self, Vec<NodeId>) {
-        let mut m = Self::resume(now, manifest, signed, secret, cfg, saved);
-        // neither its end nor offers: reopen decides what is offered
-        m.actions.clear();
-        m.cancelled = true;
-        m.server.close(&mut Vec::new());
-        let reopened = m.reopen();
+        let cancelled = NodeStatus::Failed(CANCELLED.into());
+        let reopened: Vec<NodeId> = saved
+            .iter()
+            .filter(|(n, st, _)| *st == cancelled && manifest.addressees.contains(n))
+            .map(|(n, ..)| *n)
+            .collect();
+        // the cancelled wait again: a first-tier head among them keeps its part
+        let saved: Vec<(NodeId, NodeStatus, u64)> = saved
+            .iter()
+            .map(|(n, st, v)| {
+                (
+                    *n,
+                    if *st == cancelled {
+                        NodeStatus::Waiting
+                    } else {
+                        st.clone()
+                    },
+                    *v,
+                )
+            })
+            .collect();
+        let mut m = Self::resume(now, manifest, signed, secret, cfg, &saved);
+        if !reopened.is_empty() {
+            // offered from each part's first waiting node, not only to waiting heads
+            m.actions.clear();
+            m.reoffer_waiting();
+        }
         (m, reopened)
     }
 

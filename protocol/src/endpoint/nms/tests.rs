@@ -850,6 +850,22 @@ fn a_campaign_cancelled_before_a_restart_is_resumed_from_its_saved_state() {
     assert!(finished(&a).is_none());
     assert!(matches!(&events(&mut e)[0], NmsEvent::CampaignStarted { .. }));
     assert_eq!(e.campaign(&[9; 16]).unwrap().nodes()[&id(B)].verified, 4096);
+    // a cancelled first-tier head keeps its part: it is offered it again first
+    let (signed, manifest, secret) = saved_campaign(5, &nodes);
+    let all_cancelled: Vec<_> = nodes
+        .iter()
+        .map(|n| (*n, NodeStatus::Failed(CANCELLED.into()), 0))
+        .collect();
+    let r = e.resume_saved(s(1), DropId(3), signed, manifest, secret, &all_cancelled, 1500);
+    assert_eq!(r.unwrap().len(), 3);
+    let a = actions(&mut e);
+    assert!(
+        a.iter().any(
+            |a| matches!(a, NmsAction::SendControl { to, msg: Control::Offer(o), .. }
+            if *to == id(A) && o.part == nodes)
+        ),
+        "{a:?}"
+    );
     // one whose nodes all ended by themselves is not resumed, and not taken in
     let (signed, manifest, secret) = saved_campaign(4, &nodes);
     let done: Vec<_> = nodes.iter().map(|n| (*n, NodeStatus::Installed, 0)).collect();
