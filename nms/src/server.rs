@@ -858,19 +858,16 @@ impl Nms {
         })?;
         let now = self.now();
         if self.endpoint.campaign(&c.id).is_some() {
-            if !self.files.contains_key(&c.id) {
+            // retention may have let go of its files when it ended
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.files.entry(c.id) {
                 let file =
                     std::fs::File::open(kept).map_err(|e| format!("cannot open {}: {e}", kept.display()))?;
                 let (_, m) = crate::ops::manifest_of(c)?;
-                let dir = kept.parent().map(PathBuf::from).unwrap_or_default();
-                self.files.insert(
-                    c.id,
-                    Files {
-                        manifest: Arc::new(m),
-                        data: Arc::new(file),
-                        dir,
-                    },
-                );
+                slot.insert(Files {
+                    manifest: Arc::new(m),
+                    data: Arc::new(file),
+                    dir: kept.parent().map(PathBuf::from).unwrap_or_default(),
+                });
             }
             return self
                 .endpoint
