@@ -500,4 +500,75 @@ mod tests {
         let e = resolve(&all, "zz").unwrap_err();
         assert!(e.contains("not a campaign id"), "{e}");
     }
+
+    fn manifest(version: &str, seq: u64) -> Manifest {
+        use baton_protocol::manifest::{HashList, MANIFEST_FORMAT, PlanParams, RelayPolicy, Transfer};
+        Manifest {
+            format: MANIFEST_FORMAT,
+            campaign: [seq as u8; 16],
+            nms: baton_protocol::id::fake_id(1),
+            name: "frob".into(),
+            version: version.into(),
+            file: format!("frob-{version}.bin"),
+            sequence: seq,
+            size: 0,
+            chunk_size: 4096,
+            chunk_hashes: HashList(Vec::new()),
+            root: [0; 32],
+            created_at: 0,
+            expires_at: 1,
+            relay: RelayPolicy::default(),
+            plan: PlanParams {
+                fanout: 1,
+                transfer: Transfer::CutThrough,
+            },
+            offline_install: false,
+            self_update: false,
+            addressees: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_rollback_goes_to_a_kept_older_version_or_says_why_not() {
+        let d = tempfile::tempdir().unwrap();
+        let copy = |n: &str| {
+            let p = d.path().join(n);
+            std::fs::write(&p, b"x").unwrap();
+            Some(p)
+        };
+        // 1.0 (copy removed), 2.0 (kept), 3.0 (current, kept)
+        let all = vec![
+            (saved(1, 1, None), manifest("1.0", 1)),
+            (saved(2, 2, copy("2")), manifest("2.0", 2)),
+            (saved(3, 3, copy("3")), manifest("3.0", 3)),
+        ];
+        let (path, v, seq, cur, cur_seq) = rollback_target(&all, "frob", None).unwrap();
+        assert_eq!(
+            (path, v.as_str(), seq, cur.as_str(), cur_seq),
+            (d.path().join("2"), "2.0", 2, "3.0", 3)
+        );
+        let e = rollback_target(&all, "frob", Some("1.0")).unwrap_err();
+        assert!(
+            e.contains("copy of frob 1.0 was removed") && e.contains(".rollback"),
+            "{e}"
+        );
+        let e = rollback_target(&all, "frob", Some("3.0")).unwrap_err();
+        assert!(e.contains("is the current version"), "{e}");
+        let e = rollback_target(&all, "frob", Some("0.9")).unwrap_err();
+        assert!(
+            e.contains("never distributed frob 0.9 (it distributed: 3.0, 2.0, 1.0)"),
+            "{e}"
+        );
+        // only one version
+        let e = rollback_target(&all[2..], "frob", None).unwrap_err();
+        assert!(e.contains("the only version"), "{e}");
+        // the previous copy gone, an older one not kept either
+        let gone = vec![
+            all[0].clone(),
+            (saved(2, 2, None), manifest("2.0", 2)),
+            all[2].clone(),
+        ];
+        let e = rollback_target(&gone, "frob", None).unwrap_err();
+        assert!(e.contains("copy of the previous version 2.0 was removed"), "{e}");
+    }
 }
