@@ -9,6 +9,7 @@ use crate::server::{NmsOptions, run};
 use crate::ui::{LogWriter, Mode};
 use crate::watch::check_folders;
 use anyhow::{Result, bail};
+use baton_protocol::endpoint::nms::FailureThreshold;
 use baton_protocol::limits::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_FANOUT, MIN_CHUNK_SIZE};
 use baton_protocol::manifest::{PlanParams, RelayPolicy, Transfer};
 use baton_shell::discovery::{Interfaces, check_interfaces, host_interfaces};
@@ -84,6 +85,11 @@ pub struct Cli {
     /// Let nodes install when they cannot reach the NMS to authenticate.
     #[arg(long)]
     offline_install: bool,
+    /// The campaign's default relay policy, carried in the manifest: always, idle, ac,
+    /// idle-or-ac, idle-and-ac, HH:MM-HH:MM (node's local time), or a word and a window
+    /// (idle,22:00-06:00). A node owner's own --relay-policy wins.
+    #[arg(long, value_name = "POLICY", value_parser = relay_arg)]
+    relay_policy: Option<baton_protocol::gate::Policy>,
     /// Print one JSON object per line on stdout for every event and campaign summary,
     /// instead of progress bars or log lines (fields: docs/operations.md).
     #[arg(long)]
@@ -91,6 +97,11 @@ pub struct Cli {
     /// Exit after the first campaign ends (exit status 1 if any node failed).
     #[arg(long)]
     once: bool,
+    /// Halt a campaign for the nodes not yet installed once this many addressees failed
+    /// or are unreachable: a number of nodes (e.g. 3) or a percentage of the addressees
+    /// (e.g. 10%). Default: never halt.
+    #[arg(long, value_name = "N|P%")]
+    halt_after: Option<FailureThreshold>,
 }
 
 /// The operator's commands to a running NMS (over the control socket in its data
@@ -269,7 +280,10 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
                     Transfer::CutThrough
                 },
             },
-            relay: RelayPolicy::default(),
+            relay: cli
+                .relay_policy
+                .map(|p| p.to_manifest(RelayPolicy::default().grace_secs))
+                .unwrap_or_default(),
             expiry_secs: cli.expiry_hours.max(1) * 3600,
             offline_install: cli.offline_install,
         },
@@ -277,7 +291,13 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
         settle_file: Duration::from_secs_f64(cli.settle_file),
         archive: cli.archive,
         once: cli.once,
+        halt_after: cli.halt_after,
     })
+}
+
+fn relay_arg(s: &str) -> Result<baton_protocol::gate::Policy, String> {
+    s.parse()
+        .map_err(|e: baton_protocol::gate::PolicyError| e.to_string())
 }
 
 /// Parses `args` (the program name first) and runs the NMS; with `--once`, exits the
@@ -386,6 +406,22 @@ mod tests {
             assert_eq!(opts.data_dir, data);
             assert_eq!(opts.watch, watch);
         }
+    }
+
+    #[test]
+    fn the_relay_policy_goes_into_the_campaign_settings() {
+        assert_eq!(with(&[]).1.unwrap().settings.relay, RelayPolicy::default());
+        let r = with(&["--relay-policy", "idle,22:00-06:00"])
+            .1
+            .unwrap()
+            .settings
+            .relay;
+        assert_eq!(
+            (r.when, r.window),
+            (baton_protocol::manifest::RelayWhen::Idle, Some((1320, 360)))
+        );
+        let e = format!("{:#}", with(&["--relay-policy", "nightly"]).1.unwrap_err());
+        assert!(e.contains("unknown relay policy `nightly`"), "{e}");
     }
 
     /// Options from `--watch <tmp>/drop --data-dir <tmp>/data` and `extra`.
@@ -548,5 +584,20 @@ mod tests {
                 d.path().join("control.sock").display()
             )
         );
+    }
+
+    #[test]
+    fn halt_after_takes_a_count_or_a_percentage() {
+        let halt = |v: &str| with(&["--halt-after", v]).1;
+        assert_eq!(
+            halt("10%").unwrap().halt_after,
+            Some(FailureThreshold::Percent(10))
+        );
+        assert_eq!(halt("3").unwrap().halt_after, Some(FailureThreshold::Count(3)));
+        assert_eq!(with(&[]).1.unwrap().halt_after, None);
+        for bad in ["0", "150%", "some"] {
+            let err = format!("{:#}", halt(bad).unwrap_err());
+            assert!(err.contains("--halt-after") && err.contains("10%"), "{err}");
+        }
     }
 }

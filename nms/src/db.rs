@@ -205,6 +205,9 @@ fn status_text(s: &NodeStatus) -> (&'static str, Option<&str>) {
         NodeStatus::Authenticated => ("authenticated", None),
         NodeStatus::Installed => ("installed", None),
         NodeStatus::Failed(r) => ("failed", Some(r.as_str())),
+        NodeStatus::Unreachable(r) => ("unreachable", Some(r.as_str())),
+        NodeStatus::Halted(r) => ("halted", Some(r.as_str())),
+        NodeStatus::TrustsOther(r) => ("trusts-other-nms", Some(r.as_str())),
     }
 }
 
@@ -216,6 +219,9 @@ fn status_parse(s: &str, reason: Option<String>) -> Option<NodeStatus> {
         "authenticated" => NodeStatus::Authenticated,
         "installed" => NodeStatus::Installed,
         "failed" => NodeStatus::Failed(reason.unwrap_or_default()),
+        "unreachable" => NodeStatus::Unreachable(reason.unwrap_or_default()),
+        "halted" => NodeStatus::Halted(reason.unwrap_or_default()),
+        "trusts-other-nms" => NodeStatus::TrustsOther(reason.unwrap_or_default()),
         _ => return None,
     })
 }

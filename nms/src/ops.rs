@@ -13,13 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{CampaignState, SavedCampaign, SavedNode};
 
-/// The control socket's file name in the data directory.
-pub const SOCKET: &str = "control.sock";
-
 /// Where the NMS with this data directory listens for the operator.
-pub fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join(SOCKET)
-}
+pub use baton_shell::control::socket_path;
 
 /// One request of the operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +157,9 @@ fn status_text(s: &NodeStatus) -> (String, Option<String>) {
         NodeStatus::Authenticated => "installing",
         NodeStatus::Installed => "installed",
         NodeStatus::Failed(r) => return ("failed".into(), Some(r.clone())),
+        NodeStatus::Unreachable(r) => return ("unreachable".into(), Some(r.clone())),
+        NodeStatus::Halted(r) => return ("halted".into(), Some(r.clone())),
+        NodeStatus::TrustsOther(r) => return ("trusts-other-nms".into(), Some(r.clone())),
     };
     (t.into(), None)
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use baton_protocol::endpoint::nms::{
-    DropId, NmsAction, NmsConfig, NmsEndpoint, NmsEvent, NmsInput, OutboundId, PeerRole,
+    DropId, FailureThreshold, NmsAction, NmsConfig, NmsEndpoint, NmsEvent, NmsInput, OutboundId, PeerRole,
 };
 use baton_protocol::wire::PROTOCOL_VERSION;
 use baton_protocol::{
@@ -62,6 +62,8 @@ pub struct NmsOptions {
     pub settle_file: Duration,
     /// Where files taken in are moved (same filesystem as the drop folder).
     pub archive: Option<PathBuf>,
+    /// Halt a campaign once this many addressees failed or are unreachable.
+    pub halt_after: Option<FailureThreshold>,
     /// Exit after the first campaign ends.
     pub once: bool,
 }
@@ -151,6 +153,10 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
             discovery_timeout: opts.discovery_timeout,
             tags: opts.tags.clone(),
             protocol_version: PROTOCOL_VERSION,
+            halt_after: opts.halt_after,
+            unix_origin: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             monitor: MonitorConfig::default(),
         },
     );
@@ -563,7 +569,19 @@ impl Nms {
                     .save_node(&campaign, &node, status, verified, source.as_ref(), unix_now());
                 self.db_error(r);
             }
+            NmsEvent::NodeFailed { campaign, node, .. }
+            | NmsEvent::NodeUnreachable { campaign, node, .. }
+            | NmsEvent::NodeTrustsOtherNms { campaign, node, .. } => self.save_view(&campaign, &[node]),
+            NmsEvent::CampaignHalted { campaign, .. } => {
+                let nodes: Vec<NodeId> = self
+                    .endpoint
+                    .campaign(&campaign)
+                    .map(|m| m.nodes().keys().copied().collect())
+                    .unwrap_or_default();
+                self.save_view(&campaign, &nodes);
+            }
             NmsEvent::NodeInstalled { campaign, node } => {
+                self.save_view(&campaign, &[node]);
                 if let Some(f) = self.files.get(&campaign) {
                     let m = &f.manifest;
                     let r = self
@@ -585,6 +603,22 @@ impl Nms {
 impl Nms {
     fn db(&self) -> std::sync::MutexGuard<'_, Db> {
         self.inbox.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Saves what the campaign's monitor now holds of `nodes` (status, reason, bytes,
+    /// source), so that a restart takes it back.
+    fn save_view(&self, campaign: &CampaignId, nodes: &[NodeId]) {
+        let Some(m) = self.endpoint.campaign(campaign) else {
+            return;
+        };
+        for n in nodes {
+            if let Some(v) = m.nodes().get(n) {
+                let r =
+                    self.db()
+                        .save_node(campaign, n, &v.status, v.verified, v.source.as_ref(), unix_now());
+                self.db_error(r);
+            }
+        }
     }
 
     /// Logs a failed write to the database; the NMS carries on (what was not saved is
@@ -760,7 +794,7 @@ impl Nms {
                 let row = self.detail(saved)?.campaign;
                 Ok(Response::Done {
                     message: format!(
-                        "campaign {} ({} {}, sequence {}) cancelled: {} node(s) not yet installed are cancelled, {} installed; resume it with baton-nms resume {}",
+                        "campaign {} ({} {}, sequence {}) cancelled: {} node(s) not yet installed or installing are halted, {} installed; resume it with baton-nms resume {}",
                         &row.id[..12],
                         row.package,
                         row.version,
@@ -783,7 +817,7 @@ impl Nms {
                 row.state = "running".into();
                 Ok(Response::Done {
                     message: format!(
-                        "campaign {} ({} {}, sequence {}) resumed: {} node(s) offered it again where unanswered",
+                        "campaign {} ({} {}, sequence {}) resumed: {} halted node(s) wait again and are offered it",
                         &row.id[..12],
                         row.package,
                         row.version,
@@ -847,8 +881,8 @@ impl Nms {
         Ok(crate::ops::detail(c, &m, live, &saved))
     }
 
-    /// Resumes a cancelled campaign, held by the endpoint or (cancelled before a restart)
-    /// from the database; its copy must still be kept. Returns how many nodes reopened.
+    /// Resumes a halted campaign (cancelled, or halted by `--halt-after`), held by the
+    /// endpoint or (halted before a restart) from the database; its copy must still be kept. Returns how many nodes reopened.
     fn resume(&mut self, c: &SavedCampaign) -> std::result::Result<usize, String> {
         let id = hex::encode(c.id);
         let kept = c.copy.as_ref().filter(|p| p.is_file()).ok_or_else(|| {

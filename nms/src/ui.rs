@@ -75,6 +75,11 @@ pub struct Summary {
     pub nodes: usize,
     pub installed: usize,
     pub failed: Vec<FailedNode>,
+    /// Nodes that did not answer the NMS's probes (they get the package if they return
+    /// while the campaign is unexpired).
+    pub unreachable: Vec<FailedNode>,
+    /// Why the campaign was halted (`--halt-after`), if it was.
+    pub halted: Option<String>,
     /// Seconds from the drop being detected to the last install.
     pub wall_secs: f64,
     /// Bytes the NMS sent (chunk frames and control messages).
@@ -94,9 +99,10 @@ pub struct FailedNode {
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeResult {
     pub node: String,
-    /// `installed` or `failed` (or the state it was left in).
+    /// `installed`, `failed`, `unreachable`, `halted`, `trusts-other-nms` (or the state
+    /// it was left in).
     pub status: String,
-    /// Why it failed, in full; `null` unless failed.
+    /// Why it failed, is unreachable, was halted or refused, in full; `null` otherwise.
     pub reason: Option<String>,
     /// Seconds from the campaign's start to the node's final report.
     pub secs: Option<f64>,
@@ -122,13 +128,15 @@ impl Summary {
 
     /// The summary of `s`, with each node's sources from `tracks`; `nms` names the NMS.
     fn with_sources(s: &CampaignSummary, nms: Option<&NodeId>, tracks: &HashMap<NodeId, Track>) -> Summary {
-        let failed = s
-            .failed()
-            .map(|(node, reason)| FailedNode {
+        let listed = |it: &mut dyn Iterator<Item = (&NodeId, &str)>| -> Vec<FailedNode> {
+            it.map(|(node, reason)| FailedNode {
                 node: node.to_string(),
                 reason: reason.to_string(),
             })
-            .collect();
+            .collect()
+        };
+        let failed = listed(&mut s.failed());
+        let unreachable = listed(&mut s.unreachable());
         let per_node = s
             .nodes
             .iter()
@@ -151,10 +159,7 @@ impl Summary {
                 NodeResult {
                     node: o.node.to_string(),
                     status: status_name(&o.status).to_string(),
-                    reason: match &o.status {
-                        NodeStatus::Failed(r) => Some(r.clone()),
-                        _ => None,
-                    },
+                    reason: o.status.reason().map(str::to_string),
                     secs: o.took.map(|t| t.as_secs_f64()),
                     sources,
                 }
@@ -169,6 +174,8 @@ impl Summary {
             nodes: s.nodes.len(),
             installed: s.installed,
             failed,
+            unreachable,
+            halted: s.halted.clone(),
             wall_secs: s.wall().as_secs_f64(),
             nms_bytes_sent: s.bytes_sent,
             nms_copies: s.bytes_sent as f64 / s.size.max(1) as f64,
@@ -191,11 +198,21 @@ impl Summary {
         );
         let _ = writeln!(
             o,
-            "  installed: {}/{} nodes, failed: {}",
+            "  installed: {}/{} nodes, failed: {}, unreachable: {}",
             self.installed,
             self.nodes,
-            self.failed.len()
+            self.failed.len(),
+            self.unreachable.len()
         );
+        if !self.unreachable.is_empty() {
+            let _ = writeln!(
+                o,
+                "  unreachable nodes get the package if they return before the campaign expires"
+            );
+        }
+        if let Some(h) = &self.halted {
+            let _ = writeln!(o, "  HALTED: {h}");
+        }
         let _ = writeln!(o, "  wall time, drop to last install: {:.2} s", self.wall_secs);
         let _ = writeln!(
             o,
@@ -237,9 +254,13 @@ fn short(id: &str) -> &str {
     &id[id.len().saturating_sub(8)..]
 }
 
-/// `waiting`, `receiving`, `verifying`, `authenticated`, `installed` or `failed`.
+/// `waiting`, `receiving`, `verifying`, `authenticated`, `installed`, `failed`,
+/// `unreachable`, `halted` or `trusts-other-nms`.
 pub fn status_name(s: &NodeStatus) -> &'static str {
     match s {
+        NodeStatus::Unreachable(_) => "unreachable",
+        NodeStatus::Halted(_) => "halted",
+        NodeStatus::TrustsOther(_) => "trusts-other-nms",
         NodeStatus::Waiting => "waiting",
         NodeStatus::Receiving => "receiving",
         NodeStatus::Verifying => "verifying",
@@ -308,6 +329,9 @@ enum StateKey {
     Installing,
     Installed,
     Failed,
+    Unreachable,
+    Halted,
+    TrustsOther,
 }
 
 impl StateKey {
@@ -319,6 +343,9 @@ impl StateKey {
             NodeStatus::Authenticated => StateKey::Installing,
             NodeStatus::Installed => StateKey::Installed,
             NodeStatus::Failed(_) => StateKey::Failed,
+            NodeStatus::Unreachable(_) => StateKey::Unreachable,
+            NodeStatus::Halted(_) => StateKey::Halted,
+            NodeStatus::TrustsOther(_) => StateKey::TrustsOther,
         }
     }
     fn label(self) -> &'static str {
@@ -329,6 +356,9 @@ impl StateKey {
             StateKey::Installing => "installing",
             StateKey::Installed => "installed",
             StateKey::Failed => "failed",
+            StateKey::Unreachable => "unreachable",
+            StateKey::Halted => "halted",
+            StateKey::TrustsOther => "trusts another NMS",
         }
     }
 }
@@ -657,6 +687,17 @@ impl View {
         self.event_at(ev, drop, Instant::now())
     }
 
+    /// Sets a node's status in the campaign at `idx`, keeping its bytes.
+    fn set_status(&mut self, idx: Option<usize>, node: &NodeId, status: NodeStatus) {
+        let c = &mut self.campaigns[idx.expect("checked")];
+        let size = c.size;
+        if let Some(t) = c.nodes.get_mut(node) {
+            let v = t.verified;
+            t.update(status, v, None, size);
+            c.changed = true;
+        }
+    }
+
     /// [`View::event`] at `now`.
     pub fn event_at(&mut self, ev: &NmsEvent, drop: Option<&str>, now: Instant) -> Option<Summary> {
         let idx = campaign_of(ev).and_then(|c| self.campaigns.iter().position(|k| k.id == *c));
@@ -700,6 +741,28 @@ impl View {
                 if let Some(t) = c.nodes.get_mut(node) {
                     let v = t.verified;
                     t.update(NodeStatus::Failed(reason.clone()), v, None, size);
+                }
+                None
+            }
+            NmsEvent::NodeUnreachable { node, reason, .. } => {
+                self.set_status(idx, node, NodeStatus::Unreachable(reason.clone()));
+                None
+            }
+            NmsEvent::NodeTrustsOtherNms { node, detail, .. } => {
+                self.set_status(idx, node, NodeStatus::TrustsOther(detail.clone()));
+                None
+            }
+            NmsEvent::CampaignHalted { reason, .. } => {
+                // as the monitor does: every node not installed and not yet authenticated
+                let c = &self.campaigns[idx.expect("checked")];
+                let halted: Vec<NodeId> = c
+                    .nodes
+                    .iter()
+                    .filter(|(_, t)| !t.status.is_final() && !matches!(t.status, NodeStatus::Authenticated))
+                    .map(|(n, _)| *n)
+                    .collect();
+                for n in halted {
+                    self.set_status(idx, &n, NodeStatus::Halted(reason.clone()));
                 }
                 None
             }
@@ -941,7 +1004,11 @@ fn campaign_of(ev: &NmsEvent) -> Option<&CampaignId> {
         NmsEvent::NodeProgress { campaign, .. }
         | NmsEvent::NodeInstalled { campaign, .. }
         | NmsEvent::NodeFailed { campaign, .. }
-        | NmsEvent::AuthRefused { campaign, .. } => Some(campaign),
+        | NmsEvent::AuthRefused { campaign, .. }
+        | NmsEvent::NodeProbing { campaign, .. }
+        | NmsEvent::NodeUnreachable { campaign, .. }
+        | NmsEvent::NodeTrustsOtherNms { campaign, .. }
+        | NmsEvent::CampaignHalted { campaign, .. } => Some(campaign),
         NmsEvent::CampaignDone { summary } => Some(&summary.campaign),
         NmsEvent::NodeDiscovered { .. }
         | NmsEvent::NodeIncompatible { .. }
@@ -1001,6 +1068,15 @@ fn text_event(ev: &NmsEvent, drop: Option<&str>, c: Option<&Campaign>) -> Option
         NmsEvent::AuthRefused { node, reason, .. } => {
             format!("{title}authentication refused for {node}: {reason}")
         }
+        NmsEvent::NodeProbing { node, why, .. } => format!("{title}probing {node}: {why}"),
+        NmsEvent::NodeUnreachable { node, reason, .. } => {
+            format!("{title}UNREACHABLE {node}: {reason} (it gets the package if it returns before expiry)")
+        }
+        NmsEvent::NodeTrustsOtherNms { node, detail, .. } => format!(
+            "{title}{node} trusts another NMS ({detail}); it is not addressed until it accepts an offer again. \
+             To include it, its owner runs: baton-node trust forget <that NMS> and restarts it, or starts it with --trust <this NMS's id>"
+        ),
+        NmsEvent::CampaignHalted { reason, .. } => format!("{title}CAMPAIGN HALTED: {reason}"),
     })
 }
 
@@ -1072,6 +1148,25 @@ pub fn json_event(ev: &NmsEvent, drop: Option<&str>, summary: Option<&Summary>, 
             reason,
         } => {
             json!({"event": "auth-refused", "campaign": hexc(campaign), "node": node.to_string(), "reason": reason})
+        }
+        NmsEvent::NodeProbing { campaign, node, why } => {
+            json!({"event": "node-probing", "campaign": hexc(campaign), "node": node.to_string(), "why": why})
+        }
+        NmsEvent::NodeUnreachable {
+            campaign,
+            node,
+            reason,
+        } => {
+            json!({"event": "node-unreachable", "campaign": hexc(campaign), "node": node.to_string(), "reason": reason})
+        }
+        NmsEvent::NodeTrustsOtherNms {
+            campaign,
+            node,
+            detail,
+        } => json!({"event": "node-trusts-other-nms", "campaign": hexc(campaign),
+            "node": node.to_string(), "detail": detail}),
+        NmsEvent::CampaignHalted { campaign, reason } => {
+            json!({"event": "campaign-halted", "campaign": hexc(campaign), "reason": reason})
         }
         NmsEvent::CampaignDone { summary: core } => {
             let s = summary.cloned().unwrap_or_else(|| Summary::from_core(core));

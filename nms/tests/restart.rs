@@ -56,6 +56,7 @@ fn nms_options(data: &Path, watch: &Path, port: u16, peers: Vec<Multiaddr>) -> N
         settle_file: Duration::from_millis(200),
         archive: None,
         output: baton_nms::ui::Mode::Json,
+        halt_after: None,
         once: true,
     }
 }

@@ -6,13 +6,14 @@
 //! which peers can be offered to, what a restart resumes, what is kept on disk) is the
 //! endpoint's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use baton_protocol::endpoint::node::{self as ep, Action, Event, Input, NodeEndpoint, OutId, ReplyId};
+use baton_protocol::gate::{Policy, Thresholds, UploadCap};
 use baton_protocol::receiver::Refusal;
 use baton_protocol::wire::{PROTOCOL_VERSION, RefuseReason};
 use baton_protocol::{
@@ -27,6 +28,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::journal::Journal;
+use crate::probe::{FileProbe, IDLE_WINDOW, PROBE_INTERVAL, Probe, SysProbe, SystemClock};
 use crate::store::{InstallCmd, Store};
 use baton_shell::discovery::{Advert, Discovery, DiscoveryEvent, Interfaces, Role};
 use baton_shell::net::{self, Behaviour, BehaviourEvent, Inbound, Incoming};
@@ -50,6 +52,25 @@ pub struct NodeOptions {
     pub protocol: NodeConfig,
     /// Installed versions kept per package (current included; 0 = all).
     pub keep_versions: usize,
+    /// The owner's relay policy (`None`: each campaign's manifest decides).
+    pub relay_policy: Option<Policy>,
+    /// The owner's gating thresholds.
+    pub gate: Thresholds,
+    /// Upload cap on served chunks, bytes a second.
+    pub max_upload: Option<u64>,
+    /// Testing only: readings from this file instead of the machine's probe.
+    pub test_probe_file: Option<PathBuf>,
+}
+
+/// Bursts the upload cap lets through at once (two 128 KiB chunks).
+const UPLOAD_BURST: u64 = 256 * 1024;
+
+/// A request on the control socket ([`baton_shell::control`]): `{"cmd": "status"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum ControlRequest {
+    /// The node's relay policy, gates, readings and campaigns ([`crate::status::status`]).
+    Status,
 }
 
 /// File in the data directory holding NMS ids pinned by `--trust-first`.
@@ -93,6 +114,12 @@ struct Agent {
     next_reply: u64,
     internal: mpsc::UnboundedSender<Internal>,
     failures: net::FailureLog,
+    probe: Box<dyn Probe>,
+    /// The probe's last error, logged once until it changes.
+    probe_error: Option<String>,
+    upload: Option<UploadCap>,
+    /// Chunk answers waiting for the upload cap, in the order they may go.
+    delayed: VecDeque<(Instant, ResponseChannel<ChunkResponse>, ChunkResponse)>,
     /// Peers named with --peer, whose addresses are given back after a failed dial.
     static_peers: Vec<(libp2p::PeerId, Multiaddr)>,
 }
@@ -139,6 +166,8 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         trust_first: opts.trust_first,
         unix_origin: unix_now(),
         keep_versions: opts.keep_versions,
+        relay_policy: opts.relay_policy,
+        gate: opts.gate.clone(),
         ..ep::Config::default()
     };
     let boot = ep::Start {
@@ -164,8 +193,29 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         next_reply: 0,
         internal: itx,
         failures: net::FailureLog::default(),
+        probe: match &opts.test_probe_file {
+            Some(f) => Box::new(FileProbe::new(f, SystemClock)),
+            None => Box::new(SysProbe::new("/", IDLE_WINDOW, SystemClock)),
+        },
+        probe_error: None,
+        upload: opts.max_upload.map(|r| UploadCap::new(r, UPLOAD_BURST)),
+        delayed: VecDeque::new(),
         static_peers: Vec::new(),
     };
+    agent.read_probe();
+    let (_control, mut ctl_rx) = match baton_shell::control::ControlServer::bind::<
+        ControlRequest,
+        serde_json::Value,
+    >(&baton_shell::control::socket_path(&opts.data_dir), "baton-node")
+    {
+        Ok((sock, rx)) => (Some(sock), rx),
+        Err(e) => {
+            warn!("no control socket (`baton-node status` will not answer): {e}");
+            (None, mpsc::channel(1).1)
+        }
+    };
+    let mut probe_tick = tokio::time::interval_at((Instant::now() + PROBE_INTERVAL).into(), PROBE_INTERVAL);
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for p in &opts.peers {
         if let Some(id) = net::peer_of(p) {
             agent.static_peers.push((id, p.clone()));
@@ -194,10 +244,16 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let deadline = agent.next_deadline();
+        let (delayed_at, any_delayed) = (agent.next_delayed(), !agent.delayed.is_empty());
         tokio::select! {
             ev = agent.swarm.select_next_some() => agent.on_swarm(ev),
             Some(d) = disco_rx.recv() => agent.on_discovery(d),
             Some(i) = irx.recv() => agent.on_internal(i),
+            _ = probe_tick.tick() => agent.read_probe(),
+            Some(call) = ctl_rx.recv() => { let a = agent.control(call.request); call.reply(Ok(a)); }
+            _ = tokio::time::sleep_until(delayed_at.into()), if any_delayed => {
+                agent.send_delayed();
+            }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 let now = agent.now();
                 agent.endpoint.handle_timeout(now);
@@ -264,6 +320,54 @@ impl Agent {
         let far = self.now() + Duration::from_secs(3600);
         let t = self.endpoint.poll_timeout().unwrap_or(far).min(far);
         self.start + t
+    }
+
+    /// Reads the probe and feeds its readings (a failing probe is logged once per error).
+    fn read_probe(&mut self) {
+        match self.probe.read(Instant::now()) {
+            Ok(r) => {
+                if self.probe_error.take().is_some() {
+                    info!("the activity probe reads again");
+                }
+                self.input(Input::Readings(r));
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if self.probe_error.as_deref() != Some(msg.as_str()) {
+                    warn!("activity probe: {msg}; relay gates keep their last state");
+                    self.probe_error = Some(msg);
+                }
+            }
+        }
+    }
+
+    fn next_delayed(&self) -> Instant {
+        self.delayed
+            .front()
+            .map(|d| d.0)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+    }
+
+    /// Sends the chunk answers the upload cap lets go now.
+    fn send_delayed(&mut self) {
+        let now = Instant::now();
+        while self.delayed.front().is_some_and(|d| d.0 <= now) {
+            let (_, ch, resp) = self.delayed.pop_front().expect("front");
+            let _ = self.swarm.behaviour_mut().chunk.send_response(ch, resp);
+        }
+    }
+
+    /// Answers a request on the control socket.
+    fn control(&self, q: ControlRequest) -> serde_json::Value {
+        match q {
+            ControlRequest::Status => crate::status::status(
+                self.me,
+                &self.endpoint,
+                self.now(),
+                self.probe_error.as_deref(),
+                self.upload.as_ref().map(|u| u.rate()),
+            ),
+        }
     }
 
     /// Feeds one input to the endpoint (its outputs are carried out by [`Self::drive`]).
@@ -461,6 +565,13 @@ impl Agent {
                 {
                     *b ^= 0x40;
                 }
+                if let Some(cap) = &mut self.upload {
+                    let wait = cap.reserve(self.start.elapsed(), resp.data.len() as u64);
+                    if !wait.is_zero() || !self.delayed.is_empty() {
+                        self.delayed.push_back((Instant::now() + wait, ch, resp));
+                        return;
+                    }
+                }
                 let _ = self.swarm.behaviour_mut().chunk.send_response(ch, resp);
             }
             Action::AnswerChunk {
@@ -615,6 +726,22 @@ impl Agent {
                 ..
             } => warn!("{kind:?} to {to} failed (attempt {attempt}): {reason}; again in {wait:.1?}"),
             Event::SendFailed { to, kind, reason, .. } => warn!("{kind:?} to {to} failed: {reason}"),
+            Event::Gate {
+                policy,
+                open,
+                reason,
+                campaigns,
+            } => {
+                let n = campaigns.len();
+                if open {
+                    info!(campaigns = n, "relaying opened ({policy}): {reason}");
+                } else {
+                    info!(
+                        campaigns = n,
+                        "relaying gated ({policy}): {reason}; children ask other sources"
+                    );
+                }
+            }
             Event::Finished {
                 campaign,
                 phase,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::agent::{NodeOptions, run};
 use crate::store::InstallCmd;
 use anyhow::{Context, Result, bail};
+use baton_protocol::gate::{Policy, Thresholds, parse_rate};
 use baton_protocol::{NodeConfig, NodeId};
 use baton_shell::discovery::{Interfaces, check_interfaces, host_interfaces};
 use baton_shell::net::{NODE_PORT, parse_listen, tcp_addr};
@@ -24,7 +25,8 @@ pub struct Cli {
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// TOML config file with the same settings (`trust`, `trust_first`, `peers`, `tags`,
-    /// `install_cmd`, `install_timeout_secs`, `interfaces`, `data_dir`, `listen`, `port`).
+    /// `install_cmd`, `install_timeout_secs`, `interfaces`, `data_dir`, `listen`, `port`,
+    /// `relay_policy`, `relay_idle_percent`, `relay_min_battery`, `max_upload`).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address and TCP port to listen on: IP:PORT, e.g. 0.0.0.0:4100 (every IPv4
@@ -75,11 +77,60 @@ pub struct Cli {
     /// Testing only: flip a bit in every chunk this node serves (a faulty relay).
     #[arg(long, hide = true)]
     test_corrupt_served: bool,
+    /// When this node relays for others: always, idle, ac, idle-or-ac, idle-and-ac, a
+    /// local-time window HH:MM-HH:MM (may cross midnight), or a word and a window
+    /// (idle,22:00-06:00). Wins over the campaign's default. A gated node still receives
+    /// and installs its own copy.
+    #[arg(long, value_name = "POLICY", value_parser = policy_arg)]
+    relay_policy: Option<Policy>,
+    /// `idle` means at least this percent of CPU time idle over 30 s.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    relay_idle_percent: Option<u8>,
+    /// On battery, relay only with at least this charge in percent, or `never`.
+    #[arg(long, value_name = "PERCENT|never", value_parser = battery_arg)]
+    relay_min_battery: Option<BatteryMin>,
+    /// Cap on the upload rate of chunks served to others, e.g. 20mbit, 500kbit, 2MB.
+    #[arg(long, value_name = "RATE", value_parser = rate_arg)]
+    max_upload: Option<u64>,
+    /// Testing only: read the activity probe's readings from this file (lines such as
+    /// `cpu_idle = 0.9`, `ac = off`, `battery = 30`, `time = 23:10`, or `busy`/`idle`).
+    #[arg(long, hide = true, value_name = "PATH")]
+    test_probe_file: Option<PathBuf>,
+}
+
+/// `--relay-min-battery`: a percent, or never on battery.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatteryMin(Option<f64>);
+
+fn policy_arg(s: &str) -> Result<Policy, String> {
+    s.parse()
+        .map_err(|e: baton_protocol::gate::PolicyError| e.to_string())
+}
+
+fn battery_arg(s: &str) -> Result<BatteryMin, String> {
+    if s.trim() == "never" {
+        return Ok(BatteryMin(None));
+    }
+    match s.trim().trim_end_matches('%').parse::<u8>() {
+        Ok(p) if p <= 100 => Ok(BatteryMin(Some(f64::from(p)))),
+        _ => Err(format!("`{s}` is not a percent from 0 to 100 or `never`")),
+    }
+}
+
+fn rate_arg(s: &str) -> Result<u64, String> {
+    parse_rate(s)
 }
 
 /// What to do instead of running the node.
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Ask the running node (same data directory) for its relay policy, the activity
+    /// probe's readings, and whether it relays now and why.
+    Status {
+        /// Print the node's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show or forget the NMS keys this node trusts.
     Trust {
         #[command(subcommand)]
@@ -116,6 +167,10 @@ struct FileConfig {
     install_timeout_secs: Option<u64>,
     #[serde(default)]
     interfaces: Vec<String>,
+    relay_policy: Option<String>,
+    relay_idle_percent: Option<u8>,
+    relay_min_battery: Option<toml::Value>,
+    max_upload: Option<String>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -143,6 +198,10 @@ pub struct ConfigFile {
     pub install_cmd: Option<String>,
     pub install_timeout_secs: Option<u64>,
     pub interfaces: Vec<String>,
+    pub relay_policy: Option<Policy>,
+    pub relay_idle_percent: Option<u8>,
+    pub relay_min_battery: Option<BatteryMin>,
+    pub max_upload: Option<u64>,
 }
 
 /// Parses the text of a config file (TOML) and checks its `trust` and `peers` entries.
@@ -174,7 +233,48 @@ pub fn parse_config(text: &str) -> Result<ConfigFile> {
     if listen.is_some() && file.port.is_some() {
         bail!("config: give `listen` or `port`, not both (`port = P` is short for `listen = \"0.0.0.0:P\"`)");
     }
+    let relay_policy = match &file.relay_policy {
+        Some(p) => Some(
+            policy_arg(p)
+                .map_err(anyhow::Error::msg)
+                .context("config `relay_policy`")?,
+        ),
+        None => None,
+    };
+    if let Some(p) = file.relay_idle_percent
+        && !(1..=100).contains(&p)
+    {
+        bail!("config `relay_idle_percent` must be from 1 to 100, not {p}");
+    }
+    let relay_min_battery = match &file.relay_min_battery {
+        Some(toml::Value::Integer(i)) => Some(
+            battery_arg(&i.to_string())
+                .map_err(anyhow::Error::msg)
+                .context("config `relay_min_battery`")?,
+        ),
+        Some(toml::Value::String(s)) => Some(
+            battery_arg(s)
+                .map_err(anyhow::Error::msg)
+                .context("config `relay_min_battery`")?,
+        ),
+        Some(other) => {
+            bail!("config `relay_min_battery` must be a percent (e.g. 40) or \"never\", not {other}")
+        }
+        None => None,
+    };
+    let max_upload = match &file.max_upload {
+        Some(r) => Some(
+            rate_arg(r)
+                .map_err(anyhow::Error::msg)
+                .context("config `max_upload`")?,
+        ),
+        None => None,
+    };
     Ok(ConfigFile {
+        relay_policy,
+        relay_idle_percent: file.relay_idle_percent,
+        relay_min_battery,
+        max_upload,
         data_dir: file.data_dir,
         listen,
         port: file.port,
@@ -232,7 +332,18 @@ pub fn options(cli: Cli) -> Result<NodeOptions> {
         command,
         timeout: Duration::from_secs(cli.install_timeout.or(file.install_timeout_secs).unwrap_or(600)),
     });
+    let mut gate = Thresholds::default();
+    if let Some(p) = cli.relay_idle_percent.or(file.relay_idle_percent) {
+        gate.idle_min = f64::from(p) / 100.0;
+    }
+    if let Some(BatteryMin(b)) = cli.relay_min_battery.or(file.relay_min_battery) {
+        gate.battery_min = b;
+    }
     Ok(NodeOptions {
+        relay_policy: cli.relay_policy.or(file.relay_policy),
+        gate,
+        max_upload: cli.max_upload.or(file.max_upload),
+        test_probe_file: cli.test_probe_file,
         data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir),
         listen: tcp_addr(listen.ip(), listen.port()),
         trust,
@@ -262,14 +373,37 @@ where
 {
     init_tracing();
     let mut cli = Cli::parse_from(args);
-    if let Some(Command::Trust { action }) = cli.command.take() {
-        return trust_command(&cli, action);
+    match cli.command.take() {
+        Some(Command::Trust { action }) => return trust_command(&cli, action),
+        Some(Command::Status { json }) => return status_command(&cli, json),
+        None => {}
     }
     let opts = options(cli)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(run(opts))
+}
+
+/// `baton-node status`: asks the running node over its control socket.
+fn status_command(cli: &Cli, json: bool) -> Result<()> {
+    let file = read_config(cli.config.as_deref())?;
+    let dir = cli
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(default_data_dir);
+    let answer: serde_json::Value = baton_shell::control::call(
+        &baton_shell::control::socket_path(&dir),
+        "baton-node",
+        &crate::agent::ControlRequest::Status,
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print!("{}", crate::status::render(&answer));
+    }
+    Ok(())
 }
 
 /// `baton-node trust list|forget`: the owner's view of the trust pins.
@@ -382,6 +516,48 @@ mod tests {
         let e = format!("{:#}", with(&["--config", c]).unwrap_err());
         assert!(
             e.contains("config `listen`") && e.contains("not a listen address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn relay_flags_and_config() {
+        let o = with(&["--relay-policy", "idle,22:00-06:00", "--max-upload", "20mbit"]).unwrap();
+        assert_eq!(o.relay_policy.unwrap().to_string(), "idle,22:00-06:00");
+        assert_eq!(o.max_upload, Some(2_500_000));
+        assert_eq!(o.gate, Thresholds::default());
+        let o = with(&["--relay-idle-percent", "90", "--relay-min-battery", "never"]).unwrap();
+        assert_eq!((o.gate.idle_min, o.gate.battery_min), (0.9, None));
+        assert_eq!(o.relay_policy, None, "no local policy: the manifest decides");
+        let e = format!("{:#}", with(&["--relay-policy", "sometimes"]).unwrap_err());
+        assert!(e.contains("unknown relay policy `sometimes`"), "{e}");
+        let e = format!("{:#}", with(&["--relay-policy", "22:00-22:00"]).unwrap_err());
+        assert!(e.contains("use `always`"), "{e}");
+        let e = format!("{:#}", with(&["--max-upload", "fast"]).unwrap_err());
+        assert!(e.contains("20mbit"), "{e}");
+        let e = format!("{:#}", with(&["--relay-min-battery", "140"]).unwrap_err());
+        assert!(e.contains("percent from 0 to 100 or `never`"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let conf = d.path().join("node.toml");
+        std::fs::write(
+            &conf,
+            "relay_policy = \"ac\"\nrelay_min_battery = 60\nmax_upload = \"1MB\"\nrelay_idle_percent = 70\n",
+        )
+        .unwrap();
+        let c = conf.to_str().unwrap();
+        let o = with(&["--config", c]).unwrap();
+        assert_eq!(o.relay_policy.unwrap().to_string(), "ac");
+        assert_eq!((o.gate.battery_min, o.gate.idle_min), (Some(60.0), 0.7));
+        assert_eq!(o.max_upload, Some(1024 * 1024));
+        // the command line wins over the file
+        let o = with(&["--config", c, "--relay-policy", "always"]).unwrap();
+        assert_eq!(o.relay_policy.unwrap().to_string(), "always");
+        std::fs::write(&conf, "relay_min_battery = \"never\"\n").unwrap();
+        assert_eq!(with(&["--config", c]).unwrap().gate.battery_min, None);
+        std::fs::write(&conf, "relay_policy = \"idle,25:00-01:00\"\n").unwrap();
+        let e = format!("{:#}", with(&["--config", c]).unwrap_err());
+        assert!(
+            e.contains("config `relay_policy`") && e.contains("bad time `25:00`"),
             "{e}"
         );
     }

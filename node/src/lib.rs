@@ -4,4 +4,6 @@
 pub mod agent;
 pub mod cli;
 pub mod journal;
+pub mod probe;
+pub mod status;
 pub mod store;

@@ -16,6 +16,7 @@
 pub mod admission;
 pub mod chunk;
 pub mod endpoint;
+pub mod gate;
 pub mod id;
 pub mod inbox;
 pub mod keys;
@@ -37,5 +38,6 @@ pub use monitor::{CampaignMonitor, MonitorAction, MonitorConfig, MonitorNote, No
 pub use receiver::{NodeAction, NodeCampaign, NodeConfig, Note, check_offer};
 pub use serve::{RequestId, ServeAction};
 pub use wire::{
-    ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, InstallOutcome, Offer, Phase,
+    ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, Holding, InstallOutcome, Offer, Phase,
+    ProbeState,
 };

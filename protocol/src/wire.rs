@@ -76,6 +76,28 @@ pub enum Phase {
     Failed,
 }
 
+/// Where a node stands in the campaign a [`Control::Probe`] named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeState {
+    #[serde(with = "serde_bytes")]
+    pub campaign: CampaignId,
+    pub holding: Holding,
+}
+
+/// Whether a node holds a campaign, as it answers a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Holding {
+    /// The node does not know the campaign: never offered, or forgotten.
+    No,
+    /// An offer of it is being checked, or its files prepared.
+    Opening,
+    /// The node runs the campaign: its phase and the bytes it verified.
+    Running { phase: Phase, verified: u64 },
+    /// The node finished the campaign (its install report says how).
+    Finished,
+}
+
 /// Control messages. Each is sent as a request; the answer is a [`Control`] too
 /// (`OfferReply`, `ReceiptAck`, `AuthReply`, or `Ack`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,11 +158,20 @@ pub enum Control {
         node: NodeId,
         reason: String,
     },
+    /// Anyone to anyone: are you there? With `campaign`, the NMS also asks where the
+    /// node stands in that campaign (absent on the wire when `None`; an older peer
+    /// ignores it).
     Probe {
         nonce: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+        campaign: Option<CampaignId>,
     },
+    /// The answer to a probe. `state` answers a probe that named a campaign (absent on the
+    /// wire when `None`, as older peers send it).
     ProbeReply {
         nonce: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<ProbeState>,
     },
     Ack,
     /// The receiver could not handle the request.

@@ -20,8 +20,8 @@ use baton_protocol::manifest::{
 };
 use baton_protocol::receiver::check_offer;
 use baton_protocol::wire::{
-    ChunkRequest, ChunkResponse, ChunkStatus, Control, InstallOutcome, Offer, Phase, RefuseReason, Verdict,
-    decode_control, encode_control,
+    ChunkRequest, ChunkResponse, ChunkStatus, Control, Holding, InstallOutcome, Offer, Phase, ProbeState,
+    RefuseReason, Verdict, decode_control, encode_control,
 };
 
 mod targets {
@@ -314,8 +314,40 @@ fn controls() -> Seeds {
     let c = CAMPAIGN;
     let mut msgs: Vec<(String, Control)> = vec![
         ("ack".into(), Control::Ack),
-        ("probe".into(), Control::Probe { nonce: 7 }),
-        ("probe-reply".into(), Control::ProbeReply { nonce: u64::MAX }),
+        (
+            "probe".into(),
+            Control::Probe {
+                nonce: 7,
+                campaign: None,
+            },
+        ),
+        (
+            "probe-reply".into(),
+            Control::ProbeReply {
+                nonce: u64::MAX,
+                state: None,
+            },
+        ),
+        (
+            "probe-campaign".into(),
+            Control::Probe {
+                nonce: 8,
+                campaign: Some(c),
+            },
+        ),
+        (
+            "probe-reply-state".into(),
+            Control::ProbeReply {
+                nonce: 8,
+                state: Some(ProbeState {
+                    campaign: c,
+                    holding: Holding::Running {
+                        phase: Phase::Receiving,
+                        verified: 4096,
+                    },
+                }),
+            },
+        ),
         (
             "offer-reply-accept".into(),
             Control::OfferReply {

@@ -1086,7 +1086,7 @@ fn a_refused_first_tier_offer_is_replanned_to_the_next_head() {
         Control::OfferReply {
             campaign: w.campaign(),
             verdict: Verdict::Refuse {
-                reason: RefuseReason::Untrusted,
+                reason: RefuseReason::Busy,
                 detail: "no".into(),
             },
         },
@@ -1095,9 +1095,41 @@ fn a_refused_first_tier_offer_is_replanned_to_the_next_head() {
     assert!(matches!(&actions[0], MonitorAction::Note(MonitorNote::Failed(n, _)) if *n == id(A)));
     assert_eq!(actions[1..], [first_tier_offer(&w, &[B, N])]);
     assert!(matches!(m.nodes()[&id(A)].status, NodeStatus::Failed(_)));
-    // an unreachable head is re-planned the same way
+    // an undeliverable offer: the rest is re-planned at once, and the head is probed
+    // (not failed: unreachable only if the probes fail too)
     m.send_failed(t(1), id(P), ControlKind::Offer, "connection refused");
-    assert_eq!(drain_monitor(&mut m)[1..], [first_tier_offer(&w, &[Q])]);
+    let actions = drain_monitor(&mut m);
+    assert_eq!(actions[0], first_tier_offer(&w, &[Q]));
+    assert!(matches!(&actions[1], MonitorAction::Note(MonitorNote::Probing(n, _)) if *n == id(P)));
+    assert!(matches!(
+        &actions[2],
+        MonitorAction::Send { to, msg: Control::Probe { campaign: Some(c), .. } } if *to == id(P) && *c == w.campaign()
+    ));
+    assert_eq!(m.nodes()[&id(P)].status, NodeStatus::Waiting);
+}
+
+#[test]
+fn a_head_refusing_as_untrusted_trusts_another_nms_and_is_replanned() {
+    let w = world(&[A, B, N], Transfer::CutThrough, false);
+    let mut m = monitor(&w);
+    drain_monitor(&mut m);
+    m.response(
+        t(1),
+        id(A),
+        Control::OfferReply {
+            campaign: w.campaign(),
+            verdict: Verdict::Refuse {
+                reason: RefuseReason::Untrusted,
+                detail: "not my NMS".into(),
+            },
+        },
+    );
+    let actions = drain_monitor(&mut m);
+    assert!(matches!(&actions[0], MonitorAction::Note(MonitorNote::TrustsOther(n, _)) if *n == id(A)));
+    assert_eq!(actions[1..], [first_tier_offer(&w, &[B])]);
+    assert!(matches!(m.nodes()[&id(A)].status, NodeStatus::TrustsOther(_)));
+    assert_eq!(m.tally().trusts_other, 1);
+    assert_eq!(m.counts(), (0, 0, 3), "not counted as failed");
 }
 
 #[test]

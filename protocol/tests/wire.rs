@@ -11,8 +11,8 @@ use baton_protocol::manifest::{
     HashList, MANIFEST_FORMAT, Manifest, PlanParams, RelayPolicy, RelayWhen, SignedManifest, Transfer,
 };
 use baton_protocol::wire::{
-    ChunkRequest, ChunkResponse, ChunkStatus, Control, InstallOutcome, Offer, Phase, RefuseReason, Verdict,
-    WireError, decode_control, encode_control,
+    ChunkRequest, ChunkResponse, ChunkStatus, Control, Holding, InstallOutcome, Offer, Phase, ProbeState,
+    RefuseReason, Verdict, WireError, decode_control, encode_control,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -202,10 +202,36 @@ fn control() -> impl Strategy<Value = Control> {
             node,
             reason
         }),
-        any::<u64>().prop_map(|nonce| Control::Probe { nonce }),
-        any::<u64>().prop_map(|nonce| Control::ProbeReply { nonce }),
+        (any::<u64>(), proptest::option::of(any::<[u8; 16]>()))
+            .prop_map(|(nonce, campaign)| Control::Probe { nonce, campaign }),
+        (any::<u64>(), proptest::option::of((any::<[u8; 16]>(), holding()))).prop_map(|(nonce, state)| {
+            Control::ProbeReply {
+                nonce,
+                state: state.map(|(campaign, holding)| ProbeState { campaign, holding }),
+            }
+        }),
         Just(Control::Ack),
         text(60).prop_map(|reason| Control::Error { reason }),
+    ]
+}
+
+fn holding() -> impl Strategy<Value = Holding> {
+    prop_oneof![
+        Just(Holding::No),
+        Just(Holding::Opening),
+        Just(Holding::Finished),
+        (
+            prop_oneof![
+                Just(Phase::Receiving),
+                Just(Phase::Verifying),
+                Just(Phase::Authenticating),
+                Just(Phase::Installing),
+                Just(Phase::Installed),
+                Just(Phase::Failed),
+            ],
+            any::<u64>()
+        )
+            .prop_map(|(phase, verified)| Holding::Running { phase, verified }),
     ]
 }
 
@@ -679,7 +705,40 @@ fn control_encodings_are_pinned() {
     let campaign: [u8; 16] = std::array::from_fn(|i| 0xa0 + i as u8);
     let cases: Vec<(Control, &str)> = vec![
         (Control::Ack, "6341636b"),
-        (Control::Probe { nonce: 7 }, "a16550726f6265a1656e6f6e636507"),
+        (
+            Control::Probe {
+                nonce: 7,
+                campaign: None,
+            },
+            "a16550726f6265a1656e6f6e636507",
+        ),
+        (
+            Control::Probe {
+                nonce: 7,
+                campaign: Some(campaign),
+            },
+            "a16550726f6265a2656e6f6e6365076863616d706169676e50a0a1a2a3a4a5a6a7a8a9aaabacadaeaf",
+        ),
+        (
+            Control::ProbeReply {
+                nonce: 7,
+                state: None,
+            },
+            "a16a50726f62655265706c79a1656e6f6e636507",
+        ),
+        (
+            Control::ProbeReply {
+                nonce: 7,
+                state: Some(ProbeState {
+                    campaign,
+                    holding: Holding::Running {
+                        phase: Phase::Receiving,
+                        verified: 4096,
+                    },
+                }),
+            },
+            "a16a50726f62655265706c79a2656e6f6e636507657374617465a26863616d706169676e50a0a1a2a3a4a5a6a7a8a9aaabacadaeaf67686f6c64696e67a16772756e6e696e67a265706861736569726563656976696e67687665726966696564191000",
+        ),
         (
             Control::OfferReply {
                 campaign,
@@ -763,7 +822,13 @@ fn decoders_accept_fields_in_any_order_and_ignore_unknown_ones() {
     b.push(0x65);
     b.extend_from_slice(b"nonce");
     b.push(0x07);
-    assert_eq!(decode_control(&b), Ok(Control::Probe { nonce: 7 }));
+    assert_eq!(
+        decode_control(&b),
+        Ok(Control::Probe {
+            nonce: 7,
+            campaign: None
+        })
+    );
 
     let mut p = vec![0xa1, 0x68];
     p.extend_from_slice(b"Progress");
@@ -844,4 +909,58 @@ fn the_largest_offer_fits() {
         bytes.len()
     );
     assert_eq!(decode_control(&bytes), Ok(offer));
+}
+
+/// The probe's campaign and the reply's state are optional fields added to version 1: a
+/// peer built before them decodes the new messages (it ignores the fields it does not
+/// know), and this build decodes theirs (the fields are absent).
+#[test]
+fn probes_with_campaign_state_stay_decodable_both_ways() {
+    #[derive(Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+    enum OldControl {
+        Probe { nonce: u64 },
+        ProbeReply { nonce: u64 },
+    }
+    let old = |m: &Control| -> OldControl {
+        let b = encode_control(m);
+        ciborium::from_reader(&b[..]).expect("an old peer decodes it")
+    };
+    let campaign = [9u8; 16];
+    assert_eq!(
+        old(&Control::Probe {
+            nonce: 3,
+            campaign: Some(campaign)
+        }),
+        OldControl::Probe { nonce: 3 }
+    );
+    assert_eq!(
+        old(&Control::ProbeReply {
+            nonce: 3,
+            state: Some(ProbeState {
+                campaign,
+                holding: Holding::Finished
+            })
+        }),
+        OldControl::ProbeReply { nonce: 3 }
+    );
+    for (o, new) in [
+        (
+            OldControl::Probe { nonce: 4 },
+            Control::Probe {
+                nonce: 4,
+                campaign: None,
+            },
+        ),
+        (
+            OldControl::ProbeReply { nonce: 4 },
+            Control::ProbeReply {
+                nonce: 4,
+                state: None,
+            },
+        ),
+    ] {
+        let mut b = Vec::new();
+        ciborium::into_writer(&o, &mut b).unwrap();
+        assert_eq!(decode_control(&b), Ok(new));
+    }
 }

@@ -8,8 +8,12 @@
 //! writes its request and shuts its write side; the server reads to end of stream, at most
 //! [`MAX_REQUEST`] bytes within [`TIMEOUT`], then writes the reply (`{"ok": ...}` or
 //! `{"error": "..."}`) and closes. Connections from another user are refused (peer
-//! credentials). The client side is [`call`], blocking, for command-line tools.
-//! Generic over the request and response types: both daemons use it.
+//! credentials), root's too: a daemon run as root is asked by root, one run as a user by
+//! that user, and nobody else (root can get around a socket's mode anyway, but a command
+//! run with sudo against a user's daemon by mistake is told no rather than obeyed). The
+//! client side is [`call`], blocking, for command-line tools. Generic over the request and
+//! response types: `baton-nms` (its operator commands) and `baton-node` (`status`) both
+//! serve theirs here, at [`socket_path`] of their data directory.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -21,6 +25,14 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
+
+/// The socket's file name in a daemon's data directory.
+pub const SOCKET_NAME: &str = "control.sock";
+
+/// Where the daemon with data directory `data_dir` listens.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
 
 /// The largest request the server reads.
 pub const MAX_REQUEST: usize = 64 << 10;

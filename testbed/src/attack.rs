@@ -1120,7 +1120,7 @@ impl MiniNms {
                 campaign,
                 matches: true,
             },
-            Control::Probe { nonce } => Control::ProbeReply { nonce },
+            Control::Probe { nonce, .. } => Control::ProbeReply { nonce, state: None },
             Control::Offer(_) => Control::OfferReply {
                 campaign: [0; 16],
                 verdict: Verdict::Refuse {
@@ -2783,7 +2783,10 @@ async fn probes(ctx: Arc<Ctx>, t: usize, end: Instant) {
     let mut nonce = 0u64;
     while Instant::now() < end {
         nonce += 1;
-        let msg = framed(&encode_control(&Control::Probe { nonce }));
+        let msg = framed(&encode_control(&Control::Probe {
+            nonce,
+            campaign: None,
+        }));
         ctx.hit(
             Who::Observer,
             L_PROBE,

@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use baton_protocol::NodeId;
 
 use crate::bench::parse_size;
 use crate::bench::procs::interrupted;
@@ -45,6 +46,38 @@ pub struct DemoArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Nodes (numbered from 1) whose owners gate relaying: they run `--relay-policy idle`
+    /// with a probe that reads a busy CPU, so they install but serve no one.
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub gated: Vec<usize>,
+}
+
+/// The flags that gate node `i` through a test probe file in its directory (written
+/// here, `busy`): `--relay-policy idle` with a CPU that is never idle.
+pub fn gated_node_args(c: &Cluster, i: usize) -> Result<Vec<String>> {
+    let probe = c.node_dir(i).join("probe");
+    std::fs::create_dir_all(c.node_dir(i))?;
+    std::fs::write(&probe, "busy\n")?;
+    Ok(vec![
+        "--relay-policy".into(),
+        "idle".into(),
+        "--test-probe-file".into(),
+        probe.display().to_string(),
+    ])
+}
+
+/// Bytes the nodes report having fetched from `node` (a campaign summary's per-node
+/// sources).
+pub fn served_bytes(summary: &serde_json::Value, node: &NodeId) -> u64 {
+    let id = node.to_string();
+    summary["per_node"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|n| n["sources"].as_array().into_iter().flatten())
+        .filter(|s| s["from"].as_str() == Some(id.as_str()))
+        .filter_map(|s| s["bytes"].as_u64())
+        .sum()
 }
 
 const PACKAGE: &str = "frobnicator";
@@ -54,6 +87,9 @@ const FILE: &str = "frobnicator-2.4.1.tar.gz";
 pub fn run(args: &DemoArgs) -> Result<()> {
     if args.nodes == 0 || args.nodes > 250 {
         bail!("--nodes must be between 1 and 250");
+    }
+    if let Some(g) = args.gated.iter().find(|&&g| g == 0 || g > args.nodes) {
+        bail!("--gated {g}: nodes are numbered 1 to {}", args.nodes);
     }
     prepare_host("the demo", "demo")?;
     let exe = std::env::current_exe()?;
@@ -78,7 +114,21 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .flat_map(|w| ["--window".to_string(), w.to_string()])
         .collect();
     for i in 1..=args.nodes {
-        c.start_node(i, &node_args)?;
+        let mut a = node_args.clone();
+        if args.gated.contains(&i) {
+            a.extend(gated_node_args(&c, i)?);
+        }
+        c.start_node(i, &a)?;
+    }
+    if !args.gated.is_empty() {
+        println!(
+            "Nodes {} gate relaying (policy idle, their probe reads a busy CPU): they install but serve no one",
+            args.gated
+                .iter()
+                .map(|g| g.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     // the NMS draws its live view on this terminal; its logs stay quiet unless asked for
     let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,mdns_sd=error".into());
@@ -113,6 +163,15 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         &hex::encode(expected)[..16],
         elapsed.as_secs_f64()
     );
+    if let Some(s) = c.summaries().first() {
+        for &g in &args.gated {
+            println!(
+                "gated node {g} ({}) served {} bytes",
+                c.node_ids[g - 1],
+                served_bytes(s, &c.node_ids[g - 1])
+            );
+        }
+    }
     if exact != args.nodes {
         for i in (1..=args.nodes).filter(|&i| c.installed_hash(i, PACKAGE) != Some(expected)) {
             let log = c.log(&format!("node-{i}"));

@@ -41,6 +41,9 @@ const SEED: u64 = 9;
 const SEED_REPLACED: u64 = 10;
 /// Once every campaign reported, how long a follow-up campaign (for a late or lagging
 /// node) may take to appear before the scenario is judged as it stands.
+/// How long after the last survivor's install the dead must be reported (issue 9).
+pub const DEAD_REPORTED_WITHIN: Duration = Duration::from_secs(30);
+
 pub const GRACE: Duration = Duration::from_secs(10);
 /// Loss on every link in the `loss` scenario.
 const LOSS: &str = "5%";
@@ -161,6 +164,8 @@ pub struct Outcome {
     pub nms_copies: Option<f64>,
     /// What the NMS reported, in short.
     pub reported: String,
+    /// Seconds from the last survivor's install to the last dead node's report.
+    pub dead_after: Option<f64>,
     /// Why the scenario failed (empty: it passed).
     pub failures: Vec<String>,
 }
@@ -318,6 +323,7 @@ pub fn run_scenario(s: Scenario, o: &FaultOptions, exe: &Path) -> Outcome {
         secs: None,
         nms_copies: None,
         reported: "-".into(),
+        dead_after: None,
         failures: Vec::new(),
     };
     if let Err(e) = Run::go(s, o, exe, &mut outcome) {
@@ -724,6 +730,7 @@ impl<'a> Run<'a> {
         }
         // statuses from the campaigns of the last drop's content
         let mut status: BTreeMap<usize, (String, String)> = BTreeMap::new();
+        let mut settled_at: BTreeMap<usize, f64> = BTreeMap::new();
         let mut addressed = BTreeSet::new();
         let last: Vec<&CampaignFiles> = cs.iter().filter(|c| c.manifest.root == expected).collect();
         for c in &last {
@@ -745,10 +752,33 @@ impl<'a> Run<'a> {
                     continue;
                 };
                 let st = pn["status"].as_str().unwrap_or("?").to_string();
+                if let Some(t) = pn["secs"].as_f64() {
+                    settled_at.insert(k + 1, t);
+                }
                 let e = status.entry(k + 1).or_default();
                 if e.0 != "installed" {
                     *e = (st, reasons.get(id).cloned().unwrap_or_default());
                 }
+            }
+        }
+        // the dead must be reported soon after the last survivor installed (issue 9's
+        // target: within 30 s)
+        let last_survivor = (1..=n)
+            .filter(|i| self.roles[i - 1] == Role::Survivor)
+            .filter_map(|i| settled_at.get(&i).copied())
+            .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
+        let last_dead = (1..=n)
+            .filter(|i| self.roles[i - 1] == Role::Dead)
+            .filter_map(|i| settled_at.get(&i).copied())
+            .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
+        if let (Some(s), Some(d)) = (last_survivor, last_dead) {
+            out.dead_after = Some(d - s);
+            if d - s > DEAD_REPORTED_WITHIN.as_secs_f64() {
+                out.failures.push(format!(
+                    "the dead were reported {:.1} s after the last survivor installed (at most {} s)",
+                    d - s,
+                    DEAD_REPORTED_WITHIN.as_secs()
+                ));
             }
         }
         // without any report on the last bytes, the line per campaign above says it all
@@ -782,7 +812,7 @@ impl<'a> Run<'a> {
                         format!("{name}, alive, was reported {st}: {why}")
                     });
                 }
-                Role::Dead if st != "installed" && st != "failed" => {
+                Role::Dead if !["installed", "failed", "unreachable"].contains(&st.as_str()) => {
                     out.failures.push(format!(
                         "{name} was never reported{}",
                         if st.is_empty() {
@@ -824,6 +854,9 @@ impl<'a> Run<'a> {
             let done = cs.iter().filter(|c| c.summary.is_some()).count();
             if cs.len() > 1 {
                 r.push_str(&format!("; {done}/{} campaigns reported", cs.len()));
+            }
+            if let Some(d) = out.dead_after {
+                r.push_str(&format!("; dead reported {d:.1} s after the last survivor"));
             }
             r
         };
@@ -896,6 +929,7 @@ mod tests {
             secs,
             nms_copies: Some(1.0),
             reported: "8/8 installed".into(),
+            dead_after: None,
             failures: failures.iter().map(|f| f.to_string()).collect(),
         };
         let t = render(&[

@@ -237,6 +237,7 @@ fn done(m: &Manifest, outcomes: &[(NodeId, NodeStatus)]) -> NmsEvent {
             started: Duration::from_millis(100),
             finished: Duration::from_secs(2),
             bytes_sent: m.size,
+            halted: None,
         },
     }
 }

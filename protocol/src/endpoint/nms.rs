@@ -29,7 +29,7 @@ pub use crate::monitor::CANCELLED;
 use crate::monitor::{CampaignMonitor, MonitorAction, MonitorConfig, MonitorNote, NodeStatus};
 use crate::serve::{RequestId, ServeAction};
 use crate::wire::{
-    ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, PROTOCOL_VERSION, encode_control,
+    ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, PROTOCOL_VERSION, Verdict, encode_control,
 };
 
 #[cfg(test)]
@@ -66,8 +66,71 @@ pub struct NmsConfig {
     pub tags: Vec<String>,
     /// The protocol version nodes must advertise to be addressees.
     pub protocol_version: u32,
-    /// Tunables of each campaign's monitor.
+    /// Tunables of each campaign's monitor (deadlines and probes among them).
     pub monitor: MonitorConfig,
+    /// Halt a campaign for the nodes not yet installed once this many addressees failed or
+    /// are unreachable (`--halt-after`); `None`: never.
+    pub halt_after: Option<FailureThreshold>,
+    /// Unix seconds at the shell's time origin (`now = 0`): wall-clock time is this plus
+    /// `now`. Used to offer a returning node only campaigns that have not expired.
+    pub unix_origin: u64,
+}
+
+/// When a campaign halts: a count or a percentage of its addressees that failed or are
+/// unreachable. Written `10` or `10%`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureThreshold {
+    /// At least this many addressees (at least 1).
+    Count(usize),
+    /// At least this percentage of the addressees (1 to 100), rounded up to whole nodes.
+    Percent(u8),
+}
+
+impl FailureThreshold {
+    /// True when `bad` of `total` addressees reach the threshold.
+    pub fn reached(&self, bad: usize, total: usize) -> bool {
+        bad > 0
+            && match *self {
+                FailureThreshold::Count(n) => bad >= n,
+                FailureThreshold::Percent(p) => bad * 100 >= usize::from(p) * total,
+            }
+    }
+}
+
+impl std::fmt::Display for FailureThreshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureThreshold::Count(n) => write!(f, "{n}"),
+            FailureThreshold::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl std::str::FromStr for FailureThreshold {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let bad = || {
+            format!(
+                "{s:?} is not a failure threshold: give a number of nodes (e.g. 3) or a percentage \
+                 of the addressees from 1% to 100% (e.g. 10%)"
+            )
+        };
+        if let Some(p) = t.strip_suffix('%') {
+            let p: u8 = p.trim().parse().map_err(|_| bad())?;
+            if !(1..=100).contains(&p) {
+                return Err(bad());
+            }
+            Ok(FailureThreshold::Percent(p))
+        } else {
+            let n: usize = t.parse().map_err(|_| bad())?;
+            if n == 0 {
+                return Err(bad());
+            }
+            Ok(FailureThreshold::Count(n))
+        }
+    }
 }
 
 impl Default for NmsConfig {
@@ -79,6 +142,8 @@ impl Default for NmsConfig {
             tags: Vec::new(),
             protocol_version: PROTOCOL_VERSION,
             monitor: MonitorConfig::default(),
+            halt_after: None,
+            unix_origin: 0,
         }
     }
 }
@@ -301,6 +366,45 @@ pub enum NmsEvent {
         /// Why.
         reason: String,
     },
+    /// The NMS probes a node: its deadline passed, a relay reported it, or an offer to it
+    /// could not be delivered.
+    NodeProbing {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The node.
+        node: NodeId,
+        /// Why.
+        why: String,
+    },
+    /// A node did not answer the probes: unreachable (not failed for good: it is offered
+    /// the campaign again when discovery sees it again); the part of the list it had not
+    /// served was re-planned.
+    NodeUnreachable {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// A node refused an offer as untrusted: it trusts another NMS, and is not an
+    /// addressee of later campaigns until it accepts an offer again or re-appears.
+    NodeTrustsOtherNms {
+        /// The campaign it refused.
+        campaign: CampaignId,
+        /// The node.
+        node: NodeId,
+        /// Its refusal.
+        detail: String,
+    },
+    /// The campaign reached the failure threshold and was halted for every node not yet
+    /// installed (or installing).
+    CampaignHalted {
+        /// The campaign.
+        campaign: CampaignId,
+        /// Why, with the counts and the threshold.
+        reason: String,
+    },
     /// A node's rolling code was refused.
     AuthRefused {
         /// The campaign.
@@ -310,7 +414,8 @@ pub enum NmsEvent {
         /// Why.
         reason: String,
     },
-    /// Every addressee reached a final state.
+    /// Every addressee settled (installed, failed, halted, refusing or unreachable). Said
+    /// again, with the new summary, when a node that had come back settles again.
     CampaignDone {
         /// The summary.
         summary: CampaignSummary,
@@ -347,6 +452,8 @@ pub struct CampaignSummary {
     pub nodes: Vec<NodeOutcome>,
     /// Addressees that installed.
     pub installed: usize,
+    /// Why the campaign was halted, if it was.
+    pub halted: Option<String>,
     /// When the drop was reported ready.
     pub dropped_at: Duration,
     /// When the campaign started.
@@ -371,6 +478,14 @@ impl CampaignSummary {
         })
     }
 
+    /// The addressees that were unreachable at the end, with the reasons.
+    pub fn unreachable(&self) -> impl Iterator<Item = (&NodeId, &str)> {
+        self.nodes.iter().filter_map(|o| match &o.status {
+            NodeStatus::Unreachable(r) => Some((&o.node, r.as_str())),
+            _ => None,
+        })
+    }
+
     /// True when every addressee installed.
     pub fn all_installed(&self) -> bool {
         self.installed == self.nodes.len()
@@ -387,12 +502,12 @@ pub enum OperatorRefusal {
     #[error("campaign {0} has already ended; there is nothing to cancel")]
     Ended(String),
     /// Resume: it runs.
-    #[error("campaign {0} is running; only a cancelled campaign can be resumed")]
+    #[error("campaign {0} is running; only a cancelled or halted campaign can be resumed")]
     Running(String),
-    /// Resume: it ended by itself, without a node cancelled.
+    /// Resume: it ended by itself, without a node halted (by a cancel or the threshold).
     #[error(
-        "campaign {0} ended without being cancelled, so there is nothing to resume; to distribute \
-         its package again, drop the file again"
+        "campaign {0} ended without being cancelled or halted, so there is nothing to resume; to \
+         distribute its package again, drop the file again"
     )]
     NotCancelled(String),
     /// Resume: its manifest expired; nodes would refuse it.
@@ -450,10 +565,15 @@ pub struct NmsEndpoint {
     pending: VecDeque<PendingDrop>,
     preparing: Option<PendingDrop>,
     campaigns: HashMap<CampaignId, Campaign>,
+    /// Nodes that refused an offer as untrusted (they trust another NMS), with the refusal:
+    /// not addressed until they accept an offer again or re-appear.
+    trusts_other: BTreeMap<NodeId, String>,
     /// Chunk requests in flight, by the id the endpoint gave them.
     chunk_requests: HashMap<RequestId, CampaignId>,
     /// Control requests sent, awaiting a response or a failure.
-    sent: HashMap<OutboundId, (CampaignId, NodeId, ControlKind)>,
+    /// With the probe's nonce, for a probe (so that a late failure of an older probe is
+    /// not taken for the current one's).
+    sent: HashMap<OutboundId, (CampaignId, NodeId, ControlKind, Option<u64>)>,
     next_request: u64,
     next_outbound: u64,
     timers: Timers<Timer>,
@@ -471,6 +591,7 @@ impl NmsEndpoint {
             pending: VecDeque::new(),
             preparing: None,
             campaigns: HashMap::new(),
+            trusts_other: BTreeMap::new(),
             chunk_requests: HashMap::new(),
             sent: HashMap::new(),
             next_request: 0,
@@ -548,9 +669,16 @@ impl NmsEndpoint {
             }
             NmsInput::ControlRequest { from, msg } => Some(self.control_request(now, from, msg)),
             NmsInput::ControlResponse { id, msg } => {
-                if let Some((c, to, _)) = self.sent.remove(&id)
+                if let Some((c, to, ..)) = self.sent.remove(&id)
                     && let Some(k) = self.campaigns.get_mut(&c)
                 {
+                    if let Control::OfferReply {
+                        verdict: Verdict::Accept,
+                        ..
+                    } = &msg
+                    {
+                        self.trusts_other.remove(&to);
+                    }
                     k.monitor.response(now, to, msg);
                     self.progress(c, to);
                     self.drain(now, c);
@@ -558,10 +686,13 @@ impl NmsEndpoint {
                 None
             }
             NmsInput::SendFailed { id, reason } => {
-                if let Some((c, to, kind)) = self.sent.remove(&id)
+                if let Some((c, to, kind, probe)) = self.sent.remove(&id)
                     && let Some(k) = self.campaigns.get_mut(&c)
                 {
-                    k.monitor.send_failed(now, to, kind, &reason);
+                    match probe {
+                        Some(nonce) => k.monitor.probe_send_failed(now, to, nonce, &reason),
+                        None => k.monitor.send_failed(now, to, kind, &reason),
+                    }
                     self.progress(c, to);
                     self.drain(now, c);
                 }
@@ -590,11 +721,11 @@ impl NmsEndpoint {
     }
 
     /// The nodes that would be addressees now: present, of role node, of this protocol
-    /// version, with every configured tag; sorted.
+    /// version, with every configured tag, and not known to trust another NMS; sorted.
     pub fn eligible(&self) -> Vec<NodeId> {
         self.fleet
             .iter()
-            .filter(|(_, p)| self.is_eligible(p))
+            .filter(|(id, p)| self.is_eligible(p) && !self.trusts_other.contains_key(id))
             .map(|(id, _)| *id)
             .collect()
     }
@@ -641,10 +772,12 @@ impl NmsEndpoint {
         true
     }
 
-    /// The operator cancels campaign `c`: the NMS stops offering, serving and
-    /// authenticating it, every addressee not yet final fails with [`CANCELLED`], and the
-    /// campaign ends with its summary ([`NmsAction::CampaignFinished`],
-    /// [`NmsEvent::CampaignDone`]). Returns the addressees cancelled.
+    /// The operator cancels campaign `c`: it is halted with the reason [`CANCELLED`]
+    /// ([`CampaignMonitor::cancel`]: the NMS stops offering, serving and authenticating
+    /// it, every addressee not installed or installing becomes halted), and once the
+    /// nodes already installing are done it ends with its summary
+    /// ([`NmsAction::CampaignFinished`], [`NmsEvent::CampaignDone`]). Returns the
+    /// addressees halted.
     pub fn cancel(&mut self, now: Duration, c: &CampaignId) -> Result<Vec<NodeId>, OperatorRefusal> {
         let k = self
             .campaigns
@@ -663,10 +796,12 @@ impl NmsEndpoint {
         Ok(cancelled)
     }
 
-    /// The operator resumes campaign `c`, cancelled in this process: unless its manifest
-    /// expired (`unix_now` is the wall clock in seconds), its cancelled addressees wait
-    /// again and the first-tier parts holding them are offered again
-    /// ([`CampaignMonitor::reopen`]). Returns the addressees reopened.
+    /// The operator resumes campaign `c`, halted in this process (cancelled, or halted by
+    /// `--halt-after`): unless its manifest expired (`unix_now` is the wall clock in
+    /// seconds), its halted addressees wait again and are offered again
+    /// ([`CampaignMonitor::resume_halted`]). The failure threshold still counts the
+    /// failures from before: the next failure or unreachable node halts it again. Returns
+    /// the addressees reopened.
     pub fn resume(
         &mut self,
         now: Duration,
@@ -677,7 +812,7 @@ impl NmsEndpoint {
             .campaigns
             .get_mut(c)
             .ok_or_else(|| OperatorRefusal::NotHeld(hex(c)))?;
-        if !k.monitor.is_cancelled() {
+        if k.monitor.halted().is_none() {
             return Err(if k.finished {
                 OperatorRefusal::NotCancelled(hex(c))
             } else {
@@ -687,7 +822,7 @@ impl NmsEndpoint {
         if k.monitor.manifest().expires_at <= unix_now {
             return Err(OperatorRefusal::Expired(hex(c)));
         }
-        let reopened = k.monitor.reopen();
+        let reopened = k.monitor.resume_halted(now);
         k.finished = k.monitor.is_done();
         for n in &reopened {
             self.progress(*c, *n);
@@ -698,9 +833,9 @@ impl NmsEndpoint {
         Ok(reopened)
     }
 
-    /// The operator resumes a campaign cancelled before this NMS started, from what the
-    /// shell saved (as [`NmsEndpoint::restore`]): refused if held already, expired, or
-    /// without a cancelled addressee; else it runs again as [`NmsEndpoint::resume`] would
+    /// The operator resumes a campaign halted (cancelled, or by `--halt-after`) before this
+    /// NMS started, from what the shell saved (as [`NmsEndpoint::restore`]): refused if
+    /// expired or without a halted addressee; else it runs again as [`NmsEndpoint::resume`] would
     /// have it, announced with [`NmsEvent::CampaignStarted`].
     #[allow(clippy::too_many_arguments)]
     pub fn resume_saved(
@@ -720,7 +855,7 @@ impl NmsEndpoint {
         if manifest.expires_at <= unix_now {
             return Err(OperatorRefusal::Expired(hex(&c)));
         }
-        let (monitor, reopened) = CampaignMonitor::resume_cancelled(
+        let (monitor, reopened) = CampaignMonitor::resume_saved_halted(
             now,
             manifest.clone(),
             signed,
@@ -752,6 +887,12 @@ impl NmsEndpoint {
         #[cfg(test)]
         self.check_invariants();
         Ok(reopened)
+    }
+
+    /// Nodes known to trust another NMS (they refused an offer as untrusted), with their
+    /// refusal: not addressed until they accept an offer again or re-appear after leaving.
+    pub fn trusting_other(&self) -> &BTreeMap<NodeId, String> {
+        &self.trusts_other
     }
 
     /// Drops waiting for the fleet, plus the one being prepared.
@@ -787,6 +928,13 @@ impl NmsEndpoint {
                 self.events.push_back(NmsEvent::NodeIncompatible { id, version });
             }
         }
+        if compatible && before.as_ref().is_none_or(|p| !p.present) {
+            // it re-appeared: it announces itself anew, perhaps with another trust
+            self.trusts_other.remove(&id);
+        }
+        if compatible {
+            self.node_returned(now, id);
+        }
         if compatible != was_compatible_present {
             self.last_change = now;
             if compatible {
@@ -797,6 +945,31 @@ impl NmsEndpoint {
             }
         }
         self.try_start(now);
+    }
+
+    /// Discovery sees `id`: every unexpired campaign that found it unreachable offers it
+    /// the campaign again (a direct offer with a one-node part).
+    fn node_returned(&mut self, now: Duration, id: NodeId) {
+        let unix_now = self.cfg.unix_origin.saturating_add(now.as_secs());
+        let mut cs: Vec<CampaignId> = self
+            .campaigns
+            .iter()
+            .filter(|(_, k)| {
+                k.monitor.manifest().expires_at > unix_now
+                    && matches!(
+                        k.monitor.nodes().get(&id).map(|v| &v.status),
+                        Some(NodeStatus::Unreachable(_))
+                    )
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        cs.sort();
+        for c in cs {
+            let k = self.campaigns.get_mut(&c).expect("listed");
+            if k.monitor.returned(now, id) {
+                self.drain(now, c);
+            }
+        }
     }
 
     fn take_preparing(&mut self, drop_id: DropId) -> Option<PendingDrop> {
@@ -917,9 +1090,16 @@ impl NmsEndpoint {
     fn control_request(&mut self, now: Duration, from: NodeId, msg: Control) -> RequestId {
         let req = self.request_id();
         let answer = match &msg {
-            Control::Probe { nonce } => Control::ProbeReply { nonce: *nonce },
+            Control::Probe { nonce, .. } => Control::ProbeReply {
+                nonce: *nonce,
+                state: None,
+            },
             other => match other.campaign().copied() {
                 Some(c) if self.campaigns.contains_key(&c) => {
+                    if matches!(other, Control::Progress { .. }) {
+                        // running a campaign of ours: it took an offer, so it trusts us
+                        self.trusts_other.remove(&from);
+                    }
                     let k = self.campaigns.get_mut(&c).expect("checked");
                     let a = k.monitor.request(now, from, other);
                     k.bytes_sent += encode_control(&a).len() as u64;
@@ -1003,6 +1183,7 @@ impl NmsEndpoint {
     /// its timer.
     fn drain(&mut self, now: Duration, c: CampaignId) {
         let mut done = false;
+        let mut bad_news = false;
         while let Some(k) = self.campaigns.get_mut(&c)
             && let Some(a) = k.monitor.poll_action()
         {
@@ -1011,7 +1192,11 @@ impl NmsEndpoint {
                     k.bytes_sent += encode_control(&msg).len() as u64;
                     self.next_outbound += 1;
                     let id = OutboundId(self.next_outbound);
-                    self.sent.insert(id, (c, to, msg.kind()));
+                    let probe = match &msg {
+                        Control::Probe { nonce, .. } => Some(*nonce),
+                        _ => None,
+                    };
+                    self.sent.insert(id, (c, to, msg.kind(), probe));
                     self.actions.push_back(NmsAction::SendControl { id, to, msg });
                 }
                 MonitorAction::Serve(ServeAction::SendChunk { req, index, key, .. }) => {
@@ -1044,18 +1229,49 @@ impl NmsEndpoint {
                     MonitorNote::Installed(node) => self
                         .events
                         .push_back(NmsEvent::NodeInstalled { campaign: c, node }),
-                    MonitorNote::Failed(node, reason) => self.events.push_back(NmsEvent::NodeFailed {
-                        campaign: c,
-                        node,
-                        reason,
-                    }),
+                    MonitorNote::Failed(node, reason) => {
+                        bad_news = true;
+                        self.events.push_back(NmsEvent::NodeFailed {
+                            campaign: c,
+                            node,
+                            reason,
+                        })
+                    }
                     MonitorNote::AuthRefused(node, reason) => self.events.push_back(NmsEvent::AuthRefused {
                         campaign: c,
                         node,
                         reason,
                     }),
+                    MonitorNote::Probing(node, why) => self.events.push_back(NmsEvent::NodeProbing {
+                        campaign: c,
+                        node,
+                        why,
+                    }),
+                    MonitorNote::Unreachable(node, reason) => {
+                        bad_news = true;
+                        self.events.push_back(NmsEvent::NodeUnreachable {
+                            campaign: c,
+                            node,
+                            reason,
+                        })
+                    }
+                    MonitorNote::TrustsOther(node, detail) => {
+                        self.trusts_other.insert(node, detail.clone());
+                        self.events.push_back(NmsEvent::NodeTrustsOtherNms {
+                            campaign: c,
+                            node,
+                            detail,
+                        });
+                    }
+                    MonitorNote::Halted(reason) => self
+                        .events
+                        .push_back(NmsEvent::CampaignHalted { campaign: c, reason }),
                     MonitorNote::Done => done = true,
                 },
+            }
+            if std::mem::take(&mut bad_news) {
+                // a halt's own actions and notes follow in this loop
+                self.check_threshold(now, c);
             }
         }
         if done {
@@ -1067,13 +1283,35 @@ impl NmsEndpoint {
         }
     }
 
+    /// Halts campaign `c` if its failures reached `--halt-after`.
+    fn check_threshold(&mut self, now: Duration, c: CampaignId) {
+        let Some(t) = self.cfg.halt_after else {
+            return;
+        };
+        let Some(k) = self.campaigns.get_mut(&c) else {
+            return;
+        };
+        if k.monitor.halted().is_some() {
+            return;
+        }
+        let n = k.monitor.tally();
+        let bad = n.failed + n.unreachable;
+        if !t.reached(bad, n.total) {
+            return;
+        }
+        let reason = format!(
+            "{bad} of {} addressees failed or are unreachable ({} failed, {} unreachable), at the \
+             threshold --halt-after {t}; nodes not yet installed stop here",
+            n.total, n.failed, n.unreachable
+        );
+        k.monitor.halt(now, reason);
+    }
+
+    /// Reports campaign `c`'s summary (again, if a node that had come back settled again).
     fn finish(&mut self, now: Duration, c: CampaignId) {
         let Some(k) = self.campaigns.get_mut(&c) else {
             return;
         };
-        if k.finished {
-            return;
-        }
         k.finished = true;
         let m = k.monitor.manifest();
         let started = k.monitor.started();
@@ -1098,6 +1336,7 @@ impl NmsEndpoint {
             size: m.size,
             nodes,
             installed: k.monitor.counts().0,
+            halted: k.monitor.halted().map(str::to_string),
             dropped_at: k.dropped_at,
             started,
             finished: k.monitor.finished_at().unwrap_or(now),
@@ -1148,6 +1387,15 @@ impl NmsEndpoint {
             assert!(
                 self.timers.get(Timer::DiscoveryTimeout).is_none(),
                 "discovery timer without a waiting drop"
+            );
+        }
+        for k in self.campaigns.values() {
+            k.monitor.check_invariants();
+        }
+        for id in self.eligible() {
+            assert!(
+                !self.trusts_other.contains_key(&id),
+                "{id} trusts another NMS but is eligible"
             );
         }
         for (c, k) in &self.campaigns {

@@ -32,14 +32,15 @@ use std::time::Duration;
 use crate::admission::{AdmissionContext, Admitted, OpenedOffer, admit};
 use crate::chunk::{ChunkSet, Hash};
 use crate::endpoint::timer::Timers;
+use crate::gate::{Gating, Policy, Readings, Thresholds};
 use crate::id::NodeId;
 use crate::keys::ChunkKey;
 use crate::manifest::{CampaignId, Manifest};
 use crate::receiver::{NodeAction, NodeCampaign, NodeConfig, Note, Refusal, backoff};
 use crate::serve::{RequestId, ServeAction};
 use crate::wire::{
-    ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, InstallOutcome, Offer, Phase,
-    RefuseReason, Verdict,
+    ChunkRequest, ChunkResponse, ChunkStatus, Control, ControlKind, Holding, InstallOutcome, Offer, Phase,
+    ProbeState, RefuseReason, Verdict,
 };
 
 /// Tunables of a node endpoint.
@@ -73,6 +74,10 @@ pub struct Config {
     pub send_retry_base: Duration,
     /// Longest pause between two attempts of a one-shot message.
     pub send_retry_max: Duration,
+    /// The owner's relay policy (`--relay-policy`); `None`: each campaign's manifest.
+    pub relay_policy: Option<Policy>,
+    /// The owner's gating thresholds.
+    pub gate: Thresholds,
 }
 
 impl Default for Config {
@@ -90,6 +95,8 @@ impl Default for Config {
             send_attempts: 5,
             send_retry_base: Duration::from_secs(2),
             send_retry_max: Duration::from_secs(16),
+            relay_policy: None,
+            gate: Thresholds::default(),
         }
     }
 }
@@ -320,6 +327,8 @@ pub enum Input {
     /// This peer advertises itself as an NMS (discovery, identify). It trusts nothing by
     /// itself: it makes the peer a candidate for trust on first use.
     PeerHeardAsNms(NodeId),
+    /// The activity probe's readings (every few seconds): relay gates open or close.
+    Readings(Readings),
 }
 
 /// What the shell must do, drained with [`NodeEndpoint::poll_action`].
@@ -558,6 +567,18 @@ pub enum Event {
         /// Faults seen from sources.
         faults: u32,
     },
+    /// Relaying under `policy` opened or closed (or a campaign starts gated): the
+    /// campaigns that follow it serve others again, or answer `Gated`.
+    Gate {
+        /// The policy.
+        policy: Policy,
+        /// Relaying allowed now.
+        open: bool,
+        /// Why, for the owner.
+        reason: String,
+        /// The running campaigns that follow it.
+        campaigns: Vec<CampaignId>,
+    },
 }
 
 /// The endpoint's named deadlines; [`NodeEndpoint::poll_timeout`] is the earliest.
@@ -679,6 +700,8 @@ pub struct NodeEndpoint {
     finished_any: bool,
     /// The latest time seen (wall-clock time is [`Config::unix_origin`] plus this).
     last_now: Duration,
+    /// Relay gates (the owner's policy and those of running campaigns).
+    gating: Gating,
 }
 
 impl NodeEndpoint {
@@ -686,6 +709,7 @@ impl NodeEndpoint {
     /// journal shows unfinished are resumed (their offers opened again); the working
     /// files of finished or unreadable ones are forgotten. Drain the actions after this.
     pub fn new(now: Duration, me: NodeId, cfg: Config, start: Start) -> Self {
+        let gating = Gating::new(cfg.gate.clone(), cfg.relay_policy);
         let mut e = NodeEndpoint {
             cfg,
             me,
@@ -709,7 +733,11 @@ impl NodeEndpoint {
             events: VecDeque::new(),
             finished_any: false,
             last_now: now,
+            gating,
         };
+        if let Some(p) = e.cfg.relay_policy {
+            e.gating.gate(now, p);
+        }
         for p in start.installed {
             e.packages.insert(
                 p.name,
@@ -929,6 +957,51 @@ impl NodeEndpoint {
                     self.events.push_back(Event::HeardNms { peer });
                 }
             }
+            Input::Readings(r) => self.on_readings(now, r),
+        }
+    }
+
+    /// The relay gates: the owner's policy, readings, conditions, and every gate in use.
+    pub fn gating(&self) -> &Gating {
+        &self.gating
+    }
+
+    /// The running campaigns.
+    pub fn campaign_ids(&self) -> Vec<CampaignId> {
+        let mut v: Vec<CampaignId> = self.campaigns.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// The relay policy campaign `c` follows (the owner's, else its manifest's).
+    pub fn relay_policy(&self, c: &CampaignId) -> Option<Policy> {
+        let h = self.campaigns.get(c)?;
+        Some(self.gating.effective(&h.machine.manifest().relay))
+    }
+
+    fn following(&self, p: Policy) -> Vec<CampaignId> {
+        let mut v: Vec<CampaignId> = self
+            .campaigns
+            .iter()
+            .filter(|(_, h)| self.gating.effective(&h.machine.manifest().relay) == p)
+            .map(|(c, _)| *c)
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn on_readings(&mut self, now: Duration, r: Readings) {
+        for ch in self.gating.update(now, r) {
+            let campaigns = self.following(ch.policy);
+            for c in &campaigns {
+                self.with(now, *c, |m| m.set_gated(now, !ch.open));
+            }
+            self.events.push_back(Event::Gate {
+                policy: ch.policy,
+                open: ch.open,
+                reason: ch.reason,
+                campaigns,
+            });
         }
     }
 
@@ -1070,10 +1143,32 @@ impl NodeEndpoint {
         }
     }
 
+    /// Where this node stands in campaign `c`, for a probe's answer.
+    fn holding(&self, c: &CampaignId) -> Holding {
+        if let Some(h) = self.campaigns.get(c) {
+            Holding::Running {
+                phase: h.machine.phase(),
+                verified: h.machine.verified_bytes(),
+            }
+        } else if self.finished.contains(c) {
+            Holding::Finished
+        } else if self.preparing.contains_key(c) {
+            Holding::Opening
+        } else {
+            Holding::No
+        }
+    }
+
     fn on_control_request(&mut self, now: Duration, from: NodeId, reply: ReplyId, msg: Control) {
         let answer = match msg {
             Control::Offer(offer) => return self.on_offer(from, reply, offer),
-            Control::Probe { nonce } => Control::ProbeReply { nonce },
+            Control::Probe { nonce, campaign } => Control::ProbeReply {
+                nonce,
+                state: campaign.map(|c| ProbeState {
+                    campaign: c,
+                    holding: self.holding(&c),
+                }),
+            },
             other => match other.campaign().copied() {
                 Some(c) if self.campaigns.contains_key(&c) => {
                     let h = self.campaigns.get_mut(&c).expect("held");
@@ -1276,7 +1371,18 @@ impl NodeEndpoint {
 
     /// Holds campaign `c`'s new machine (its acceptance is journaled) and carries out what
     /// it decided.
-    fn hold(&mut self, now: Duration, c: CampaignId, machine: NodeCampaign) {
+    fn hold(&mut self, now: Duration, c: CampaignId, mut machine: NodeCampaign) {
+        let p = self.gating.effective(&machine.manifest().relay);
+        let g = self.gating.gate(now, p);
+        if !g.open {
+            machine.set_gated(now, true);
+            self.events.push_back(Event::Gate {
+                policy: p,
+                open: false,
+                reason: g.reason.clone(),
+                campaigns: vec![c],
+            });
+        }
         self.campaigns.insert(
             c,
             Held {
@@ -1464,6 +1570,12 @@ impl NodeEndpoint {
         });
         self.finished_any = true;
         self.remember_finished(c);
+        let in_use: Vec<Policy> = self
+            .campaigns
+            .values()
+            .map(|h| self.gating.effective(&h.machine.manifest().relay))
+            .collect();
+        self.gating.retain(|p| in_use.contains(p));
     }
 
     fn remember_finished(&mut self, c: CampaignId) {

@@ -131,6 +131,8 @@ struct Shell {
     removed: Vec<(String, u64)>,
     events: Vec<Event>,
     worlds: Vec<World>,
+    /// Chunk answers given and chunk requests not served by the fake shell.
+    chunks: Vec<Action>,
 }
 
 impl Shell {
@@ -149,6 +151,7 @@ impl Shell {
             removed: Vec::new(),
             events: Vec::new(),
             worlds,
+            chunks: Vec::new(),
         };
         s.drain();
         s
@@ -233,18 +236,21 @@ impl Shell {
                         },
                     )
                 }
-                Action::RequestChunk { id, req, .. } => {
+                Action::RequestChunk { id, req, to } => {
                     if self.serve_chunks {
                         let resp = self.world(&req.campaign).sealed(req.index);
                         self.ep.handle(now, Input::ChunkResponse { id, resp });
+                    } else {
+                        self.chunks.push(Action::RequestChunk { id, to, req });
                     }
                 }
+                a @ (Action::SendChunk { .. } | Action::AnswerChunk { .. }) => self.chunks.push(a),
                 Action::SendControl { id, to, msg } => self.sent.push((now, id, to, msg)),
                 Action::Reply { reply, msg } => self.replies.push((reply, msg)),
                 Action::Journal(e) => self.journal.push(e),
                 Action::Forget { campaign } => self.forgotten.push(campaign),
                 Action::RemoveVersion { name, sequence } => self.removed.push((name, sequence)),
-                Action::SendChunk { .. } | Action::AnswerChunk { .. } | Action::Pin { .. } => {}
+                Action::Pin { .. } => {}
             }
             self.ep.check_invariants();
         }
@@ -659,12 +665,57 @@ fn duplicate_offers_busy_offers_and_probes() {
     s.input(Input::ControlRequest {
         from: id(Q),
         reply: ReplyId(5),
-        msg: Control::Probe { nonce: 42 },
+        msg: Control::Probe {
+            nonce: 42,
+            campaign: None,
+        },
     });
     assert_eq!(
         s.replies.last(),
-        Some(&(ReplyId(5), Control::ProbeReply { nonce: 42 }))
+        Some(&(
+            ReplyId(5),
+            Control::ProbeReply {
+                nonce: 42,
+                state: None,
+            }
+        ))
     );
+    // a probe naming a campaign is answered with where the node stands in it
+    let held = s.worlds[0].manifest.campaign;
+    for (reply, campaign, want) in [
+        (
+            7,
+            held,
+            // the fake shell served it every chunk; it waits for the NMS's acknowledgement
+            Holding::Running {
+                phase: Phase::Authenticating,
+                verified: s.worlds[0].manifest.size,
+            },
+        ),
+        (8, [9; 16], Holding::No),
+    ] {
+        s.input(Input::ControlRequest {
+            from: id(Q),
+            reply: ReplyId(reply),
+            msg: Control::Probe {
+                nonce: 43,
+                campaign: Some(campaign),
+            },
+        });
+        assert_eq!(
+            s.replies.last(),
+            Some(&(
+                ReplyId(reply),
+                Control::ProbeReply {
+                    nonce: 43,
+                    state: Some(ProbeState {
+                        campaign,
+                        holding: want
+                    }),
+                }
+            ))
+        );
+    }
     ep.handle(
         t(0),
         Input::ChunkRequest {
@@ -837,3 +888,6 @@ fn an_unfinished_campaign_refused_at_restart_is_reported_failed() {
     assert!(s.ep.campaign(&c).is_none());
     assert_eq!(s.forgotten, vec![c]);
 }
+
+#[path = "node_gate_tests.rs"]
+mod gate;

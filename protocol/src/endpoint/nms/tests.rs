@@ -33,6 +33,8 @@ fn cfg() -> NmsConfig {
         tags: Vec::new(),
         protocol_version: PROTOCOL_VERSION,
         monitor: MonitorConfig::default(),
+        halt_after: None,
+        unix_origin: 0,
     }
 }
 
@@ -54,6 +56,11 @@ fn drop_ready(d: u64) -> NmsInput {
 
 /// A prepared campaign `tag` (its id is `[tag; 16]`) for these addressees.
 fn prepared(d: u64, tag: u8, addressees: &[NodeId]) -> NmsInput {
+    prepared_with(d, tag, addressees, 1)
+}
+
+/// [`prepared`] with a plan of this fanout.
+fn prepared_with(d: u64, tag: u8, addressees: &[NodeId], fanout: u8) -> NmsInput {
     let key = keypair_from_seed(100);
     let data = vec![tag; 10_000];
     let mut h = PackageHasher::new(4096);
@@ -75,7 +82,7 @@ fn prepared(d: u64, tag: u8, addressees: &[NodeId]) -> NmsInput {
         expires_at: 2000,
         relay: RelayPolicy::default(),
         plan: PlanParams {
-            fanout: 1,
+            fanout,
             transfer: Transfer::CutThrough,
         },
         offline_install: false,
@@ -116,6 +123,19 @@ fn offers(a: &[NmsAction]) -> Vec<(OutboundId, NodeId)> {
                 to,
                 msg: Control::Offer(_),
             } => Some((*id, *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn probes(a: &[NmsAction]) -> Vec<(OutboundId, NodeId, u64)> {
+    a.iter()
+        .filter_map(|a| match a {
+            NmsAction::SendControl {
+                id,
+                to,
+                msg: Control::Probe { nonce, .. },
+            } => Some((*id, *to, *nonce)),
             _ => None,
         })
         .collect()
@@ -473,7 +493,8 @@ fn requests_responses_and_failures_reach_the_right_campaign() {
         NodeStatus::Receiving
     );
 
-    // campaign 1's offer could not be delivered
+    // campaign 1's offer could not be delivered: the rest of the list is re-planned at
+    // once, and the node is probed, not failed
     e.handle(
         s(15),
         NmsInput::SendFailed {
@@ -481,12 +502,15 @@ fn requests_responses_and_failures_reach_the_right_campaign() {
             reason: "dial failure".into(),
         },
     );
-    assert!(events(&mut e).iter().any(|v| matches!(
+    let ev = events(&mut e);
+    assert!(ev.iter().any(|v| matches!(
         v,
-        NmsEvent::NodeFailed { campaign, .. } if *campaign == [1; 16]
+        NmsEvent::NodeProbing { campaign, .. } if *campaign == [1; 16]
     )));
+    assert!(!ev.iter().any(|v| matches!(v, NmsEvent::NodeFailed { .. })));
     let a = actions(&mut e);
     assert_eq!(offers(&a).len(), 1, "campaign 1 re-plans too");
+    assert_eq!(probes(&a).len(), 1, "and probes the node");
     // an unknown or already answered send id changes nothing
     e.handle(
         s(15),
@@ -545,7 +569,10 @@ fn unknown_campaigns_are_answered_as_such() {
             s(5),
             NmsInput::ControlRequest {
                 from: id(B),
-                msg: Control::Probe { nonce: 42 },
+                msg: Control::Probe {
+                    nonce: 42,
+                    campaign: None,
+                },
             },
         )
         .unwrap();
@@ -553,7 +580,10 @@ fn unknown_campaigns_are_answered_as_such() {
         actions(&mut e),
         vec![NmsAction::AnswerControl {
             req,
-            msg: Control::ProbeReply { nonce: 42 }
+            msg: Control::ProbeReply {
+                nonce: 42,
+                state: None,
+            }
         }]
     );
     assert!(events(&mut e).is_empty());
@@ -696,7 +726,7 @@ fn chunk_from_a(e: &mut NmsEndpoint, tag: u8) -> Vec<NmsAction> {
 }
 
 #[test]
-fn cancel_stops_offers_chunks_and_authentication_and_ends_the_campaign() {
+fn cancel_halts_stops_offers_and_chunks_and_ends_the_campaign() {
     // fanout 1 over A, B, C: one part [A, B, C] offered to A
     let (mut e, a) = running(&[A, B, C], 7);
     let c = [7; 16];
@@ -715,15 +745,19 @@ fn cancel_stops_offers_chunks_and_authentication_and_ends_the_campaign() {
         .expect("cancel ends the campaign")
         .clone();
     assert_eq!(summary.installed, 1);
-    assert_eq!(
-        summary.failed().collect::<Vec<_>>(),
-        vec![(&id(B), CANCELLED), (&id(C), CANCELLED)]
-    );
+    assert_eq!(summary.halted.as_deref(), Some(CANCELLED));
+    assert_eq!(summary.failed().count(), 0);
     let ev = events(&mut e);
     for n in [B, C] {
         assert!(ev.iter().any(|v| matches!(v,
-            NmsEvent::NodeProgress { node, status: NodeStatus::Failed(r), .. } if *node == id(n) && r == CANCELLED)));
+            NmsEvent::NodeProgress { node, status: NodeStatus::Halted(r), .. } if *node == id(n) && r == CANCELLED)));
+        // no deadline or probe is left for a halted node
+        assert_eq!(e.campaign(&c).unwrap().watch_timer(&id(n)), None);
     }
+    assert!(
+        ev.iter()
+            .any(|v| matches!(v, NmsEvent::CampaignHalted { reason, .. } if reason == CANCELLED))
+    );
     assert!(ev.iter().any(|v| matches!(v, NmsEvent::CampaignDone { .. })));
     // no more chunks, no authentication, no offers (a late failure of A's offer would
     // otherwise pass its part on to B)
@@ -745,8 +779,12 @@ fn cancel_stops_offers_chunks_and_authentication_and_ends_the_campaign() {
             },
         },
     );
-    assert!(matches!(&actions(&mut e)[..],
-        [NmsAction::AnswerControl { msg: Control::Error { reason }, .. }] if reason == CANCELLED));
+    actions(&mut e);
+    assert_eq!(
+        e.campaign(&c).unwrap().nodes()[&id(B)].status,
+        NodeStatus::Halted(CANCELLED.into()),
+        "a report of a halted node changes nothing"
+    );
     e.handle(
         s(6),
         NmsInput::SendFailed {
@@ -829,8 +867,8 @@ fn a_campaign_cancelled_before_a_restart_is_resumed_from_its_saved_state() {
     let mut e = NmsEndpoint::new(s(0), cfg());
     let saved = [
         (id(A), NodeStatus::Installed, 10_000),
-        (id(B), NodeStatus::Failed(CANCELLED.into()), 4096),
-        (id(C), NodeStatus::Failed(CANCELLED.into()), 0),
+        (id(B), NodeStatus::Halted(CANCELLED.into()), 4096),
+        (id(C), NodeStatus::Halted(CANCELLED.into()), 0),
     ];
     let r = e.resume_saved(
         s(1),
@@ -854,7 +892,7 @@ fn a_campaign_cancelled_before_a_restart_is_resumed_from_its_saved_state() {
     let (signed, manifest, secret) = saved_campaign(5, &nodes);
     let all_cancelled: Vec<_> = nodes
         .iter()
-        .map(|n| (*n, NodeStatus::Failed(CANCELLED.into()), 0))
+        .map(|n| (*n, NodeStatus::Halted(CANCELLED.into()), 0))
         .collect();
     let r = e.resume_saved(s(1), DropId(3), signed, manifest, secret, &all_cancelled, 1500);
     assert_eq!(r.unwrap().len(), 3);
@@ -872,4 +910,693 @@ fn a_campaign_cancelled_before_a_restart_is_resumed_from_its_saved_state() {
     let r = e.resume_saved(s(2), DropId(2), signed, manifest, secret, &done, 1500);
     assert_eq!(r, Err(OperatorRefusal::NotCancelled(hex(&[4; 16]))));
     assert!(e.campaign(&[4; 16]).is_none());
+}
+
+/// Oversight: deadlines, probes, re-plans, the failure threshold, returning nodes and
+/// nodes that trust another NMS. Package of 10 000 bytes; deadlines at a floor of
+/// 1000 B/s, slack 2, at least 5 s; probes time out after 2 s, go 1 s after a failure, and
+/// a node is unreachable once a probe fails 3 s or more after the first.
+mod oversight {
+    use super::*;
+    use crate::monitor::Oversight;
+    use crate::wire::{Holding, ProbeState};
+
+    fn ocfg(halt_after: Option<FailureThreshold>) -> NmsConfig {
+        NmsConfig {
+            monitor: MonitorConfig {
+                oversight: Oversight {
+                    floor_rate: 1000,
+                    min_wait: s(5),
+                    slack: 2,
+                    probe_timeout: s(2),
+                    probe_interval: s(1),
+                    probe_window: s(3),
+                    hint_window: s(3),
+                },
+                ..MonitorConfig::default()
+            },
+            halt_after,
+            ..cfg()
+        }
+    }
+
+    /// `nodes` seen at 0, campaign `tag` with this fanout started at 3 s; returns the
+    /// endpoint, the addressees in the manifest's order, and the first actions.
+    fn start(nodes: &[u64], tag: u8, fanout: u8, c: NmsConfig) -> (NmsEndpoint, Vec<NodeId>, Vec<NmsAction>) {
+        let mut e = NmsEndpoint::new(s(0), c);
+        for n in nodes {
+            e.handle(s(0), seen(*n, &[]));
+        }
+        e.handle(s(0), drop_ready(1));
+        let a = run_until(&mut e, s(2));
+        let (d, addressees) = prepares(&a).remove(0);
+        e.handle(s(3), prepared_with(d.0, tag, &addressees, fanout));
+        let a = actions(&mut e);
+        events(&mut e);
+        (e, addressees, a)
+    }
+
+    /// Sends a control request; returns its answer.
+    fn req(e: &mut NmsEndpoint, at: Duration, from: NodeId, msg: Control) -> Control {
+        req_a(e, at, from, msg).0
+    }
+
+    /// Sends a control request; returns its answer and every action that followed.
+    fn req_a(e: &mut NmsEndpoint, at: Duration, from: NodeId, msg: Control) -> (Control, Vec<NmsAction>) {
+        let r = e.handle(at, NmsInput::ControlRequest { from, msg }).unwrap();
+        let a = actions(e);
+        let answer = a
+            .iter()
+            .find_map(|a| match a {
+                NmsAction::AnswerControl { req, msg } if *req == r => Some(msg.clone()),
+                _ => None,
+            })
+            .expect("an answer");
+        (answer, a)
+    }
+
+    fn summary_in(a: &[NmsAction]) -> Option<CampaignSummary> {
+        a.iter().find_map(|a| match a {
+            NmsAction::CampaignFinished { summary } => Some(summary.clone()),
+            _ => None,
+        })
+    }
+
+    fn progress(tag: u8, verified: u64, parent: Option<NodeId>) -> Control {
+        Control::Progress {
+            campaign: [tag; 16],
+            phase: Phase::Receiving,
+            verified,
+            source: parent,
+            parent,
+        }
+    }
+
+    fn accept(tag: u8) -> Control {
+        Control::OfferReply {
+            campaign: [tag; 16],
+            verdict: Verdict::Accept,
+        }
+    }
+
+    fn status(e: &NmsEndpoint, tag: u8, n: NodeId) -> NodeStatus {
+        e.campaign(&[tag; 16]).unwrap().nodes()[&n].status.clone()
+    }
+
+    /// Offers in `a` as (send id, to, part, path).
+    fn offers_full(a: &[NmsAction]) -> Vec<(OutboundId, NodeId, Vec<NodeId>, Vec<NodeId>)> {
+        a.iter()
+            .filter_map(|a| match a {
+                NmsAction::SendControl {
+                    id,
+                    to,
+                    msg: Control::Offer(o),
+                } => Some((*id, *to, o.part.clone(), o.path.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Fails every probe to `n` as the shell would (dial failure) until no timer is
+    /// left before `until`; returns all actions.
+    fn fail_probes_to(e: &mut NmsEndpoint, n: NodeId, until: Duration) -> Vec<NmsAction> {
+        let mut all = Vec::new();
+        while let Some(t) = e.poll_timeout().filter(|t| *t <= until) {
+            e.handle(t, NmsInput::Timeout);
+            let a = actions(e);
+            for (id, to, _) in probes(&a) {
+                if to == n {
+                    e.handle(
+                        t,
+                        NmsInput::SendFailed {
+                            id,
+                            reason: "connection refused".into(),
+                        },
+                    );
+                    all.extend(actions(e));
+                }
+            }
+            all.extend(a);
+        }
+        all
+    }
+
+    /// A relay dies after its first report: nobody changes until its deadline; then it is
+    /// probed 4 times (at 0, 1, 2 and 3 s), marked unreachable with the reason, and the part it had not served
+    /// (a child never heard from) is offered by the NMS itself; the child it had served is
+    /// left alone; the campaign ends with the relay unreachable.
+    #[test]
+    fn a_silent_relay_is_probed_at_its_deadline_then_unreachable_and_its_unserved_part_replanned() {
+        let (mut e, list, a) = start(&[A, B, C, D, E], 1, 2, ocfg(None));
+        // fanout 2: [n0 n1 n2] and [n3 n4]; n0 offers n1 and n2
+        let [n0, n1, n2, n3, n4] = list[..] else {
+            panic!("five addressees")
+        };
+        let firsts = offers_full(&a);
+        assert_eq!(
+            firsts.iter().map(|o| (o.1, o.2.clone())).collect::<Vec<_>>(),
+            vec![(n0, vec![n0, n1, n2]), (n3, vec![n3, n4])]
+        );
+        for (id, ..) in &firsts {
+            e.handle(
+                s(3),
+                NmsInput::ControlResponse {
+                    id: *id,
+                    msg: accept(1),
+                },
+            );
+        }
+        assert_eq!(req(&mut e, s(4), n0, progress(1, 4096, None)), Control::Ack);
+        req(&mut e, s(4), n1, progress(1, 0, Some(n0)));
+        // n3, n4 and n1 install; n2 never hears from n0
+        for n in [n3, n4, n1] {
+            req(&mut e, s(6), n, report(1, InstallOutcome::Installed));
+        }
+        events(&mut e);
+        // deadline: last heard at 4 s + max(5 s, 2 × 5904 B / 1000 B/s) = 15.808 s
+        let m = e.campaign(&[1; 16]).unwrap();
+        assert_eq!(m.watch_timer(&n0), Some(ms(15_808)));
+        // n2 was never heard: from the start, 3 s + 2 × depth 2 × 10 000 B / 1000 B/s
+        assert_eq!(m.watch_timer(&n2), Some(s(43)));
+        assert!(probes(&run_until(&mut e, ms(15_807))).is_empty());
+        let a = fail_probes_to(&mut e, n0, s(30));
+        let p = probes(&a);
+        assert_eq!(p.len(), 4, "four probes: {p:?}");
+        assert!(p.iter().all(|(_, to, _)| *to == n0));
+        let ev = events(&mut e);
+        assert!(ev.iter().any(|v| matches!(v,
+            NmsEvent::NodeProbing { node, why, .. } if *node == n0 && why.contains("deadline"))));
+        let reason = ev
+            .iter()
+            .find_map(|v| match v {
+                NmsEvent::NodeUnreachable { node, reason, .. } if *node == n0 => Some(reason.clone()),
+                _ => None,
+            })
+            .expect("n0 unreachable");
+        assert!(reason.contains("4 probe(s) failed over 3.0 s"), "{reason}");
+        assert!(matches!(status(&e, 1, n0), NodeStatus::Unreachable(_)));
+        // the part n0 had not served: n2 only (n1 was heard), offered by the NMS
+        let o = offers_full(&a);
+        assert_eq!(
+            o.iter()
+                .map(|o| (o.1, o.2.clone(), o.3.clone()))
+                .collect::<Vec<_>>(),
+            vec![(n2, vec![n2], vec![n2])]
+        );
+        e.handle(
+            s(20),
+            NmsInput::ControlResponse {
+                id: o[0].0,
+                msg: accept(1),
+            },
+        );
+        let (_, a) = req_a(&mut e, s(22), n2, report(1, InstallOutcome::Installed));
+        let summary = summary_in(&a).expect("the campaign ends with n0 unreachable");
+        assert_eq!(summary.installed, 4);
+        assert_eq!(
+            summary.unreachable().map(|(n, _)| *n).collect::<Vec<_>>(),
+            vec![n0]
+        );
+        assert!(e.poll_timeout().is_none(), "nothing left to watch");
+    }
+
+    /// A probe that is answered changes nothing: no offers, the status stays, the bytes
+    /// the node says it verified count, and the next deadline starts from the answer. A
+    /// late failure of an earlier probe is not taken for the current one's.
+    #[test]
+    fn an_answered_probe_changes_nothing_but_the_deadline() {
+        let (mut e, list, a) = start(&[A, B], 2, 1, ocfg(None));
+        let [n0, n1] = list[..] else { panic!() };
+        let (o, _) = offers(&a)[0];
+        e.handle(
+            s(3),
+            NmsInput::ControlResponse {
+                id: o,
+                msg: accept(2),
+            },
+        );
+        req(&mut e, s(4), n0, progress(2, 1000, None));
+        req(&mut e, s(4), n1, progress(2, 0, Some(n0)));
+        req(&mut e, s(20), n1, progress(2, 5000, Some(n0)));
+        events(&mut e);
+        // n0's deadline: 4 s + 2 × 9000 B / 1000 B/s; n1's: 20 s + 2 × 5000 B / 1000 B/s
+        assert_eq!(e.campaign(&[2; 16]).unwrap().watch_timer(&n1), Some(s(30)));
+        let a = run_until(&mut e, s(22));
+        let p = probes(&a);
+        assert_eq!(p.iter().map(|p| p.1).collect::<Vec<_>>(), vec![n0]);
+        let (first, ..) = p[0];
+        // the first probe times out at 24 s, the second goes 1 s later
+        assert!(probes(&run_until(&mut e, s(24))).is_empty());
+        let a = run_until(&mut e, s(25));
+        let p = probes(&a);
+        assert_eq!(p.iter().map(|p| p.1).collect::<Vec<_>>(), vec![n0]);
+        let (id, _, nonce) = p[0];
+        // the shell reports the first probe failed only now: the second is still out
+        e.handle(
+            ms(25_200),
+            NmsInput::SendFailed {
+                id: first,
+                reason: "timed out".into(),
+            },
+        );
+        assert_eq!(e.campaign(&[2; 16]).unwrap().watch_timer(&n0), Some(s(27)));
+        e.handle(
+            ms(25_500),
+            NmsInput::ControlResponse {
+                id,
+                msg: Control::ProbeReply {
+                    nonce,
+                    state: Some(ProbeState {
+                        campaign: [2; 16],
+                        holding: Holding::Running {
+                            phase: Phase::Receiving,
+                            verified: 8000,
+                        },
+                    }),
+                },
+            },
+        );
+        let a = actions(&mut e);
+        assert!(offers(&a).is_empty() && probes(&a).is_empty(), "{a:?}");
+        let m = e.campaign(&[2; 16]).unwrap();
+        assert!(!m.probing(&n0));
+        assert_eq!(m.nodes()[&n0].status, NodeStatus::Receiving);
+        assert_eq!(m.nodes()[&n0].verified, 8000);
+        // 25.5 s + max(5 s, 2 × 2000 B / 1000 B/s)
+        assert_eq!(m.watch_timer(&n0), Some(ms(30_500)));
+        assert!(
+            !events(&mut e)
+                .iter()
+                .any(|v| matches!(v, NmsEvent::NodeUnreachable { .. } | NmsEvent::NodeFailed { .. }))
+        );
+        // n1, still sending progress, was never probed
+        req(&mut e, s(26), n1, progress(2, 6000, Some(n0)));
+        assert!(!e.campaign(&[2; 16]).unwrap().probing(&n1));
+    }
+
+    /// Defect (issue 9): a relay's report about a child marked the child failed at once,
+    /// and 3 of 8 healthy nodes were once failed that way. Now it is a hint: the NMS
+    /// probes the child; a healthy child stays, and is offered the campaign directly if it
+    /// does not hold it (its relay re-planned the rest of its part, so it gets a one-node
+    /// part); it then installs.
+    #[test]
+    fn a_trouble_report_is_checked_by_probing_and_a_healthy_child_stays() {
+        let (mut e, list, a) = start(&[A, B, C], 3, 1, ocfg(None));
+        let [n0, n1, n2] = list[..] else { panic!() };
+        let (o, _) = offers(&a)[0];
+        e.handle(
+            s(3),
+            NmsInput::ControlResponse {
+                id: o,
+                msg: accept(3),
+            },
+        );
+        let (answer, a) = req_a(
+            &mut e,
+            s(4),
+            n0,
+            Control::Trouble {
+                campaign: [3; 16],
+                node: n1,
+                reason: "unreachable: timed out".into(),
+            },
+        );
+        assert_eq!(answer, Control::Ack);
+        assert_eq!(status(&e, 3, n1), NodeStatus::Waiting, "a hint, not a verdict");
+        let ev = events(&mut e);
+        assert!(!ev.iter().any(|v| matches!(v, NmsEvent::NodeFailed { .. })));
+        assert!(ev.iter().any(|v| matches!(v,
+            NmsEvent::NodeProbing { node, why, .. } if *node == n1 && why.contains("reported by"))));
+        let p = probes(&a);
+        assert_eq!(p.iter().map(|p| p.1).collect::<Vec<_>>(), vec![n1]);
+        let (id, _, nonce) = p[0];
+        e.handle(
+            s(4),
+            NmsInput::ControlResponse {
+                id,
+                msg: Control::ProbeReply {
+                    nonce,
+                    state: Some(ProbeState {
+                        campaign: [3; 16],
+                        holding: Holding::No,
+                    }),
+                },
+            },
+        );
+        let o = offers_full(&actions(&mut e));
+        assert_eq!(
+            o.iter().map(|o| (o.1, o.2.clone())).collect::<Vec<_>>(),
+            vec![(n1, vec![n1])],
+            "n0 re-planned n2, so n1 gets a one-node part"
+        );
+        e.handle(
+            s(5),
+            NmsInput::ControlResponse {
+                id: o[0].0,
+                msg: accept(3),
+            },
+        );
+        assert_eq!(status(&e, 3, n1), NodeStatus::Receiving);
+        for n in [n0, n1, n2] {
+            req(&mut e, s(6), n, report(3, InstallOutcome::Installed));
+        }
+        assert!(e.campaign(&[3; 16]).unwrap().is_done());
+        assert_eq!(e.campaign(&[3; 16]).unwrap().counts(), (3, 0, 3));
+    }
+
+    /// The same report about a child that is really gone: the probes fail, the child is
+    /// unreachable, and the NMS offers nothing (the relay re-planned the child's part).
+    #[test]
+    fn a_trouble_report_about_a_dead_child_ends_unreachable_without_a_second_replan() {
+        let (mut e, list, a) = start(&[A, B, C], 4, 1, ocfg(None));
+        let [n0, n1, n2] = list[..] else { panic!() };
+        let (o, _) = offers(&a)[0];
+        e.handle(
+            s(3),
+            NmsInput::ControlResponse {
+                id: o,
+                msg: accept(4),
+            },
+        );
+        let r = e
+            .handle(
+                s(4),
+                NmsInput::ControlRequest {
+                    from: n0,
+                    msg: Control::Trouble {
+                        campaign: [4; 16],
+                        node: n1,
+                        reason: "unreachable".into(),
+                    },
+                },
+            )
+            .unwrap();
+        let a = actions(&mut e);
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, NmsAction::AnswerControl { req, .. } if *req == r))
+        );
+        let (id, ..) = probes(&a)[0];
+        e.handle(
+            s(4),
+            NmsInput::SendFailed {
+                id,
+                reason: "refused".into(),
+            },
+        );
+        let mut all = actions(&mut e);
+        all.extend(fail_probes_to(&mut e, n1, s(8)));
+        assert!(offers(&all).is_empty(), "{all:?}");
+        assert!(matches!(status(&e, 4, n1), NodeStatus::Unreachable(r) if r.contains("reported by")));
+        for n in [n0, n2] {
+            req(&mut e, s(9), n, report(4, InstallOutcome::Installed));
+        }
+        assert!(e.campaign(&[4; 16]).unwrap().is_done());
+    }
+
+    /// With `--halt-after 40%` of 5 addressees, the second failure halts the campaign:
+    /// every node not installed or installing is halted with the reason, an event says
+    /// why, halted nodes cannot authenticate (so cannot install), a node already
+    /// authenticated still installs, and the campaign ends with the reason in its summary.
+    #[test]
+    fn the_failure_threshold_halts_the_campaign_and_says_why() {
+        let (mut e, list, _) = start(&[A, B, C, D, E], 5, 1, ocfg(Some("40%".parse().unwrap())));
+        let [n0, n1, n2, n3, n4] = list[..] else { panic!() };
+        // n0 installing (authenticated); compute its code as its path [n0] gives it
+        let secret = CampaignSecret([5; 32]);
+        let m = e.campaign(&[5; 16]).unwrap().manifest().clone();
+        let token = secret.root_token(&m.campaign).child(&n0);
+        let ok = req(
+            &mut e,
+            s(4),
+            n0,
+            Control::AuthRequest {
+                campaign: [5; 16],
+                path: vec![n0],
+                root: m.root,
+                code: token.auth_code(&m.campaign, &m.root),
+            },
+        );
+        assert!(matches!(ok, Control::AuthReply { ok: true, .. }));
+        req(&mut e, s(4), n1, progress(5, 100, Some(n0)));
+        let failed = |why: &str| report(5, InstallOutcome::Failed { reason: why.into() });
+        req(&mut e, s(5), n2, failed("disk full"));
+        assert!(e.campaign(&[5; 16]).unwrap().halted().is_none(), "1 of 5 is 20%");
+        req(&mut e, s(6), n3, failed("install command exited 1"));
+        let ev = events(&mut e);
+        let reason = ev
+            .iter()
+            .find_map(|v| match v {
+                NmsEvent::CampaignHalted { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .expect("halted");
+        assert!(
+            reason.contains("2 of 5") && reason.contains("--halt-after 40%"),
+            "{reason}"
+        );
+        for n in [n1, n4] {
+            assert_eq!(status(&e, 5, n), NodeStatus::Halted(reason.clone()));
+        }
+        assert_eq!(status(&e, 5, n0), NodeStatus::Authenticated);
+        // a halted node that asks to install is refused with the reason
+        let no = req(
+            &mut e,
+            s(7),
+            n1,
+            Control::AuthRequest {
+                campaign: [5; 16],
+                path: vec![n0, n1],
+                root: m.root,
+                code: [0; 32],
+            },
+        );
+        assert!(matches!(no, Control::AuthReply { ok: false, reason, .. } if reason.contains("halted")));
+        let (_, a) = req_a(&mut e, s(8), n0, report(5, InstallOutcome::Installed));
+        let summary = summary_in(&a).expect("the campaign ends");
+        assert_eq!(summary.halted.as_deref(), Some(reason.as_str()));
+        assert_eq!(
+            summary
+                .nodes
+                .iter()
+                .filter(|o| o.status == NodeStatus::Halted(reason.clone()))
+                .count(),
+            2
+        );
+        let k = e.campaign(&[5; 16]).unwrap();
+        assert!(k.is_done());
+        assert_eq!(status(&e, 5, n0), NodeStatus::Installed);
+        assert!(e.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn the_operator_resumes_a_campaign_the_threshold_halted() {
+        let (mut e, list, _) = start(&[A, B, C, D, E], 5, 1, ocfg(Some("40%".parse().unwrap())));
+        let [n0, n1, n2, n3, n4] = list[..] else { panic!() };
+        let failed = |why: &str| report(5, InstallOutcome::Failed { reason: why.into() });
+        req(&mut e, s(4), n0, report(5, InstallOutcome::Installed));
+        req(&mut e, s(5), n2, failed("disk full"));
+        let (_, a) = req_a(&mut e, s(6), n3, failed("install command exited 1"));
+        // halted, and ended: every node is settled
+        assert!(summary_in(&a).is_some_and(|s| s.halted.is_some()));
+        assert!(e.campaign(&[5; 16]).unwrap().is_done());
+        events(&mut e);
+        assert_eq!(e.resume(s(7), &[5; 16], 1500), Ok(vec![n1, n4]));
+        let a = actions(&mut e);
+        // the NMS's part [n0..n4] goes out again from n1, its first waiting node
+        assert_eq!(
+            offers_full(&a)
+                .into_iter()
+                .map(|(_, to, part, _)| (to, part))
+                .collect::<Vec<_>>(),
+            vec![(n1, vec![n1, n2, n3, n4])]
+        );
+        let k = e.campaign(&[5; 16]).unwrap();
+        assert!(!k.is_done() && k.halted().is_none());
+        for n in [n1, n4] {
+            assert_eq!(status(&e, 5, n), NodeStatus::Waiting);
+            assert!(k.watch_timer(&n).is_some(), "{n} has no deadline again");
+        }
+        assert!(events(&mut e).iter().any(|v| matches!(v,
+            NmsEvent::NodeProgress { node, status: NodeStatus::Waiting, .. } if *node == n4)));
+        // the threshold still counts the failures from before: the next one halts again
+        req(&mut e, s(8), n1, failed("no space"));
+        assert_eq!(
+            status(&e, 5, n4).reason().map(|r| r.contains("3 of 5")),
+            Some(true)
+        );
+        // resumed again, the last one installs and the campaign ends, not halted
+        assert_eq!(e.resume(s(9), &[5; 16], 1500), Ok(vec![n4]));
+        actions(&mut e);
+        let (_, a) = req_a(&mut e, s(10), n4, report(5, InstallOutcome::Installed));
+        let summary = summary_in(&a).expect("the campaign ends");
+        assert_eq!((summary.installed, summary.halted), (2, None));
+        assert!(e.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn failure_thresholds_parse_and_count() {
+        assert_eq!("3".parse(), Ok(FailureThreshold::Count(3)));
+        assert_eq!(" 10% ".parse(), Ok(FailureThreshold::Percent(10)));
+        for bad in ["0", "0%", "101%", "-1", "ten", "%", ""] {
+            let e = bad.parse::<FailureThreshold>().unwrap_err();
+            assert!(e.contains("failure threshold") && e.contains("10%"), "{e}");
+        }
+        let t = FailureThreshold::Percent(10);
+        assert!(!t.reached(0, 5), "no failure never halts");
+        assert!(t.reached(1, 5) && t.reached(1, 10) && !t.reached(1, 11));
+        assert!(!FailureThreshold::Count(2).reached(1, 100));
+        assert!(FailureThreshold::Count(2).reached(2, 100));
+        assert_eq!(FailureThreshold::Percent(10).to_string(), "10%");
+    }
+
+    /// A first-tier node that is gone: its offer fails, the rest is re-planned at once,
+    /// the probes fail, it is unreachable and the campaign ends. When discovery sees it
+    /// again it is offered the campaign directly with a one-node part, installs, and the
+    /// summary is reported again. An expired campaign is not offered.
+    #[test]
+    fn a_returning_unreachable_node_gets_the_package() {
+        let mut c = ocfg(None);
+        c.unix_origin = 1_000; // the manifest expires at 2000
+        let (mut e, list, a) = start(&[A, B], 6, 1, c);
+        let [n0, n1] = list[..] else { panic!() };
+        let (o, _) = offers(&a)[0];
+        e.handle(
+            s(3),
+            NmsInput::SendFailed {
+                id: o,
+                reason: "dial failure".into(),
+            },
+        );
+        let a = actions(&mut e);
+        let re = offers_full(&a);
+        assert_eq!(
+            re.iter().map(|o| (o.1, o.2.clone())).collect::<Vec<_>>(),
+            vec![(n1, vec![n1])]
+        );
+        let (id, ..) = probes(&a)[0];
+        e.handle(
+            s(3),
+            NmsInput::SendFailed {
+                id,
+                reason: "dial failure".into(),
+            },
+        );
+        fail_probes_to(&mut e, n0, s(10));
+        assert!(matches!(status(&e, 6, n0), NodeStatus::Unreachable(_)));
+        e.handle(
+            s(11),
+            NmsInput::ControlResponse {
+                id: re[0].0,
+                msg: accept(6),
+            },
+        );
+        let (_, first) = req_a(&mut e, s(12), n1, report(6, InstallOutcome::Installed));
+        assert_eq!(summary_in(&first).expect("ends with n0 unreachable").installed, 1);
+        events(&mut e);
+        // it comes back
+        e.handle(s(100), NmsInput::NodeLost { id: n0 });
+        e.handle(s(200), seen_id(n0));
+        let o = offers_full(&actions(&mut e));
+        assert_eq!(
+            o.iter()
+                .map(|o| (o.1, o.2.clone(), o.3.clone()))
+                .collect::<Vec<_>>(),
+            vec![(n0, vec![n0], vec![n0])]
+        );
+        // discovery refreshing it meanwhile does not offer twice
+        e.handle(s(200), seen_id(n0));
+        assert!(offers(&actions(&mut e)).is_empty());
+        e.handle(
+            s(201),
+            NmsInput::ControlResponse {
+                id: o[0].0,
+                msg: accept(6),
+            },
+        );
+        assert_eq!(status(&e, 6, n0), NodeStatus::Receiving);
+        let (_, again) = req_a(&mut e, s(205), n0, report(6, InstallOutcome::Installed));
+        let summary = summary_in(&again).expect("the summary again");
+        assert!(summary.all_installed());
+        assert!(
+            events(&mut e)
+                .iter()
+                .any(|v| matches!(v, NmsEvent::CampaignDone { .. }))
+        );
+
+        // an expired campaign is not offered to a returning node
+        let mut c = ocfg(None);
+        c.unix_origin = 1_990;
+        let (mut e, list, a) = start(&[A, B], 7, 1, c);
+        let [n0, _] = list[..] else { panic!() };
+        let (o, _) = offers(&a)[0];
+        e.handle(
+            s(3),
+            NmsInput::SendFailed {
+                id: o,
+                reason: "dial failure".into(),
+            },
+        );
+        actions(&mut e);
+        fail_probes_to(&mut e, n0, s(9));
+        assert!(matches!(status(&e, 7, n0), NodeStatus::Unreachable(_)));
+        e.handle(s(10), NmsInput::NodeLost { id: n0 });
+        e.handle(s(11), seen_id(n0));
+        assert!(offers(&actions(&mut e)).is_empty(), "expired at 2000, now 2001");
+    }
+
+    fn seen_id(n: NodeId) -> NmsInput {
+        NmsInput::NodeSeen {
+            id: n,
+            tags: Vec::new(),
+            role: PeerRole::Node,
+            version: PROTOCOL_VERSION,
+        }
+    }
+
+    /// A node that refuses as untrusted trusts another NMS: recorded as such (not failed),
+    /// listed, and not an addressee of the next campaign; once it re-appears (or accepts
+    /// an offer) it is addressed again.
+    #[test]
+    fn a_node_trusting_another_nms_is_not_addressed() {
+        let (mut e, list, a) = start(&[A, B], 8, 2, ocfg(None));
+        let [n0, n1] = list[..] else { panic!() };
+        let o = offers_full(&a);
+        let to1 = o.iter().find(|o| o.1 == n1).unwrap().0;
+        e.handle(
+            s(4),
+            NmsInput::ControlResponse {
+                id: to1,
+                msg: Control::OfferReply {
+                    campaign: [8; 16],
+                    verdict: Verdict::Refuse {
+                        reason: RefuseReason::Untrusted,
+                        detail: "signed by an NMS this node does not trust".into(),
+                    },
+                },
+            },
+        );
+        assert!(matches!(status(&e, 8, n1), NodeStatus::TrustsOther(_)));
+        let ev = events(&mut e);
+        assert!(
+            ev.iter()
+                .any(|v| matches!(v, NmsEvent::NodeTrustsOtherNms { node, .. } if *node == n1))
+        );
+        assert!(!ev.iter().any(|v| matches!(v, NmsEvent::NodeFailed { .. })));
+        assert!(e.trusting_other().contains_key(&n1));
+        assert_eq!(e.eligible(), vec![n0]);
+        // the next drop is addressed to n0 only
+        e.handle(s(10), drop_ready(2));
+        let p = prepares(&actions(&mut e));
+        assert_eq!(p[0].1, vec![n0]);
+        e.handle(s(10), prepared(p[0].0.0, 9, &p[0].1));
+        actions(&mut e);
+        // a discovery refresh changes nothing; leaving and re-appearing does
+        e.handle(s(20), seen_id(n1));
+        assert_eq!(e.eligible(), vec![n0]);
+        e.handle(s(21), NmsInput::NodeLost { id: n1 });
+        e.handle(s(22), seen_id(n1));
+        assert!(e.trusting_other().is_empty());
+        assert_eq!(e.eligible().len(), 2);
+    }
 }
