@@ -424,6 +424,130 @@ pub fn prepare(
     })))
 }
 
+/// Signs a follow-up of campaign `of` for `addressees` (nodes that appeared after it): the
+/// same package version, from the copy the NMS keeps of that version (hard-linked into the
+/// new campaign's folder, copied if linking fails), with the same content, chunk hashes,
+/// sequence and expiry as `of` (nothing is hashed again), a new campaign id and secret,
+/// and the plan's fanout fitted to the new list. Records it as running; refused if `of` was
+/// superseded or cancelled, expired, or if no copy of its version is kept.
+pub fn follow_up(inbox: &Inbox, of: &CampaignId, nms: &Keypair, addressees: Vec<NodeId>) -> Result<Intook> {
+    let shown = hex::encode(of);
+    if addressees.is_empty() {
+        bail!("no nodes to send a follow-up of campaign {shown} to");
+    }
+    let all = lock(&inbox.db).campaigns()?;
+    let orig = all
+        .iter()
+        .find(|c| c.id == *of)
+        .with_context(|| format!("campaign {shown} is not in the database"))?;
+    if !matches!(orig.state, CampaignState::Running | CampaignState::Done) {
+        bail!(
+            "campaign {shown} of {} is {}: no follow-up of it",
+            orig.package,
+            orig.state.as_str()
+        );
+    }
+    if let Some(newer) = all
+        .iter()
+        .find(|c| c.package == orig.package && c.sequence > orig.sequence)
+    {
+        bail!(
+            "campaign {shown} of {} (sequence {}) is superseded by sequence {}: no follow-up of it",
+            orig.package,
+            orig.sequence,
+            newer.sequence
+        );
+    }
+    let signed = SignedManifest {
+        body: orig.manifest.clone(),
+        signature: orig.signature.clone(),
+    };
+    let m = signed
+        .open_unchecked()
+        .map_err(|e| anyhow!("the saved manifest of campaign {shown} does not decode ({e})"))?;
+    let now = unix_now();
+    if m.expires_at <= now {
+        bail!("campaign {shown} of {} expired; drop the file again", m.name);
+    }
+    // any campaign of this version still holding its copy (the original or a follow-up)
+    let copy = all
+        .iter()
+        .filter(|c| c.package == orig.package && c.sequence == orig.sequence)
+        .filter_map(|c| c.copy.clone())
+        .find(|p| fs::metadata(p).is_ok_and(|md| md.is_file() && md.len() == m.size))
+        .with_context(|| {
+            format!(
+                "no copy of {} sequence {} is kept any more; drop the file again",
+                m.name, m.sequence
+            )
+        })?;
+    let campaign = random_bytes::<16>()?;
+    let dir = inbox.data_dir.join("campaigns").join(hex::encode(campaign));
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let discard = || {
+        let _ = fs::remove_dir_all(&dir);
+    };
+    let file = dir.join(&m.file);
+    if fs::hard_link(&copy, &file).is_err()
+        && let Err(e) = fs::copy(&copy, &file)
+    {
+        discard();
+        bail!("cannot copy {} to {}: {e}", copy.display(), file.display());
+    }
+    let mut manifest = m;
+    manifest.campaign = campaign;
+    manifest.plan.fanout = baton_protocol::plan::fanout_for(addressees.len(), manifest.plan.fanout);
+    manifest.addressees = addressees;
+    let signed = match SignedManifest::sign(&manifest, nms).context("cannot sign the manifest") {
+        Ok(s) => s,
+        Err(e) => {
+            discard();
+            return Err(e);
+        }
+    };
+    let secret = CampaignSecret(random_bytes::<32>()?);
+    if let Err(e) = fs::write(dir.join("manifest.cbor"), &signed.body) {
+        discard();
+        bail!("cannot write {}: {e}", dir.join("manifest.cbor").display());
+    }
+    let recorded = lock(&inbox.db).record_follow_up(
+        of,
+        &NewCampaign {
+            id: campaign,
+            package: &manifest.name,
+            version: &manifest.version,
+            sequence: manifest.sequence,
+            content: manifest.root,
+            size: manifest.size,
+            manifest: &signed.body,
+            signature: &signed.signature,
+            secret: &secret.0,
+            copy: &file,
+            rollback: false,
+            at: now,
+        },
+    );
+    match recorded {
+        Ok(true) => {}
+        Ok(false) => {
+            discard();
+            bail!("campaign {shown} was superseded or cancelled meanwhile: no follow-up of it");
+        }
+        Err(e) => {
+            discard();
+            return Err(e.into());
+        }
+    }
+    Ok(Intook::Campaign(Box::new(Prepared {
+        manifest,
+        signed,
+        secret,
+        file,
+        dir,
+        superseded: Vec::new(),
+    })))
+}
+
 /// What the database knows of a file the watcher reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Before {
@@ -508,15 +632,21 @@ pub fn remove_old_copies(db: &Db, store: &Path) -> Vec<CampaignId> {
     let mut removed = Vec::new();
     for list in by_package.values_mut() {
         list.sort_by_key(|c| std::cmp::Reverse(c.sequence));
-        let newest = list[0].id;
-        let previous = list[1..]
+        // the newest version may have several campaigns (follow-ups for late joiners)
+        let newest = list[0].sequence;
+        // the previous version: one copy of it (a campaign of it that still has one)
+        let previous = list
             .iter()
-            .find(|c| c.state == CampaignState::Done)
+            .find(|c| c.sequence < newest && c.state == CampaignState::Done)
+            .and_then(|p| {
+                list.iter()
+                    .find(|c| c.sequence == p.sequence && c.state == CampaignState::Done && c.copy.is_some())
+            })
             .map(|c| c.id);
         for c in list.iter() {
             let Some(copy) = &c.copy else { continue };
             let ended = c.ended || c.state == CampaignState::Cancelled;
-            if c.id == newest || Some(c.id) == previous || !ended {
+            if c.sequence == newest || Some(c.id) == previous || !ended {
                 continue;
             }
             let Some(dir) = copy.parent().filter(|d| d.parent() == Some(store)) else {
@@ -1116,6 +1246,75 @@ mod inbox_tests {
             .map(|c| c.sequence)
             .collect();
         assert_eq!(left, vec![2, 4]);
+    }
+
+    /// Late joiners: a follow-up is the same version (content, chunk hashes, sequence,
+    /// expiry) under a new campaign id and secret for the late nodes only, from the kept
+    /// copy; the package's history is untouched; retention keeps every copy of the current
+    /// version; a superseded version gets no follow-up.
+    #[test]
+    fn a_follow_up_signs_the_same_version_for_late_nodes() {
+        let s = setup();
+        let inbox = inbox(&s.data);
+        let store = s.data.join("campaigns");
+        let path = s.put("frob-1.0.bin", &[7; 10_000]);
+        let p1 = campaign(s.take(&inbox, &path)).unwrap();
+        let late = NodeId::of(&Keypair::generate_ed25519());
+        let f = campaign(follow_up(&inbox, &p1.manifest.campaign, &s.kp, vec![late])).unwrap();
+        let (a, b) = (&p1.manifest, &f.manifest);
+        assert_ne!(a.campaign, b.campaign);
+        assert_ne!(p1.secret.0, f.secret.0);
+        assert_eq!(b.addressees, vec![late]);
+        assert_eq!(
+            (
+                a.sequence,
+                a.root,
+                &a.chunk_hashes.0,
+                a.expires_at,
+                a.size,
+                &a.file
+            ),
+            (
+                b.sequence,
+                b.root,
+                &b.chunk_hashes.0,
+                b.expires_at,
+                b.size,
+                &b.file
+            )
+        );
+        assert_eq!(f.signed.open_unchecked().unwrap(), f.manifest);
+        assert_eq!(fs::read(&f.file).unwrap(), vec![7; 10_000]);
+        {
+            let db = inbox.db.lock().unwrap();
+            assert_eq!(db.last_sequence("frob").unwrap(), a.sequence);
+            assert_eq!(db.history("frob").unwrap().len(), 1);
+            let mut running: Vec<_> = db
+                .unfinished()
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.id, c.sequence))
+                .collect();
+            running.sort();
+            let mut want = vec![(a.campaign, 1), (b.campaign, 1)];
+            want.sort();
+            assert_eq!(running, want, "both run, the original not superseded");
+            // both end: both copies of the current version stay
+            db.campaign_ended(&a.campaign, 1).unwrap();
+            db.campaign_ended(&b.campaign, 1).unwrap();
+            assert!(remove_old_copies(&db, &store).is_empty());
+            assert!(p1.file.exists() && f.file.exists());
+        }
+        // a follow-up of the follow-up works too, from either copy
+        fs::remove_file(&p1.file).unwrap();
+        let late2 = NodeId::of(&Keypair::generate_ed25519());
+        let g = campaign(follow_up(&inbox, &b.campaign, &s.kp, vec![late2])).unwrap();
+        assert_eq!(fs::read(&g.file).unwrap(), vec![7; 10_000]);
+        // a newer version: no follow-up of the old one
+        let path = s.put("frob-2.0.bin", &[8; 10_000]);
+        campaign(s.take(&inbox, &path)).unwrap();
+        let e = follow_up(&inbox, &a.campaign, &s.kp, vec![late]).unwrap_err();
+        assert!(format!("{e:#}").contains("superseded by sequence 2"), "{e:#}");
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub enum CampaignState {
 }
 
 impl CampaignState {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             CampaignState::Running => "running",
             CampaignState::Done => "done",
@@ -515,6 +515,64 @@ impl Db {
         .map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok(superseded)
+    }
+
+    /// Records a follow-up campaign of campaign `of` (the same package version for nodes
+    /// that appeared late), running, in one transaction; refused (returns false, records
+    /// nothing) unless `of` is running or done and no newer version of its package was
+    /// recorded: a superseded or cancelled version gets no follow-up. The package's versions and last sequence are untouched.
+    pub fn record_follow_up(&mut self, of: &CampaignId, c: &NewCampaign<'_>) -> Result<bool, DbError> {
+        let path = self.path.clone();
+        let sql = |source| DbError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        let live: bool = tx
+            .query_row(
+                "SELECT count(*) FROM campaigns c WHERE id = ?1 AND state IN ('running', 'done')
+                   AND NOT EXISTS (SELECT 1 FROM campaigns n
+                                   WHERE n.package = c.package AND n.sequence > c.sequence)",
+                [of.to_vec()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(sql)?
+            > 0;
+        if !live {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO campaigns (id, package, version, sequence, manifest, signature, secret, state, copy, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'running', ?8, ?9)",
+            params![
+                c.id.to_vec(),
+                c.package,
+                c.version,
+                i(c.sequence),
+                c.manifest,
+                c.signature,
+                c.secret.to_vec(),
+                c.copy.to_string_lossy(),
+                i(c.at)
+            ],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(true)
+    }
+
+    /// Every (node, package, sequence) the inventory says is installed.
+    pub fn installed_sequences(&self) -> Result<Vec<(String, String, u64)>, DbError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT node, package, sequence FROM installed ORDER BY node, package")
+            .map_err(|e| self.sql(e))?;
+        st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, u(r.get(2)?)))
+        })
+        .map_err(|e| self.sql(e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| self.sql(e))
     }
 
     /// Every addressee reached a final state: a running campaign is done; a superseded one

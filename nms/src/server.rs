@@ -30,7 +30,8 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::campaign::{
-    Before, CampaignSettings, Inbox, Intook, intake, remove_old_copies, remove_orphan_copies, taken_in_before,
+    Before, CampaignSettings, Inbox, Intook, follow_up, intake, remove_old_copies, remove_orphan_copies,
+    taken_in_before,
 };
 use crate::db::{CampaignState, Db, SavedCampaign};
 use crate::ops::{Request, Response};
@@ -340,6 +341,30 @@ impl Nms {
         });
     }
 
+    /// Signs a follow-up campaign for late joiners off the event loop (no hashing: the
+    /// version's chunk hashes are reused).
+    fn follow_up(&mut self, drop_id: DropId, of: CampaignId, addressees: Vec<NodeId>) {
+        let name = format!(
+            "follow-up of campaign {} for {} late node(s)",
+            &hex::encode(of)[..12],
+            addressees.len()
+        );
+        info!(
+            "{name}: {}",
+            addressees
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        self.drops.insert(drop_id, PathBuf::from(name));
+        let (inbox, kp, tx) = (self.inbox.clone(), self.keypair.clone(), self.internal.clone());
+        tokio::task::spawn_blocking(move || {
+            let r = follow_up(&inbox, &of, &kp, addressees);
+            let _ = tx.send(Internal::Prepared(drop_id, Box::new(r)));
+        });
+    }
+
     fn on_internal(&mut self, i: Internal) {
         match i {
             Internal::Prepared(drop_id, r) => {
@@ -461,6 +486,11 @@ impl Nms {
     fn on_action(&mut self, a: NmsAction) {
         match a {
             NmsAction::Prepare { drop_id, addressees } => self.prepare(drop_id, addressees),
+            NmsAction::FollowUp {
+                drop_id,
+                of,
+                addressees,
+            } => self.follow_up(drop_id, of, addressees),
             NmsAction::SendControl { id, to, msg } => {
                 let kind = msg.kind();
                 let rid = self
@@ -672,9 +702,9 @@ impl Nms {
                 }
             }
         }
-        for c in saved {
+        for c in &saved {
             let id = hex::encode(c.id);
-            match self.resume_one(me, &c) {
+            match self.resume_one(me, c) {
                 Ok(()) => info!(
                     "campaign {id}: {} sequence {} resumed after a restart (nothing signed again)",
                     c.package, c.sequence
@@ -687,6 +717,47 @@ impl Nms {
                     let r = self.db().set_state(&c.id, CampaignState::Cancelled);
                     self.db_error(r);
                 }
+            }
+        }
+        self.feed_late_join()
+    }
+
+    /// Tells the endpoint what late joiners need: every campaign of each package's newest
+    /// version (cancelled or halted ones stop follow-ups of it) and the installed versions
+    /// of the inventory.
+    fn feed_late_join(&mut self) -> Result<()> {
+        let now = self.now();
+        let (all, installed) = {
+            let db = self.db();
+            (db.campaigns()?, db.installed_sequences()?)
+        };
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        for c in &all {
+            let n = newest.entry(c.package.as_str()).or_default();
+            *n = (*n).max(c.sequence);
+        }
+        for c in all
+            .iter()
+            .filter(|c| newest.get(c.package.as_str()) == Some(&c.sequence))
+        {
+            let signed = baton_protocol::SignedManifest {
+                body: c.manifest.clone(),
+                signature: c.signature.clone(),
+            };
+            let Ok(m) = signed.open_unchecked() else { continue };
+            let halted = c.ended
+                && self
+                    .db()
+                    .nodes_of(&c.id)?
+                    .iter()
+                    .any(|n| matches!(n.status, NodeStatus::Halted(_)));
+            let stopped = c.state == CampaignState::Cancelled || halted;
+            self.endpoint.remember(now, &m, stopped);
+        }
+        for (node, package, sequence) in installed {
+            if let Ok(peer) = node.parse::<PeerId>() {
+                self.endpoint
+                    .know_installed(now, NodeId(peer), &package, sequence);
             }
         }
         Ok(())

@@ -178,8 +178,15 @@ pub fn admit(o: &OpenedOffer, ctx: &AdmissionContext<'_>) -> Result<Admitted, Re
         } else {
             "it ended".to_string()
         };
+        // the same version installed (from this or another campaign, e.g. a follow-up for
+        // a node that got it after all): the NMS counts the node as installed
+        let reason = if same_installed && !ctx.resuming {
+            RefuseReason::Installed
+        } else {
+            RefuseReason::Rollback
+        };
         return Err(Refusal::new(
-            RefuseReason::Rollback,
+            reason,
             format!(
                 "campaign {} is already over on this node ({what}); nothing to download",
                 m.campaign.iter().map(|b| format!("{b:02x}")).collect::<String>()
@@ -334,8 +341,12 @@ mod tests {
         // installed with the same sequence and root: not a rollback, but not started again
         c.installed = Some((m.sequence, m.root));
         let r = admit(&opened, &c).unwrap_err();
-        assert_eq!(r.reason, RefuseReason::Rollback);
+        assert_eq!(r.reason, RefuseReason::Installed);
         assert!(r.detail.contains("already over on this node"), "{}", r.detail);
+        // also when the campaign ended here too
+        c.finished = true;
+        assert_eq!(admit(&opened, &c).unwrap_err().reason, RefuseReason::Installed);
+        c.finished = false;
         // ... unless resumed from the node's own disk
         c.resuming = true;
         assert_eq!(admit(&opened, &c).unwrap(), Admitted::Start { pin: None });

@@ -767,6 +767,12 @@ impl CampaignMonitor {
             self.first_tier_failed(now, from, NodeStatus::TrustsOther(why));
             return;
         }
+        if reason == RefuseReason::Installed {
+            // it holds this version already (e.g. it got it from an earlier campaign): no
+            // download, counted as installed; the rest of its part is re-planned
+            self.first_tier_failed(now, from, NodeStatus::Installed);
+            return;
+        }
         if again && *self.status(&from) != NodeStatus::Waiting {
             // a node that ran the campaign refused it again (e.g. it finished it): its own
             // report decides; its part was re-planned already

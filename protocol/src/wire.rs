@@ -48,6 +48,9 @@ pub enum RefuseReason {
     BadOffer,
     Busy,
     Gated,
+    /// The node holds this package version already (same sequence and root): nothing to
+    /// download, and the NMS counts it as installed.
+    Installed,
 }
 
 /// What a node tells its parent about an offer.

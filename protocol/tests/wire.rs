@@ -58,6 +58,7 @@ fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
         Just(RefuseReason::BadOffer),
         Just(RefuseReason::Busy),
         Just(RefuseReason::Gated),
+        Just(RefuseReason::Installed),
     ]
 }
 

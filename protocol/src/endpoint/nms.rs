@@ -17,8 +17,16 @@
 //! Copying, hashing and signing a dropped file is I/O: the endpoint asks for it with
 //! [`NmsAction::Prepare`] (at most one drop at a time) and the shell answers with
 //! [`NmsInput::Prepared`] or [`NmsInput::PrepareFailed`].
+//!
+//! Late joiners: the endpoint knows each package's latest campaign (those it starts or
+//! restores, and those the shell tells it of with [`NmsEndpoint::remember`]) and which
+//! nodes hold which version ([`NmsEndpoint::know_installed`]). An eligible node that is no
+//! addressee of the latest unexpired campaign of a package, and does not hold its
+//! version, waits one settle window (so that nodes appearing together are batched); then
+//! the endpoint asks for a follow-up campaign of that version for just those nodes with
+//! [`NmsAction::FollowUp`], answered like a drop.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::endpoint::timer::Timers;
@@ -35,9 +43,21 @@ use crate::wire::{
 #[cfg(test)]
 mod tests;
 
-/// The shell's name for one dropped file; the shell picks it, unique per endpoint.
+/// The shell's name for one dropped file; the shell picks it, unique per endpoint, below
+/// [`DropId::FOLLOW_UP`]. Follow-up campaigns ([`NmsAction::FollowUp`]) carry ids the
+/// endpoint picks, with that bit set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DropId(pub u64);
+
+impl DropId {
+    /// The bit set in the ids of follow-up campaigns (picked by the endpoint).
+    pub const FOLLOW_UP: u64 = 1 << 63;
+
+    /// True for the id of a follow-up campaign.
+    pub fn is_follow_up(&self) -> bool {
+        self.0 & Self::FOLLOW_UP != 0
+    }
+}
 
 /// The endpoint's name for one control request the NMS sent; its response or failure
 /// comes back with it.
@@ -241,6 +261,18 @@ pub enum NmsAction {
         /// The drop.
         drop_id: DropId,
         /// The eligible nodes, sorted.
+        addressees: Vec<NodeId>,
+    },
+    /// Sign a follow-up of campaign `of` for `addressees` (nodes that appeared late, none
+    /// of its addressees): the same package version (content, chunk hashes, sequence and
+    /// expiry) from the NMS's kept copy, a new campaign id and secret. Then feed
+    /// [`NmsInput::Prepared`] or [`NmsInput::PrepareFailed`] with `drop_id`.
+    FollowUp {
+        /// The endpoint's name for it ([`DropId::is_follow_up`]).
+        drop_id: DropId,
+        /// The package's latest campaign (or one of its follow-ups).
+        of: CampaignId,
+        /// The late nodes, sorted.
         addressees: Vec<NodeId>,
     },
     /// Send `msg` as a request to `to`; report its response or failure with `id`.
@@ -527,6 +559,21 @@ enum Timer {
     DiscoveryTimeout,
     /// A campaign's monitor wants to be woken.
     Campaign(CampaignId),
+    /// Late joiners wait for discovery to settle before their follow-up is asked for.
+    LateJoin,
+}
+
+/// A package's latest version as campaigns distributed it: what a late joiner must get.
+#[derive(Debug, Clone)]
+struct Latest {
+    /// Its first campaign known (a follow-up names it).
+    campaign: CampaignId,
+    sequence: u64,
+    expires_at: u64,
+    /// Addressees of its campaign and of every follow-up.
+    addressed: BTreeSet<NodeId>,
+    /// Cancelled (or otherwise stopped by the shell): no follow-up.
+    stopped: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -579,6 +626,16 @@ pub struct NmsEndpoint {
     timers: Timers<Timer>,
     actions: VecDeque<NmsAction>,
     events: VecDeque<NmsEvent>,
+    /// Each package's latest version (by name).
+    latest: BTreeMap<String, Latest>,
+    /// Sequences nodes are known to hold, by node and package.
+    holds: HashMap<NodeId, HashMap<String, u64>>,
+    /// Follow-ups asked for and not yet prepared: the package and the nodes.
+    following: BTreeMap<DropId, (String, Vec<NodeId>)>,
+    next_follow_up: u64,
+    /// Nodes whose follow-up could not be prepared, by package: not asked again until
+    /// they re-appear.
+    late_gave_up: BTreeSet<(NodeId, String)>,
 }
 
 impl NmsEndpoint {
@@ -599,6 +656,11 @@ impl NmsEndpoint {
             timers: Timers::default(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
+            latest: BTreeMap::new(),
+            holds: HashMap::new(),
+            following: BTreeMap::new(),
+            next_follow_up: 0,
+            late_gave_up: BTreeSet::new(),
         }
     }
 
@@ -656,6 +718,15 @@ impl NmsEndpoint {
             } => {
                 if let Some(d) = self.take_preparing(drop_id) {
                     self.start_campaign(now, d, *manifest, signed, secret);
+                } else if let Some((package, _)) = self.following.remove(&drop_id) {
+                    let d = PendingDrop {
+                        id: drop_id,
+                        name: format!("follow-up of {package}"),
+                        at: now,
+                        said_waiting: true,
+                    };
+                    self.start_campaign(now, d, *manifest, signed, secret);
+                    self.arm_late_join(now);
                 }
                 self.try_start(now);
                 None
@@ -663,6 +734,18 @@ impl NmsEndpoint {
             NmsInput::PrepareFailed { drop_id, reason } => {
                 if self.take_preparing(drop_id).is_some() {
                     self.events.push_back(NmsEvent::DropFailed { drop_id, reason });
+                } else if let Some((package, nodes)) = self.following.remove(&drop_id) {
+                    // not asked again until they re-appear: the cause would repeat
+                    self.late_gave_up
+                        .extend(nodes.iter().map(|n| (*n, package.clone())));
+                    self.events.push_back(NmsEvent::DropFailed {
+                        drop_id,
+                        reason: format!(
+                            "follow-up of {package} for {} late node(s) not prepared: {reason}",
+                            nodes.len()
+                        ),
+                    });
+                    self.arm_late_join(now);
                 }
                 self.try_start(now);
                 None
@@ -757,6 +840,7 @@ impl NmsEndpoint {
             drop_id,
             manifest: Box::new(manifest.clone()),
         });
+        self.note_campaign(&manifest, false);
         let monitor = CampaignMonitor::resume(now, manifest, signed, secret, self.cfg.monitor.clone(), saved);
         self.campaigns.insert(
             c,
@@ -769,6 +853,7 @@ impl NmsEndpoint {
             },
         );
         self.drain(now, c);
+        self.arm_late_join(now);
         true
     }
 
@@ -791,6 +876,8 @@ impl NmsEndpoint {
             self.progress(*c, *n);
         }
         self.drain(now, *c);
+        // halted: no follow-ups for late joiners of this version
+        self.arm_late_join(now);
         #[cfg(test)]
         self.check_invariants();
         Ok(cancelled)
@@ -824,10 +911,12 @@ impl NmsEndpoint {
         }
         let reopened = k.monitor.resume_halted(now);
         k.finished = k.monitor.is_done();
+        let manifest = k.monitor.manifest().clone();
         for n in &reopened {
             self.progress(*c, *n);
         }
         self.drain(now, *c);
+        self.unstop(now, &manifest);
         #[cfg(test)]
         self.check_invariants();
         Ok(reopened)
@@ -868,7 +957,7 @@ impl NmsEndpoint {
         }
         self.events.push_back(NmsEvent::CampaignStarted {
             drop_id,
-            manifest: Box::new(manifest),
+            manifest: Box::new(manifest.clone()),
         });
         self.campaigns.insert(
             c,
@@ -884,9 +973,42 @@ impl NmsEndpoint {
             self.progress(c, *n);
         }
         self.drain(now, c);
+        self.unstop(now, &manifest);
         #[cfg(test)]
         self.check_invariants();
         Ok(reopened)
+    }
+
+    /// The operator resumed a campaign of `m`'s package and version: follow-ups of it for
+    /// late joiners are no longer stopped (the shell had told of it as cancelled).
+    fn unstop(&mut self, now: Duration, m: &Manifest) {
+        match self.latest.get_mut(&m.name) {
+            Some(l) if l.sequence == m.sequence => l.stopped = false,
+            _ => self.note_campaign(m, false),
+        }
+        self.arm_late_join(now);
+    }
+
+    /// Tells the endpoint of a campaign it does not hold (one that ended, or was cancelled:
+    /// `stopped`), so that nodes appearing late get the package's latest version. The
+    /// newest sequence of each package counts; campaigns of the same sequence (follow-ups)
+    /// add their addressees; one stopped campaign of it stops follow-ups of that version.
+    pub fn remember(&mut self, now: Duration, manifest: &Manifest, stopped: bool) {
+        self.note_campaign(manifest, stopped);
+        self.arm_late_join(now);
+    }
+
+    /// Tells the endpoint that `node` holds sequence `sequence` of `package` (from the
+    /// shell's inventory): it gets no follow-up of that or an older sequence.
+    pub fn know_installed(&mut self, now: Duration, node: NodeId, package: &str, sequence: u64) {
+        let s = self
+            .holds
+            .entry(node)
+            .or_default()
+            .entry(package.to_string())
+            .or_insert(sequence);
+        *s = (*s).max(sequence);
+        self.arm_late_join(now);
     }
 
     /// Nodes known to trust another NMS (they refused an offer as untrusted), with their
@@ -931,6 +1053,7 @@ impl NmsEndpoint {
         if compatible && before.as_ref().is_none_or(|p| !p.present) {
             // it re-appeared: it announces itself anew, perhaps with another trust
             self.trusts_other.remove(&id);
+            self.late_gave_up.retain(|(n, _)| *n != id);
         }
         if compatible {
             self.node_returned(now, id);
@@ -945,6 +1068,104 @@ impl NmsEndpoint {
             }
         }
         self.try_start(now);
+        self.arm_late_join(now);
+    }
+
+    fn unix_now(&self, now: Duration) -> u64 {
+        self.cfg.unix_origin.saturating_add(now.as_secs())
+    }
+
+    /// Records campaign `m` as its package's latest version if it is (see [`Self::remember`]).
+    fn note_campaign(&mut self, m: &Manifest, stopped: bool) {
+        match self.latest.get_mut(&m.name) {
+            Some(l) if l.sequence > m.sequence => {}
+            Some(l) if l.sequence == m.sequence => {
+                l.addressed.extend(m.addressees.iter().copied());
+                l.stopped |= stopped;
+            }
+            _ => {
+                self.latest.insert(
+                    m.name.clone(),
+                    Latest {
+                        campaign: m.campaign,
+                        sequence: m.sequence,
+                        expires_at: m.expires_at,
+                        addressed: m.addressees.iter().copied().collect(),
+                        stopped,
+                    },
+                );
+            }
+        }
+    }
+
+    /// For each package whose latest version is unexpired and neither stopped nor halted,
+    /// and has no follow-up being prepared: the eligible nodes that are none of its
+    /// addressees and do not hold it.
+    fn late_joiners(&self, now: Duration) -> Vec<(String, CampaignId, Vec<NodeId>)> {
+        let unix_now = self.unix_now(now);
+        let eligible = self.eligible();
+        let mut out = Vec::new();
+        for (package, l) in &self.latest {
+            let halted = self.campaigns.values().any(|k| {
+                let m = k.monitor.manifest();
+                m.name == *package && m.sequence == l.sequence && k.monitor.halted().is_some()
+            });
+            if l.stopped
+                || halted
+                || l.expires_at <= unix_now
+                || self.following.values().any(|(p, _)| p == package)
+            {
+                continue;
+            }
+            let nodes: Vec<NodeId> = eligible
+                .iter()
+                .filter(|n| {
+                    !l.addressed.contains(n)
+                        && !self.late_gave_up.contains(&(**n, package.clone()))
+                        && self
+                            .holds
+                            .get(n)
+                            .and_then(|h| h.get(package))
+                            .is_none_or(|s| *s < l.sequence)
+                })
+                .copied()
+                .collect();
+            if !nodes.is_empty() {
+                out.push((package.clone(), l.campaign, nodes));
+            }
+        }
+        out
+    }
+
+    /// Arms the late-join timer at the end of the settle window if some node waits for a
+    /// follow-up, clears it otherwise.
+    fn arm_late_join(&mut self, now: Duration) {
+        if self.late_joiners(now).is_empty() {
+            self.timers.clear(Timer::LateJoin);
+        } else {
+            self.timers
+                .set(Timer::LateJoin, (self.last_change + self.cfg.settle).max(now));
+        }
+    }
+
+    /// The late-join timer fired: once discovery settled, asks for one follow-up per
+    /// package for every late node.
+    fn late_join(&mut self, now: Duration) {
+        if now < self.last_change + self.cfg.settle {
+            self.arm_late_join(now);
+            return;
+        }
+        for (package, of, addressees) in self.late_joiners(now) {
+            self.next_follow_up += 1;
+            let drop_id = DropId(DropId::FOLLOW_UP | self.next_follow_up);
+            self.following.insert(drop_id, (package, addressees.clone()));
+            self.actions.push_back(NmsAction::FollowUp {
+                drop_id,
+                of,
+                addressees,
+            });
+        }
+        self.arm_late_join(now);
     }
 
     /// Discovery sees `id`: every unexpired campaign that found it unreachable offers it
@@ -1073,6 +1294,7 @@ impl NmsEndpoint {
             drop_id: d.id,
             manifest: Box::new(manifest.clone()),
         });
+        self.note_campaign(&manifest, false);
         let monitor = CampaignMonitor::start(now, manifest, signed, secret, self.cfg.monitor.clone());
         self.campaigns.insert(
             c,
@@ -1153,6 +1375,7 @@ impl NmsEndpoint {
         for t in self.timers.expired(now) {
             match t {
                 Timer::Settle | Timer::DiscoveryTimeout => decide = true,
+                Timer::LateJoin => self.late_join(now),
                 Timer::Campaign(c) => {
                     if let Some(k) = self.campaigns.get_mut(&c) {
                         k.monitor.timeout(now);

@@ -528,7 +528,7 @@ fn a_restart_after_install_neither_installs_nor_authenticates_again() {
                 ..
             },
         )) => {
-            assert_eq!(*reason, RefuseReason::Rollback)
+            assert_eq!(*reason, RefuseReason::Installed)
         }
         r => panic!("{r:?}"),
     }

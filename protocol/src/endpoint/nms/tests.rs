@@ -1600,3 +1600,265 @@ mod oversight {
         assert_eq!(e.eligible().len(), 2);
     }
 }
+
+/// Late joiners: nodes that were no addressee of a package's latest campaign get a
+/// follow-up of the same version, batched over one settle window.
+mod late {
+    use super::*;
+
+    fn follow_ups(a: &[NmsAction]) -> Vec<(DropId, CampaignId, Vec<NodeId>)> {
+        a.iter()
+            .filter_map(|a| match a {
+                NmsAction::FollowUp {
+                    drop_id,
+                    of,
+                    addressees,
+                } => Some((*drop_id, *of, addressees.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sorted(ns: &[u64]) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = ns.iter().map(|n| id(*n)).collect();
+        v.sort();
+        v
+    }
+
+    /// The follow-up the shell would sign: version `seq` (as [`prepared`] makes it), a new
+    /// campaign id `[tag; 16]`.
+    fn follow_up_prepared(d: DropId, seq: u8, tag: u8, addressees: &[NodeId]) -> NmsInput {
+        let NmsInput::Prepared { mut manifest, .. } = prepared(d.0, seq, addressees) else {
+            unreachable!()
+        };
+        manifest.campaign = [tag; 16];
+        let signed = SignedManifest::sign(&manifest, &keypair_from_seed(100)).unwrap();
+        NmsInput::Prepared {
+            drop_id: d,
+            manifest,
+            signed,
+            secret: CampaignSecret([tag; 32]),
+        }
+    }
+
+    fn manifest_of(seq: u8, addressees: &[NodeId]) -> Manifest {
+        let NmsInput::Prepared { manifest, .. } = prepared(0, seq, addressees) else {
+            unreachable!()
+        };
+        *manifest
+    }
+
+    #[test]
+    fn nodes_appearing_together_share_one_follow_up() {
+        let (mut e, _) = running(&[A], 1);
+        e.handle(s(10), seen(B, &[]));
+        e.handle(s(11), seen(C, &[]));
+        // the window restarts with C: nothing at 12, one follow-up for both at 13
+        assert!(follow_ups(&run_until(&mut e, s(12))).is_empty());
+        let f = follow_ups(&run_until(&mut e, s(13)));
+        assert_eq!(f.len(), 1, "{f:?}");
+        let (d, of, nodes) = f[0].clone();
+        assert!(d.is_follow_up());
+        assert_eq!((of, nodes.clone()), ([1; 16], sorted(&[B, C])));
+        // D appears while it is being prepared: not in it, and waits for it
+        e.handle(s(14), seen(D, &[]));
+        assert!(follow_ups(&run_until(&mut e, s(30))).is_empty());
+        e.handle(s(31), follow_up_prepared(d, 1, 21, &nodes));
+        let a = actions(&mut e);
+        assert_eq!(offers(&a).len(), 1, "the follow-up offers its first tier");
+        let ev = events(&mut e);
+        assert!(ev.iter().any(|v| matches!(
+            v,
+            NmsEvent::CampaignStarted { drop_id, manifest } if *drop_id == d && manifest.sequence == 1
+        )));
+        // then D gets its own, at once: the settle window from its appearance passed
+        assert_eq!(e.poll_timeout(), Some(s(31)));
+        let f = follow_ups(&run_until(&mut e, s(31)));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].2, vec![id(D)]);
+        // nothing more: refreshes of addressees change nothing, no periodic wake-up
+        e.handle(s(40), seen(B, &[]));
+        e.handle(s(40), seen(A, &[]));
+        assert!(follow_ups(&run_until(&mut e, s(100))).is_empty());
+    }
+
+    #[test]
+    fn addressees_and_known_holders_get_none_an_older_holder_does() {
+        let (mut e, _) = running(&[A, B], 1);
+        e.know_installed(s(4), id(C), "pkg", 1);
+        e.know_installed(s(4), id(D), "pkg", 0);
+        e.know_installed(s(4), id(E), "other", 5);
+        // an addressee leaving and coming back is the oversight's business, not a late joiner
+        e.handle(s(10), NmsInput::NodeLost { id: id(A) });
+        e.handle(s(11), seen(A, &[]));
+        e.handle(s(11), seen(C, &[]));
+        e.handle(s(11), seen(D, &[]));
+        e.handle(s(11), seen(E, &[]));
+        let f = follow_ups(&run_until(&mut e, s(20)));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].2, sorted(&[D, E]));
+    }
+
+    #[test]
+    fn expired_stopped_or_halted_versions_get_none() {
+        // expired: the manifest expires at 2000
+        let mut c = cfg();
+        c.unix_origin = 1_990;
+        let mut e = NmsEndpoint::new(s(0), c);
+        e.handle(s(0), seen(A, &[]));
+        e.handle(s(0), drop_ready(1));
+        let (d, nodes) = prepares(&run_until(&mut e, s(2))).remove(0);
+        e.handle(s(3), prepared(d.0, 1, &nodes));
+        e.handle(s(5), seen(B, &[]));
+        assert_eq!(e.poll_timeout().map(|t| t <= s(7)), Some(true), "still unexpired");
+        e.handle(s(6), seen(C, &[]));
+        // the window ends at 8; at unix 1998 it is unexpired: a follow-up
+        assert_eq!(follow_ups(&run_until(&mut e, s(8))).len(), 1);
+        // another node after the expiry: none
+        e.handle(s(20), seen(D, &[]));
+        assert!(follow_ups(&run_until(&mut e, s(100))).is_empty());
+
+        // stopped (the shell says a cancelled campaign is the latest): none
+        let mut e = NmsEndpoint::new(s(0), cfg());
+        e.remember(s(0), &manifest_of(3, &[id(A)]), true);
+        e.handle(s(0), seen(B, &[]));
+        assert!(follow_ups(&run_until(&mut e, s(100))).is_empty());
+        assert_eq!(e.poll_timeout(), None);
+
+        // halted: none
+        let mut c = cfg();
+        c.halt_after = Some(FailureThreshold::Count(1));
+        let mut e = NmsEndpoint::new(s(0), c);
+        e.handle(s(0), seen(A, &[]));
+        e.handle(s(0), drop_ready(1));
+        let (d, nodes) = prepares(&run_until(&mut e, s(2))).remove(0);
+        e.handle(s(3), prepared(d.0, 1, &nodes));
+        let r = e.handle(
+            s(4),
+            NmsInput::ControlRequest {
+                from: id(A),
+                msg: report(
+                    1,
+                    InstallOutcome::Failed {
+                        reason: "disk".into(),
+                    },
+                ),
+            },
+        );
+        assert!(r.is_some());
+        assert!(e.campaign(&[1; 16]).unwrap().halted().is_some());
+        e.handle(s(5), seen(B, &[]));
+        assert!(follow_ups(&run_until(&mut e, s(100))).is_empty());
+    }
+
+    #[test]
+    fn a_cancel_stops_follow_ups_and_a_resume_brings_them_back() {
+        // A and B addressees, B not done yet: the cancel halts B
+        let (mut e, _) = running(&[A, B], 1);
+        e.handle(
+            s(4),
+            NmsInput::ControlRequest {
+                from: id(A),
+                msg: report(1, InstallOutcome::Installed),
+            },
+        );
+        e.cancel(s(5), &[1; 16]).unwrap();
+        e.handle(s(6), seen(C, &[]));
+        assert!(follow_ups(&run_until(&mut e, s(30))).is_empty());
+        assert_eq!(e.resume(s(31), &[1; 16], 1500), Ok(vec![id(B)]));
+        let f = follow_ups(&run_until(&mut e, s(40)));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].1, f[0].2.clone()), ([1; 16], vec![id(C)]));
+    }
+
+    #[test]
+    fn a_campaign_resumed_after_a_restart_is_no_longer_stopped() {
+        // the shell told of it as cancelled at start, then the operator resumes it
+        let nodes = [id(A), id(B)];
+        let mut e = NmsEndpoint::new(s(0), cfg());
+        let (signed, manifest, secret) = saved_campaign(9, &nodes);
+        e.remember(s(0), &manifest, true);
+        e.handle(s(0), seen(C, &[]));
+        assert!(follow_ups(&run_until(&mut e, s(10))).is_empty());
+        let saved = [
+            (id(A), NodeStatus::Installed, 10_000),
+            (id(B), NodeStatus::Halted(CANCELLED.into()), 0),
+        ];
+        let r = e.resume_saved(s(11), DropId(1), signed, manifest, secret, &saved, 1500);
+        assert_eq!(r, Ok(vec![id(B)]));
+        let f = follow_ups(&run_until(&mut e, s(20)));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].2, vec![id(C)]);
+    }
+
+    #[test]
+    fn the_latest_version_counts_also_when_remembered_at_start() {
+        // at start the shell tells of ended campaigns: versions 1 and 2 (2 to A and a
+        // follow-up of 2 to B), and that C holds 2
+        let mut e = NmsEndpoint::new(s(0), cfg());
+        e.remember(s(0), &manifest_of(1, &[id(A), id(B), id(C), id(D)]), false);
+        e.remember(s(0), &manifest_of(2, &[id(A)]), false);
+        let mut f2 = manifest_of(2, &[id(B)]);
+        f2.campaign = [22; 16];
+        e.remember(s(0), &f2, false);
+        e.know_installed(s(0), id(C), "pkg", 2);
+        for n in [A, B, C, D] {
+            e.handle(s(1), seen(n, &[]));
+        }
+        let f = follow_ups(&run_until(&mut e, s(100)));
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].1, f[0].2.clone()), ([2; 16], vec![id(D)]));
+        // its preparation fails: said, and not asked again until D re-appears
+        e.handle(
+            s(101),
+            NmsInput::PrepareFailed {
+                drop_id: f[0].0,
+                reason: "the copy was removed".into(),
+            },
+        );
+        assert!(events(&mut e).iter().any(|v| matches!(
+            v,
+            NmsEvent::DropFailed { reason, .. } if reason.contains("the copy was removed")
+        )));
+        assert!(follow_ups(&run_until(&mut e, s(200))).is_empty());
+        e.handle(s(201), NmsInput::NodeLost { id: id(D) });
+        e.handle(s(202), seen(D, &[]));
+        assert_eq!(follow_ups(&run_until(&mut e, s(300))).len(), 1);
+    }
+
+    /// A node offered a version it holds already refuses as `installed`: the NMS counts it
+    /// installed (not failed), and the campaign ends with every node installed.
+    #[test]
+    fn a_node_holding_the_version_counts_as_installed() {
+        let (mut e, a) = running(&[A], 1);
+        let (o, _) = offers(&a)[0];
+        e.handle(
+            s(4),
+            NmsInput::ControlResponse {
+                id: o,
+                msg: Control::OfferReply {
+                    campaign: [1; 16],
+                    verdict: Verdict::Refuse {
+                        reason: RefuseReason::Installed,
+                        detail: "campaign ... is already over on this node (pkg sequence 1 is installed)"
+                            .into(),
+                    },
+                },
+            },
+        );
+        let a = actions(&mut e);
+        let done = a
+            .iter()
+            .find_map(|a| match a {
+                NmsAction::CampaignFinished { summary } => Some(summary.clone()),
+                _ => None,
+            })
+            .expect("the campaign ends");
+        assert!(done.all_installed(), "{done:?}");
+        assert!(
+            !events(&mut e)
+                .iter()
+                .any(|v| matches!(v, NmsEvent::NodeFailed { .. }))
+        );
+    }
+}
