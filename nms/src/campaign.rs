@@ -55,6 +55,9 @@ pub struct Dropped {
     file: fs::File,
     /// The descriptor's metadata when it was opened.
     meta: fs::Metadata,
+    /// A copy the NMS kept, distributed again as an operator's rollback (not a drop: it is
+    /// neither remembered as one nor archived).
+    kept: bool,
 }
 
 impl Dropped {
@@ -93,6 +96,26 @@ impl Dropped {
             path: path.to_path_buf(),
             file,
             meta,
+            kept: false,
+        })
+    }
+
+    /// Opens the NMS's own kept copy `path` of a version distributed before, to distribute
+    /// it again as a rollback the operator asked for (`baton-nms rollback`).
+    pub fn kept_copy(path: &Path) -> Result<Dropped> {
+        let file =
+            crate::watch::open_entry(path).map_err(|e| anyhow!(crate::watch::open_refusal(path, &e)))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("cannot examine {}", path.display()))?;
+        if let Some(message) = crate::watch::refusal(path, &meta) {
+            bail!(message);
+        }
+        Ok(Dropped {
+            path: path.to_path_buf(),
+            file,
+            meta,
+            kept: true,
         })
     }
 }
@@ -253,9 +276,15 @@ pub fn prepare(
         })?
         .to_string();
     let stamp = stamp_of(&dropped.meta);
-    let remember = |content: Option<&Hash>, outcome: &str| -> Result<()> {
-        lock(&inbox.db).remember_drop(&file_name, stamp, content, outcome, unix_now())?;
+    let kept = dropped.kept;
+    let remember_in = |db: &Db, content: Option<&Hash>, outcome: &str, at: u64| -> Result<()> {
+        if !kept {
+            db.remember_drop(&file_name, stamp, content, outcome, at)?;
+        }
         Ok(())
+    };
+    let remember = |content: Option<&Hash>, outcome: &str| -> Result<()> {
+        remember_in(&lock(&inbox.db), content, outcome, unix_now())
     };
     if let Some(why) = oversize(&dropped.path, dropped.meta.len(), settings.chunk_size) {
         remember(None, "refused: too large")?;
@@ -277,7 +306,7 @@ pub fn prepare(
         );
     }
     let sidecar = rollback_sidecar(&dropped.path);
-    let rollback = fs::symlink_metadata(&sidecar).is_ok_and(|m| m.is_file());
+    let rollback = kept || fs::symlink_metadata(&sidecar).is_ok_and(|m| m.is_file());
     let campaign = random_bytes::<16>()?;
     let dir = inbox.data_dir.join("campaigns").join(hex::encode(campaign));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -306,9 +335,11 @@ pub fn prepare(
         Decision::Accept { sequence } => sequence,
         Decision::Unchanged { sequence } => {
             discard();
-            db.remember_drop(&file_name, stamp, Some(&root), "unchanged", unix_now())?;
+            remember_in(&db, Some(&root), "unchanged", unix_now())?;
             drop(db);
-            archive(inbox, &dropped.path);
+            if !kept {
+                archive(inbox, &dropped.path);
+            }
             return Ok(Intook::Nothing(format!(
                 "{shown}: its content is {name} {version} as distributed with sequence {sequence}; \
                  nothing to do"
@@ -316,7 +347,7 @@ pub fn prepare(
         }
         Decision::Refused(why) => {
             discard();
-            db.remember_drop(&file_name, stamp, Some(&root), "refused: older", unix_now())?;
+            remember_in(&db, Some(&root), "refused: older", unix_now())?;
             bail!(why);
         }
     };
@@ -327,7 +358,7 @@ pub fn prepare(
         nms: NodeId::of(nms),
         name,
         version,
-        file: file_name,
+        file: file_name.clone(),
         sequence,
         size,
         chunk_size: settings.chunk_size,
@@ -374,13 +405,15 @@ pub fn prepare(
             return Err(e.into());
         }
     };
-    db.remember_drop(&manifest.file, stamp, Some(&root), "campaign", now)?;
+    remember_in(&db, Some(&root), "campaign", now)?;
     drop(db);
-    if rollback {
-        // asked for once: the next drop of an older version is refused again
-        let _ = fs::remove_file(&sidecar);
+    if !kept {
+        if rollback {
+            // asked for once: the next drop of an older version is refused again
+            let _ = fs::remove_file(&sidecar);
+        }
+        archive(inbox, &dropped.path);
     }
-    archive(inbox, &dropped.path);
     Ok(Intook::Campaign(Box::new(Prepared {
         manifest,
         signed,

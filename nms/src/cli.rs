@@ -17,12 +17,16 @@ use baton_shell::net::{NMS_PORT, parse_listen, tcp_addr};
 use clap::Parser;
 
 /// Watches a folder and distributes every package dropped into it to the nodes of the LAN.
+/// Without a command it runs the NMS (--watch is then required); the commands act on the
+/// NMS running with the same --data-dir.
 #[derive(Parser, Debug)]
-#[command(name = "baton-nms", version)]
+#[command(name = "baton-nms", version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The folder operators drop packages into.
     #[arg(long)]
-    watch: PathBuf,
+    watch: Option<PathBuf>,
     /// Data directory (identity key, sequence numbers, campaigns). Default:
     /// /var/lib/baton-nms as root, else ~/.local/share/baton-nms.
     #[arg(long)]
@@ -100,6 +104,78 @@ pub struct Cli {
     halt_after: Option<FailureThreshold>,
 }
 
+/// The operator's commands to a running NMS (over the control socket in its data
+/// directory; see docs/operations.md, "Operator commands").
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// The running NMS: identity, nodes, drops waiting, campaigns running.
+    Status(OpArgs),
+    /// Every campaign, with its state and how many nodes installed.
+    Campaigns(OpArgs),
+    /// One campaign and each of its nodes.
+    Show {
+        /// The campaign id, or a unique prefix of it (as listed by `campaigns`).
+        id: String,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Stops a running campaign: no more offers or chunks; nodes not yet installed are
+    /// reported "cancelled by the operator".
+    Cancel {
+        /// The campaign id, or a unique prefix of it.
+        id: String,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Runs a cancelled campaign again (if its manifest has not expired): its cancelled
+    /// nodes are offered it again.
+    Resume {
+        /// The campaign id, or a unique prefix of it.
+        id: String,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+    /// Distributes an earlier version of a package again, from the copy the NMS kept, as a
+    /// new campaign with a higher sequence number (nodes go back to it).
+    Rollback {
+        /// The package name (as listed by `campaigns`).
+        package: String,
+        /// The version to go back to. Default: the newest one older than the current one
+        /// whose copy is kept (the NMS keeps the current and the previous version).
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        #[command(flatten)]
+        op: OpArgs,
+    },
+}
+
+/// What every operator command takes.
+#[derive(clap::Args, Debug)]
+pub struct OpArgs {
+    /// The data directory of the NMS to talk to. Default: as baton-nms's own default.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the answer as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Command {
+    /// The request, the data directory and whether to print JSON.
+    pub fn request(self) -> (crate::ops::Request, PathBuf, bool) {
+        use crate::ops::Request;
+        let (req, op) = match self {
+            Command::Status(op) => (Request::Status, op),
+            Command::Campaigns(op) => (Request::Campaigns, op),
+            Command::Show { id, op } => (Request::Show { id }, op),
+            Command::Cancel { id, op } => (Request::Cancel { id }, op),
+            Command::Resume { id, op } => (Request::Resume { id }, op),
+            Command::Rollback { package, to, op } => (Request::Rollback { package, to }, op),
+        };
+        (req, op.data_dir.unwrap_or_else(default_data_dir), op.json)
+    }
+}
+
 fn default_data_dir() -> PathBuf {
     if std::env::var("HOME").as_deref() == Ok("/root") {
         PathBuf::from("/var/lib/baton-nms")
@@ -115,6 +191,11 @@ fn listen_arg(s: &str) -> Result<SocketAddr, String> {
 }
 
 pub fn options(cli: Cli) -> Result<NmsOptions> {
+    let Some(watch) = cli.watch.clone() else {
+        bail!(
+            "--watch is required to run the NMS (the folder packages are dropped into); to act on a running NMS, give a command: status, campaigns, show, cancel, resume, rollback (see --help)"
+        );
+    };
     if cli.fanout == 0 || cli.fanout > MAX_FANOUT {
         bail!("--fanout must be between 1 and {MAX_FANOUT}");
     }
@@ -128,15 +209,14 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
     {
         bail!("--settle and --discovery-timeout are seconds, 0 or more");
     }
-    if cli.watch.exists() && !cli.watch.is_dir() {
-        let parent = cli
-            .watch
+    if watch.exists() && !watch.is_dir() {
+        let parent = watch
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| ".".to_string(), |p| p.display().to_string());
         bail!(
             "--watch {} is a file, not a folder: --watch takes the folder packages are dropped into (e.g. --watch {parent}), and each file dropped there becomes a campaign",
-            cli.watch.display()
+            watch.display()
         );
     }
     if !cli.settle_file.is_finite() || !(0.05..=3600.0).contains(&cli.settle_file) {
@@ -145,10 +225,10 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
             crate::watch::DEFAULT_SETTLE.as_secs_f64()
         );
     }
-    if !cli.watch.is_dir() {
+    if !watch.is_dir() {
         bail!(
             "the watched folder {} does not exist or is not a folder: create it (mkdir -p) or pass another --watch",
-            cli.watch.display()
+            watch.display()
         );
     }
     let interfaces = if cli.interfaces.is_empty() {
@@ -163,7 +243,7 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
     };
     let data_dir = cli.data_dir.unwrap_or_else(default_data_dir);
     // Nothing may ever be distributed from the data directory (it holds the private key).
-    check_folders(&cli.watch, &data_dir)?;
+    check_folders(&watch, &data_dir)?;
     if let Some(archive) = &cli.archive {
         if !archive.is_dir() {
             bail!(
@@ -171,7 +251,7 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
                 archive.display()
             );
         }
-        if archive.canonicalize().ok() == cli.watch.canonicalize().ok() {
+        if archive.canonicalize().ok() == watch.canonicalize().ok() {
             bail!(
                 "--archive must not be the watched folder itself: files moved there would be taken in again; pass another folder"
             );
@@ -182,7 +262,7 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
     Ok(NmsOptions {
         data_dir,
         listen: tcp_addr(listen.ip(), listen.port()),
-        watch: cli.watch,
+        watch,
         mdns: !cli.no_mdns,
         interfaces,
         peers: cli.peers,
@@ -227,7 +307,12 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let opts = options(Cli::parse_from(args))?;
+    let cli = Cli::parse_from(args);
+    if let Some(cmd) = cli.command {
+        let (req, data_dir, json) = cmd.request();
+        return crate::ops::command(&data_dir, &req, json);
+    }
+    let opts = options(cli)?;
     // logs go to stderr between the live view's redraws
     baton_shell::init_tracing_with(|| LogWriter);
     let once = opts.once;
@@ -455,6 +540,50 @@ mod tests {
         assert!(err.contains("--settle-file is seconds"), "{err}");
         let opts = parse_with(&watch, &data, &[s, "1.5".as_ref()]).unwrap();
         assert_eq!(opts.settle_file, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn commands_parse_and_a_daemon_needs_watch() {
+        let cli = Cli::try_parse_from([
+            "baton-nms",
+            "rollback",
+            "frob",
+            "--to",
+            "1.0",
+            "--data-dir",
+            "/d",
+            "--json",
+        ])
+        .unwrap();
+        let (req, dir, json) = cli.command.unwrap().request();
+        assert_eq!(
+            req,
+            crate::ops::Request::Rollback {
+                package: "frob".into(),
+                to: Some("1.0".into())
+            }
+        );
+        assert_eq!((dir, json), (PathBuf::from("/d"), true));
+        let cli = Cli::try_parse_from(["baton-nms", "show", "ab12"]).unwrap();
+        assert_eq!(cli.command.unwrap().request().1, default_data_dir());
+        let e = format!(
+            "{:#}",
+            options(Cli::try_parse_from(["baton-nms"]).unwrap()).unwrap_err()
+        );
+        assert!(e.contains("--watch is required") && e.contains("status"), "{e}");
+    }
+
+    #[test]
+    fn a_command_without_a_running_nms_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        let e = main_from(["baton-nms", "status", "--data-dir", d.path().to_str().unwrap()]).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            format!(
+                "is baton-nms running? (no socket at {})",
+                d.path().join("control.sock").display()
+            )
+        );
     }
 
     #[test]

@@ -600,6 +600,17 @@ impl Db {
         Ok(())
     }
 
+    /// The operator resumed a cancelled campaign: it runs again, not ended.
+    pub fn reopened(&self, id: &CampaignId) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE campaigns SET state = 'running', ended = 0, finished_at = NULL WHERE id = ?1",
+                [id.to_vec()],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
     /// The campaign's copy was removed.
     pub fn copy_removed(&self, id: &CampaignId) -> Result<(), DbError> {
         self.conn

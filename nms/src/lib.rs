@@ -4,6 +4,7 @@
 pub mod campaign;
 pub mod cli;
 pub mod db;
+pub mod ops;
 pub mod server;
 pub mod ui;
 pub mod watch;

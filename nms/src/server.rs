@@ -5,7 +5,7 @@
 //! operator's view (`ui.rs`), the log and `--json` lines. It sleeps until the endpoint's
 //! `poll_timeout`: there is no periodic tick.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +34,7 @@ use crate::campaign::{
     taken_in_before,
 };
 use crate::db::{CampaignState, Db, SavedCampaign};
+use crate::ops::{Request, Response};
 pub use crate::ui::{FailedNode, NodeResult, Summary};
 use crate::ui::{Mode, View};
 use crate::watch::{DropEvent, DropWatcher};
@@ -104,6 +105,8 @@ struct Nms {
     inbox: Inbox,
     /// Peers named with --peer, whose addresses are given back after a failed dial.
     static_peers: Vec<(PeerId, Multiaddr)>,
+    /// Drops that are kept copies distributed again as the operator's rollback.
+    rollbacks: HashSet<DropId>,
 }
 
 /// Runs the NMS until Ctrl-C (or, with `--once`, until its first campaign ends). Returns
@@ -119,6 +122,11 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         data_dir: opts.data_dir.clone(),
         archive: opts.archive.clone(),
     };
+    // the operator's commands (ops.rs): refused while another process answers on it
+    let (_control, mut operator) = baton_shell::control::ControlServer::bind::<Request, Response>(
+        &crate::ops::socket_path(&opts.data_dir),
+        "baton-nms",
+    )?;
     let (watcher, mut drops) = DropWatcher::start(&opts.watch, opts.settle_file)?;
     let mut swarm = net::build_swarm(
         keypair.clone(),
@@ -173,6 +181,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         failures: net::FailureLog::default(),
         inbox,
         static_peers: Vec::new(),
+        rollbacks: HashSet::new(),
     };
     for p in &opts.peers {
         match net::peer_of(p) {
@@ -216,6 +225,10 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
             Some(d) = disco_rx.recv() => nms.on_discovery(d),
             Some(d) = drops.recv() => nms.on_drop(d),
             Some(i) = irx.recv() => nms.on_internal(i),
+            Some(call) = operator.recv() => {
+                let r = nms.operate(call.request.clone());
+                call.reply(r);
+            }
             _ = tokio::time::sleep_until(deadline.into()) => { nms.input(NmsInput::Timeout); }
             _ = tokio::signal::ctrl_c() => { info!("interrupted; stopping"); break; }
             _ = term.recv() => { info!("terminated; stopping"); break; }
@@ -305,6 +318,7 @@ impl Nms {
         let Some(path) = self.drops.get(&drop_id).cloned() else {
             return;
         };
+        let kept = self.rollbacks.remove(&drop_id);
         let (inbox, kp, settings, tx) = (
             self.inbox.clone(),
             self.keypair.clone(),
@@ -314,7 +328,12 @@ impl Nms {
         tokio::task::spawn_blocking(move || {
             let t = Instant::now();
             // opens the dropped file once, without following links, and reads only from that
-            let r = intake(&inbox, &path, &kp, addressees, &settings);
+            let r = if kept {
+                crate::campaign::Dropped::kept_copy(&path)
+                    .and_then(|d| crate::campaign::prepare(&inbox, d, &kp, addressees, &settings))
+            } else {
+                intake(&inbox, &path, &kp, addressees, &settings)
+            };
             if matches!(r, Ok(Intook::Campaign(_))) {
                 info!("copied, hashed and signed in {} ms", t.elapsed().as_millis());
             }
@@ -548,9 +567,11 @@ impl Nms {
         match ev {
             NmsEvent::DropAbandoned { drop_id, .. } => {
                 self.drops.remove(&drop_id);
+                self.rollbacks.remove(&drop_id);
             }
             NmsEvent::DropFailed { drop_id, .. } => {
                 self.drops.remove(&drop_id);
+                self.rollbacks.remove(&drop_id);
                 self.prepared.remove(&drop_id);
             }
             NmsEvent::CampaignStarted { drop_id, manifest } => {
@@ -790,6 +811,196 @@ impl Nms {
         let removed = remove_old_copies(&self.db(), &store);
         for c in removed {
             self.files.remove(&c);
+        }
+    }
+}
+
+/// The operator's commands (`ops.rs`): answers from the database and the endpoint; a
+/// cancel or a resume is the endpoint's decision, told to the database here.
+impl Nms {
+    fn operate(&mut self, req: Request) -> std::result::Result<Response, String> {
+        let all = self.db().campaigns().map_err(|e| e.to_string())?;
+        match req {
+            Request::Status => {
+                let running = all
+                    .iter()
+                    .filter(|c| self.endpoint.campaign(&c.id).is_some_and(|m| !m.is_done()))
+                    .map(|c| self.detail(c).map(|d| d.campaign))
+                    .collect::<std::result::Result<Vec<_>, String>>()?;
+                Ok(Response::Status(crate::ops::StatusInfo {
+                    nms: NodeId::of(&self.keypair).to_string(),
+                    pid: std::process::id(),
+                    data_dir: self.opts.data_dir.display().to_string(),
+                    watch: self.opts.watch.display().to_string(),
+                    uptime_secs: self.start.elapsed().as_secs(),
+                    nodes_eligible: self.endpoint.eligible().len(),
+                    nodes_known: self.db().inventory().map_err(|e| e.to_string())?.len(),
+                    drops_waiting: self.endpoint.drops_waiting(),
+                    running,
+                }))
+            }
+            Request::Campaigns => Ok(Response::Campaigns {
+                campaigns: all
+                    .iter()
+                    .map(|c| self.detail(c).map(|d| d.campaign))
+                    .collect::<std::result::Result<_, _>>()?,
+            }),
+            Request::Show { id } => {
+                let c = crate::ops::resolve(&all, &id)?;
+                let c = all.iter().find(|x| x.id == c).expect("resolved");
+                Ok(Response::Show(self.detail(c)?))
+            }
+            Request::Cancel { id } => {
+                let c = crate::ops::resolve(&all, &id)?;
+                let saved = all.iter().find(|x| x.id == c).expect("resolved");
+                let now = self.now();
+                let cancelled = self
+                    .endpoint
+                    .cancel(now, &c)
+                    .map_err(|e| format!("{e} (its state: {})", self.state_of(saved)))?;
+                // before the campaign's end is told to the database: it stays cancelled
+                let r = self.db().set_state(&c, CampaignState::Cancelled);
+                self.db_error(r);
+                info!("campaign {} cancelled by the operator", hex::encode(c));
+                let row = self.detail(saved)?.campaign;
+                Ok(Response::Done {
+                    message: format!(
+                        "campaign {} ({} {}, sequence {}) cancelled: {} node(s) not yet installed or installing are halted, {} installed; resume it with baton-nms resume {}",
+                        &row.id[..12],
+                        row.package,
+                        row.version,
+                        row.sequence,
+                        cancelled.len(),
+                        row.installed,
+                        &row.id[..12]
+                    ),
+                    campaign: Some(row),
+                })
+            }
+            Request::Resume { id } => {
+                let c = crate::ops::resolve(&all, &id)?;
+                let saved = all.iter().find(|x| x.id == c).expect("resolved").clone();
+                let reopened = self.resume(&saved)?;
+                let r = self.db().reopened(&c);
+                self.db_error(r);
+                info!("campaign {} resumed by the operator", hex::encode(c));
+                let mut row = self.detail(&saved)?.campaign;
+                row.state = "running".into();
+                Ok(Response::Done {
+                    message: format!(
+                        "campaign {} ({} {}, sequence {}) resumed: {} halted node(s) wait again and are offered it",
+                        &row.id[..12],
+                        row.package,
+                        row.version,
+                        row.sequence,
+                        reopened
+                    ),
+                    campaign: Some(row),
+                })
+            }
+            Request::Rollback { package, to } => {
+                let with_manifests: Vec<(SavedCampaign, Manifest)> = all
+                    .iter()
+                    .filter(|c| c.package == package)
+                    .map(|c| crate::ops::manifest_of(c).map(|(_, m)| (c.clone(), m)))
+                    .collect::<std::result::Result<_, _>>()?;
+                let (copy, version, seq, current, current_seq) =
+                    crate::ops::rollback_target(&with_manifests, &package, to.as_deref())?;
+                self.next_drop += 1;
+                let drop_id = DropId(self.next_drop);
+                self.drops.insert(drop_id, copy.clone());
+                self.rollbacks.insert(drop_id);
+                info!(
+                    "rollback of {package} to {version} asked by the operator: distributing {} again",
+                    copy.display()
+                );
+                self.input(NmsInput::DropReady {
+                    drop_id,
+                    name: format!("rollback of {package} to {version}"),
+                });
+                Ok(Response::Done {
+                    message: format!(
+                        "rollback of {package} from {current} (sequence {current_seq}) to {version} (first distributed with sequence {seq}): \
+                         its kept copy goes out again as a new campaign with a sequence above {current_seq}; follow it with baton-nms campaigns"
+                    ),
+                    campaign: None,
+                })
+            }
+        }
+    }
+
+    fn state_of(&self, c: &SavedCampaign) -> String {
+        self.detail(c)
+            .map(|d| {
+                format!(
+                    "{}{}",
+                    d.campaign.state,
+                    if d.campaign.ended { ", ended" } else { "" }
+                )
+            })
+            .unwrap_or_else(|e| e)
+    }
+
+    fn detail(&self, c: &SavedCampaign) -> std::result::Result<crate::ops::CampaignDetail, String> {
+        let (_, m) = crate::ops::manifest_of(c)?;
+        let live = self.endpoint.campaign(&c.id);
+        let saved = if live.is_some() {
+            Vec::new()
+        } else {
+            self.db().nodes_of(&c.id).map_err(|e| e.to_string())?
+        };
+        Ok(crate::ops::detail(c, &m, live, &saved))
+    }
+
+    /// Resumes a halted campaign (cancelled, or halted by `--halt-after`), held by the
+    /// endpoint or (halted before a restart) from the database; its copy must still be kept. Returns how many nodes reopened.
+    fn resume(&mut self, c: &SavedCampaign) -> std::result::Result<usize, String> {
+        let id = hex::encode(c.id);
+        let kept = c.copy.as_ref().filter(|p| p.is_file()).ok_or_else(|| {
+            format!(
+                "campaign {id} cannot be resumed: its copy of the package was removed (this NMS keeps only the current and the previous version); drop the package file again"
+            )
+        })?;
+        let now = self.now();
+        if self.endpoint.campaign(&c.id).is_some() {
+            // retention may have let go of its files when it ended
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.files.entry(c.id) {
+                let file =
+                    std::fs::File::open(kept).map_err(|e| format!("cannot open {}: {e}", kept.display()))?;
+                let (_, m) = crate::ops::manifest_of(c)?;
+                slot.insert(Files {
+                    manifest: Arc::new(m),
+                    data: Arc::new(file),
+                    dir: kept.parent().map(PathBuf::from).unwrap_or_default(),
+                });
+            }
+            return self
+                .endpoint
+                .resume(now, &c.id, unix_now())
+                .map(|r| r.len())
+                .map_err(|e| e.to_string());
+        }
+        let (signed, manifest) = crate::ops::manifest_of(c)?;
+        let file = std::fs::File::open(kept).map_err(|e| format!("cannot open {}: {e}", kept.display()))?;
+        let nodes = self.db().nodes_of(&c.id).map_err(|e| e.to_string())?;
+        let saved: Vec<(NodeId, NodeStatus, u64)> = nodes
+            .into_iter()
+            .filter_map(|n| Some((NodeId(n.node.parse::<PeerId>().ok()?), n.status, n.verified)))
+            .collect();
+        self.next_drop += 1;
+        let drop_id = DropId(self.next_drop);
+        let dir = kept.parent().map(PathBuf::from).unwrap_or_default();
+        self.prepared.insert(drop_id, (Arc::new(file), dir));
+        let secret = baton_protocol::CampaignSecret(c.secret);
+        match self
+            .endpoint
+            .resume_saved(now, drop_id, signed, manifest, secret, &saved, unix_now())
+        {
+            Ok(r) => Ok(r.len()),
+            Err(e) => {
+                self.prepared.remove(&drop_id);
+                Err(e.to_string())
+            }
         }
     }
 }

@@ -65,8 +65,13 @@ pub struct NodeOptions {
 /// Bursts the upload cap lets through at once (two 128 KiB chunks).
 const UPLOAD_BURST: u64 = 256 * 1024;
 
-/// A request on the control socket, and where its answer goes.
-type ControlCall = (serde_json::Value, tokio::sync::oneshot::Sender<serde_json::Value>);
+/// A request on the control socket ([`baton_shell::control`]): `{"cmd": "status"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum ControlRequest {
+    /// The node's relay policy, gates, readings and campaigns ([`crate::status::status`]).
+    Status,
+}
 
 /// File in the data directory holding NMS ids pinned by `--trust-first`.
 pub const PINNED_FILE: &str = "trusted-nms.txt";
@@ -198,16 +203,15 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         static_peers: Vec::new(),
     };
     agent.read_probe();
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlCall>(16);
-    let _control = match baton_shell::control::bind(&opts.data_dir).await {
-        Ok(sock) => {
-            let sock = Arc::new(sock);
-            tokio::spawn(serve_control(sock.clone(), ctl_tx));
-            Some(sock)
-        }
+    let (_control, mut ctl_rx) = match baton_shell::control::ControlServer::bind::<
+        ControlRequest,
+        serde_json::Value,
+    >(&baton_shell::control::socket_path(&opts.data_dir), "baton-node")
+    {
+        Ok((sock, rx)) => (Some(sock), rx),
         Err(e) => {
-            warn!("no control socket (`baton-node status` will not answer): {e:#}");
-            None
+            warn!("no control socket (`baton-node status` will not answer): {e}");
+            (None, mpsc::channel(1).1)
         }
     };
     let mut probe_tick = tokio::time::interval_at((Instant::now() + PROBE_INTERVAL).into(), PROBE_INTERVAL);
@@ -246,7 +250,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             Some(d) = disco_rx.recv() => agent.on_discovery(d),
             Some(i) = irx.recv() => agent.on_internal(i),
             _ = probe_tick.tick() => agent.read_probe(),
-            Some((q, tx)) = ctl_rx.recv() => { let _ = tx.send(agent.control(&q)); }
+            Some(call) = ctl_rx.recv() => { let a = agent.control(call.request); call.reply(Ok(a)); }
             _ = tokio::time::sleep_until(delayed_at.into()), if any_delayed => {
                 agent.send_delayed();
             }
@@ -267,38 +271,6 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         d.shutdown_async().await;
     }
     Ok(())
-}
-
-/// Answers the control socket: each connection's request goes to the event loop, whose
-/// answer goes back.
-async fn serve_control(sock: Arc<baton_shell::control::ControlSocket>, tx: mpsc::Sender<ControlCall>) {
-    loop {
-        let mut conn = match sock.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("control socket: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let answer = match baton_shell::control::read_request::<serde_json::Value>(&mut conn).await {
-                Ok(q) => {
-                    let (otx, orx) = tokio::sync::oneshot::channel();
-                    if tx.send((q, otx)).await.is_err() {
-                        return;
-                    }
-                    match orx.await {
-                        Ok(a) => a,
-                        Err(_) => return,
-                    }
-                }
-                Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
-            };
-            let _ = baton_shell::control::write_answer(conn, &answer).await;
-        });
-    }
 }
 
 /// The NMS ids pinned by trust on first use, from `dir/trusted-nms.txt` (one per line;
@@ -386,19 +358,15 @@ impl Agent {
     }
 
     /// Answers a request on the control socket.
-    fn control(&self, q: &serde_json::Value) -> serde_json::Value {
-        match q.get("cmd").and_then(|c| c.as_str()) {
-            Some("status") => crate::status::status(
+    fn control(&self, q: ControlRequest) -> serde_json::Value {
+        match q {
+            ControlRequest::Status => crate::status::status(
                 self.me,
                 &self.endpoint,
                 self.now(),
                 self.probe_error.as_deref(),
                 self.upload.as_ref().map(|u| u.rate()),
             ),
-            Some(other) => {
-                serde_json::json!({ "error": format!("unknown command `{other}`: this node answers `status`") })
-            }
-            None => serde_json::json!({ "error": "the request has no `cmd`: send {\"cmd\": \"status\"}" }),
         }
     }
 

@@ -393,20 +393,15 @@ fn status_command(cli: &Cli, json: bool) -> Result<()> {
         .clone()
         .or(file.data_dir.clone())
         .unwrap_or_else(default_data_dir);
-    let answer: serde_json::Value = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(baton_shell::control::call(
-            &dir,
-            &serde_json::json!({ "cmd": "status" }),
-        ))?;
+    let answer: serde_json::Value = baton_shell::control::call(
+        &baton_shell::control::socket_path(&dir),
+        "baton-node",
+        &crate::agent::ControlRequest::Status,
+    )?;
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
         print!("{}", crate::status::render(&answer));
-    }
-    if answer.get("error").is_some() {
-        bail!("the node refused the status request");
     }
     Ok(())
 }

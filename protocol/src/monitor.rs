@@ -33,8 +33,10 @@ pub enum NodeStatus {
     /// list it had not served was re-planned. Not final: a node that comes back is offered
     /// the campaign again and may still install.
     Unreachable(String),
-    /// The campaign was halted (failure threshold) before this node installed; the reason
-    /// says why. Final.
+    /// The campaign was halted (failure threshold, or the operator's cancel) before this
+    /// node installed; the reason says why. Final, with one exception: the operator's
+    /// resume ([`CampaignMonitor::resume_halted`]) makes a halted node wait again. Nothing
+    /// a node or the network does changes it.
     Halted(String),
     /// The node refused the offer as untrusted: it trusts another NMS. Final for this
     /// campaign; the endpoint stops addressing it.
@@ -43,6 +45,8 @@ pub enum NodeStatus {
 
 impl NodeStatus {
     /// A state that never changes again: installed, failed, halted, or trusting another NMS.
+    /// The one exception is explicit: the operator's resume of a halted campaign
+    /// ([`CampaignMonitor::resume_halted`]) sets its halted nodes back to waiting.
     pub fn is_final(&self) -> bool {
         matches!(
             self,
@@ -283,6 +287,10 @@ pub struct CampaignMonitor {
     actions: VecDeque<MonitorAction>,
     started: Duration,
     finished_at: Option<Duration>,
+    /// Halted by the operator's cancel: the NMS serves no chunks either (until a resume).
+    cancelled: bool,
+    /// How long the root holds a chunk request ([`MonitorConfig::hold`]).
+    server_hold: Duration,
     /// A node un-settled after the campaign was done (it came back); `Done` is said again
     /// once every node is settled again.
     reopened: bool,
@@ -299,6 +307,9 @@ pub struct CampaignMonitor {
     /// The observed rate, and when it was computed (at most once a second).
     rate_cache: Option<(Duration, Option<u64>)>,
 }
+
+/// The reason given to the nodes of a campaign the operator cancelled.
+pub const CANCELLED: &str = "cancelled by the operator";
 
 impl CampaignMonitor {
     /// Starts a campaign: offers go to the first tier at once, and every addressee gets
@@ -350,6 +361,8 @@ impl CampaignMonitor {
             actions: VecDeque::new(),
             started: now,
             finished_at: None,
+            cancelled: false,
+            server_hold: cfg.hold,
             reopened: false,
             cfg: cfg.oversight,
             watches: HashMap::new(),
@@ -408,6 +421,9 @@ impl CampaignMonitor {
     }
 
     fn offer(&mut self, a: Assignment) {
+        if self.halted.is_some() {
+            return;
+        }
         let offer = Offer {
             manifest: self.signed.clone(),
             part: a.part.clone(),
@@ -866,6 +882,166 @@ impl CampaignMonitor {
         m
     }
 
+    /// True once the operator cancelled the campaign (until it is resumed).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    /// The operator cancels the campaign: it is halted ([`CampaignMonitor::halt`]) with
+    /// the reason [`CANCELLED`] (every node not installed or installing becomes
+    /// [`NodeStatus::Halted`], its deadline and probes stop, nothing more is offered and
+    /// its authentication is refused), and the NMS stops serving chunks too (held
+    /// requests and later ones are answered `Gated`). A node already authenticated may
+    /// still finish its install. If the failure threshold had halted it already, only the
+    /// serving stops. Returns the addressees this call halted.
+    pub fn cancel(&mut self, now: Duration) -> Vec<NodeId> {
+        self.catch_up(now);
+        let before: HashSet<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, v)| matches!(v.status, NodeStatus::Halted(_)))
+            .map(|(n, _)| *n)
+            .collect();
+        self.halt(now, CANCELLED.into());
+        self.cancelled = true;
+        let mut out = Vec::new();
+        self.server.close(&mut out);
+        self.push_serve(out);
+        self.manifest
+            .addressees
+            .iter()
+            .filter(|n| matches!(self.status(n), NodeStatus::Halted(_)) && !before.contains(n))
+            .copied()
+            .collect()
+    }
+
+    /// The operator resumes a halted campaign (cancelled by the operator, or halted by the
+    /// failure threshold). This is the one way a final status changes: every
+    /// [`NodeStatus::Halted`] addressee waits again (keeping its verified bytes) with a new
+    /// deadline, the NMS serves again, each part the NMS offered is offered again from its
+    /// first waiting node on, and a waiting node in none of them is offered a one-node
+    /// part itself (a node that holds the campaign takes a repeat as a duplicate). Returns
+    /// the addressees that wait again (none, and nothing changes, if it was not halted).
+    pub fn resume_halted(&mut self, now: Duration) -> Vec<NodeId> {
+        self.catch_up(now);
+        if self.halted.is_none() {
+            return Vec::new();
+        }
+        self.halted = None;
+        if std::mem::take(&mut self.cancelled) {
+            let mut server = Server::new(
+                self.manifest.campaign,
+                Vec::new(),
+                self.root_token.clone(),
+                self.manifest.plan.transfer,
+                self.server_hold,
+            );
+            server.set_complete(&self.all, &mut Vec::new());
+            self.server = server;
+        }
+        let mut reopened = Vec::new();
+        for n in &self.manifest.addressees {
+            if let Some(v) = self.nodes.get_mut(n)
+                && matches!(v.status, NodeStatus::Halted(_))
+            {
+                v.status = NodeStatus::Waiting;
+                v.finished_at = None;
+                reopened.push(*n);
+            }
+        }
+        if reopened.is_empty() {
+            return reopened;
+        }
+        self.finished_at = None;
+        self.reopened = false;
+        self.reoffer_reopened(now, &reopened);
+        reopened
+    }
+
+    /// Offers the reopened nodes again: each part the NMS offered, from its first waiting
+    /// node on, then each reopened node not in one of those a one-node part. Every
+    /// reopened node's wait starts now, with a deadline.
+    fn reoffer_reopened(&mut self, now: Duration, reopened: &[NodeId]) {
+        let mut heads: Vec<NodeId> = self.offered.keys().copied().collect();
+        heads.sort_unstable();
+        let mut covered = HashSet::new();
+        for head in heads {
+            let Some(a) = self.offered.get(&head) else {
+                continue;
+            };
+            let first = a.part.iter().position(|n| *self.status(n) == NodeStatus::Waiting);
+            if let Some(i) = first {
+                let a = self.offered.remove(&head).expect("listed");
+                let part = a.part[i..].to_vec();
+                covered.extend(part.iter().copied());
+                self.offer_from_nms(now, Assignment { head: part[0], part });
+            }
+        }
+        for n in reopened {
+            if let Some(w) = self.watches.get_mut(n) {
+                w.since = now;
+                w.direct_offers = 0;
+            }
+            if !covered.contains(n) {
+                if let Some(w) = self.watches.get_mut(n) {
+                    w.slot.part = vec![*n];
+                }
+                self.offer_from_nms(
+                    now,
+                    Assignment {
+                        head: *n,
+                        part: vec![*n],
+                    },
+                );
+            }
+            self.rearm(*n);
+        }
+    }
+
+    /// A halted campaign (cancelled by the operator, or halted by the failure threshold)
+    /// taken back after an NMS restart to be resumed: [`CampaignMonitor::resume`] from what
+    /// the shell saved, then its halted addressees wait again and are offered as
+    /// [`CampaignMonitor::resume_halted`] would. Returns them too.
+    pub fn resume_saved_halted(
+        now: Duration,
+        manifest: Manifest,
+        signed: SignedManifest,
+        secret: CampaignSecret,
+        cfg: MonitorConfig,
+        saved: &[(NodeId, NodeStatus, u64)],
+    ) -> (Self, Vec<NodeId>) {
+        let reopened: Vec<NodeId> = manifest
+            .addressees
+            .iter()
+            .filter(|n| {
+                saved
+                    .iter()
+                    .any(|(m, st, _)| m == *n && matches!(st, NodeStatus::Halted(_)))
+            })
+            .copied()
+            .collect();
+        // the halted wait again: a first-tier head among them keeps its part
+        let saved: Vec<(NodeId, NodeStatus, u64)> = saved
+            .iter()
+            .map(|(n, st, v)| {
+                let st = if matches!(st, NodeStatus::Halted(_)) {
+                    NodeStatus::Waiting
+                } else {
+                    st.clone()
+                };
+                (*n, st, *v)
+            })
+            .collect();
+        let mut m = Self::resume(now, manifest, signed, secret, cfg, &saved);
+        if !reopened.is_empty() {
+            // offered from each part's first waiting node, not only to waiting heads
+            m.actions.clear();
+            m.catch_up(now);
+            m.reoffer_reopened(now, &reopened);
+        }
+        (m, reopened)
+    }
+
     /// A request the NMS sent could not be delivered.
     pub fn send_failed(&mut self, now: Duration, to: NodeId, kind: ControlKind, reason: &str) {
         self.catch_up(now);
@@ -913,6 +1089,12 @@ impl CampaignMonitor {
     /// The NMS's offer of `a` is off the table: `a.head` keeps a one-node part and the
     /// rest goes to the next node on it, offered by the NMS.
     fn replan_rest(&mut self, now: Duration, a: &Assignment) {
+        if self.halted.is_some() {
+            // nothing is offered while halted: the part stays the NMS's, so that a resume
+            // offers it again from its first waiting node
+            self.offered.insert(a.head, a.clone());
+            return;
+        }
         if let Some(w) = self.watches.get_mut(&a.head) {
             w.slot.part = vec![a.head];
         }

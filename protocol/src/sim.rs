@@ -1771,7 +1771,8 @@ impl Sim {
             ));
             return;
         }
-        // 4. a final state at the NMS never changes
+        // 4. a final state at the NMS never changes (the operator's resume of a halted
+        // campaign, the one exception, is not simulated)
         for k in 0..self.camps.len() {
             let Some(m) = self.monitor(k) else {
                 continue;

@@ -2,7 +2,7 @@
 //! Every decision is in `baton-protocol`; this crate only moves bytes: the libp2p
 //! transport and its limits ([`net`]), mDNS discovery ([`discovery`]), the persistent
 //! identity and the data-directory lock ([`identity`]), reading and sealing chunks from a
-//! package file ([`chunkfile`]), and the log subscriber ([`init_tracing`]).
+//! package file ([`chunkfile`]), the operator's control socket ([`control`]), and the log subscriber ([`init_tracing`]).
 
 pub mod chunkfile;
 pub mod control;

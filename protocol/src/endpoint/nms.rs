@@ -33,6 +33,7 @@ use crate::endpoint::timer::Timers;
 use crate::id::NodeId;
 use crate::keys::{CampaignSecret, ChunkKey, TAG_LEN};
 use crate::manifest::{CampaignId, Manifest, SignedManifest};
+pub use crate::monitor::CANCELLED;
 use crate::monitor::{CampaignMonitor, MonitorAction, MonitorConfig, MonitorNote, NodeStatus};
 use crate::serve::{RequestId, ServeAction};
 use crate::wire::{
@@ -523,6 +524,32 @@ impl CampaignSummary {
     }
 }
 
+/// Why the operator's cancel or resume of a campaign was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorRefusal {
+    /// Not among the campaigns this endpoint holds.
+    #[error("campaign {0} is not running in this NMS")]
+    NotHeld(String),
+    /// Cancel: every addressee already reached a final state.
+    #[error("campaign {0} has already ended; there is nothing to cancel")]
+    Ended(String),
+    /// Resume: it runs.
+    #[error("campaign {0} is running; only a cancelled or halted campaign can be resumed")]
+    Running(String),
+    /// Resume: it ended by itself, without a node halted (by a cancel or the threshold).
+    #[error(
+        "campaign {0} ended without being cancelled or halted, so there is nothing to resume; to \
+         distribute its package again, drop the file again"
+    )]
+    NotCancelled(String),
+    /// Resume: its manifest expired; nodes would refuse it.
+    #[error(
+        "campaign {0}'s manifest has expired, so nodes would refuse it; drop the package file \
+         again for a new campaign"
+    )]
+    Expired(String),
+}
+
 /// The endpoint's named deadlines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
@@ -852,6 +879,138 @@ impl NmsEndpoint {
         self.drain(now, c);
         self.arm_late_join(now);
         true
+    }
+
+    /// The operator cancels campaign `c`: it is halted with the reason [`CANCELLED`]
+    /// ([`CampaignMonitor::cancel`]: the NMS stops offering, serving and authenticating
+    /// it, every addressee not installed or installing becomes halted), and once the
+    /// nodes already installing are done it ends with its summary
+    /// ([`NmsAction::CampaignFinished`], [`NmsEvent::CampaignDone`]). Returns the
+    /// addressees halted.
+    pub fn cancel(&mut self, now: Duration, c: &CampaignId) -> Result<Vec<NodeId>, OperatorRefusal> {
+        let k = self
+            .campaigns
+            .get_mut(c)
+            .ok_or_else(|| OperatorRefusal::NotHeld(hex(c)))?;
+        if k.finished {
+            return Err(OperatorRefusal::Ended(hex(c)));
+        }
+        let cancelled = k.monitor.cancel(now);
+        for n in &cancelled {
+            self.progress(*c, *n);
+        }
+        self.drain(now, *c);
+        // halted: no follow-ups for late joiners of this version
+        self.arm_late_join(now);
+        #[cfg(test)]
+        self.check_invariants();
+        Ok(cancelled)
+    }
+
+    /// The operator resumes campaign `c`, halted in this process (cancelled, or halted by
+    /// `--halt-after`): unless its manifest expired (`unix_now` is the wall clock in
+    /// seconds), its halted addressees wait again and are offered again
+    /// ([`CampaignMonitor::resume_halted`]). The failure threshold still counts the
+    /// failures from before: the next failure or unreachable node halts it again. Returns
+    /// the addressees reopened.
+    pub fn resume(
+        &mut self,
+        now: Duration,
+        c: &CampaignId,
+        unix_now: u64,
+    ) -> Result<Vec<NodeId>, OperatorRefusal> {
+        let k = self
+            .campaigns
+            .get_mut(c)
+            .ok_or_else(|| OperatorRefusal::NotHeld(hex(c)))?;
+        if k.monitor.halted().is_none() {
+            return Err(if k.finished {
+                OperatorRefusal::NotCancelled(hex(c))
+            } else {
+                OperatorRefusal::Running(hex(c))
+            });
+        }
+        if k.monitor.manifest().expires_at <= unix_now {
+            return Err(OperatorRefusal::Expired(hex(c)));
+        }
+        let reopened = k.monitor.resume_halted(now);
+        k.finished = k.monitor.is_done();
+        let manifest = k.monitor.manifest().clone();
+        for n in &reopened {
+            self.progress(*c, *n);
+        }
+        self.drain(now, *c);
+        self.unstop(now, &manifest);
+        #[cfg(test)]
+        self.check_invariants();
+        Ok(reopened)
+    }
+
+    /// The operator resumes a campaign halted (cancelled, or by `--halt-after`) before this
+    /// NMS started, from what the shell saved (as [`NmsEndpoint::restore`]): refused if
+    /// expired or without a halted addressee; else it runs again as [`NmsEndpoint::resume`] would
+    /// have it, announced with [`NmsEvent::CampaignStarted`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn resume_saved(
+        &mut self,
+        now: Duration,
+        drop_id: DropId,
+        signed: SignedManifest,
+        manifest: Manifest,
+        secret: CampaignSecret,
+        saved: &[(NodeId, NodeStatus, u64)],
+        unix_now: u64,
+    ) -> Result<Vec<NodeId>, OperatorRefusal> {
+        let c = manifest.campaign;
+        if self.campaigns.contains_key(&c) {
+            return self.resume(now, &c, unix_now);
+        }
+        if manifest.expires_at <= unix_now {
+            return Err(OperatorRefusal::Expired(hex(&c)));
+        }
+        let (monitor, reopened) = CampaignMonitor::resume_saved_halted(
+            now,
+            manifest.clone(),
+            signed,
+            secret,
+            self.cfg.monitor.clone(),
+            saved,
+        );
+        if reopened.is_empty() {
+            return Err(OperatorRefusal::NotCancelled(hex(&c)));
+        }
+        self.events.push_back(NmsEvent::CampaignStarted {
+            drop_id,
+            manifest: Box::new(manifest.clone()),
+        });
+        self.campaigns.insert(
+            c,
+            Campaign {
+                monitor,
+                drop_id,
+                dropped_at: now,
+                bytes_sent: 0,
+                finished: false,
+            },
+        );
+        for n in &reopened {
+            self.progress(c, *n);
+        }
+        self.drain(now, c);
+        self.unstop(now, &manifest);
+        #[cfg(test)]
+        self.check_invariants();
+        Ok(reopened)
+    }
+
+    /// The operator resumed a campaign of `m`'s package and version: follow-ups of it for
+    /// late joiners are no longer stopped (the shell had told of it as cancelled).
+    fn unstop(&mut self, now: Duration, m: &Manifest) {
+        match self.latest.get_mut(&m.name) {
+            Some(l) if l.sequence == m.sequence => l.stopped = false,
+            _ => self.note_campaign(m, false),
+        }
+        self.arm_late_join(now);
     }
 
     /// Tells the endpoint of a campaign it does not hold (one that ended, or was cancelled:

@@ -804,6 +804,215 @@ fn a_restored_campaign_whose_nodes_had_all_reported_ends_at_once() {
     );
 }
 
+fn finished(a: &[NmsAction]) -> Option<&CampaignSummary> {
+    a.iter().find_map(|a| match a {
+        NmsAction::CampaignFinished { summary } => Some(summary),
+        _ => None,
+    })
+}
+
+fn chunk_from_a(e: &mut NmsEndpoint, tag: u8) -> Vec<NmsAction> {
+    e.handle(
+        s(5),
+        NmsInput::ChunkRequest {
+            from: id(A),
+            request: ChunkRequest {
+                campaign: [tag; 16],
+                index: 0,
+                path: vec![id(A)],
+            },
+        },
+    );
+    actions(e)
+}
+
+#[test]
+fn cancel_halts_stops_offers_and_chunks_and_ends_the_campaign() {
+    // fanout 1 over A, B, C: one part [A, B, C] offered to A
+    let (mut e, a) = running(&[A, B, C], 7);
+    let c = [7; 16];
+    let (offer_a, _) = offers(&a)[0];
+    e.handle(
+        s(4),
+        NmsInput::ControlRequest {
+            from: id(A),
+            msg: report(7, InstallOutcome::Installed),
+        },
+    );
+    actions(&mut e);
+    events(&mut e);
+    assert_eq!(e.cancel(s(5), &c), Ok(vec![id(B), id(C)]));
+    let summary = finished(&actions(&mut e))
+        .expect("cancel ends the campaign")
+        .clone();
+    assert_eq!(summary.installed, 1);
+    assert_eq!(summary.halted.as_deref(), Some(CANCELLED));
+    assert_eq!(summary.failed().count(), 0);
+    let ev = events(&mut e);
+    for n in [B, C] {
+        assert!(ev.iter().any(|v| matches!(v,
+            NmsEvent::NodeProgress { node, status: NodeStatus::Halted(r), .. } if *node == id(n) && r == CANCELLED)));
+        // no deadline or probe is left for a halted node
+        assert_eq!(e.campaign(&c).unwrap().watch_timer(&id(n)), None);
+    }
+    assert!(
+        ev.iter()
+            .any(|v| matches!(v, NmsEvent::CampaignHalted { reason, .. } if reason == CANCELLED))
+    );
+    assert!(ev.iter().any(|v| matches!(v, NmsEvent::CampaignDone { .. })));
+    // no more chunks, no authentication, no offers (a late failure of A's offer would
+    // otherwise pass its part on to B)
+    let a = chunk_from_a(&mut e, 7);
+    assert!(
+        matches!(&a[..], [NmsAction::AnswerChunk { response, .. }] if response.status == ChunkStatus::Gated),
+        "{a:?}"
+    );
+    e.handle(
+        s(5),
+        NmsInput::ControlRequest {
+            from: id(B),
+            msg: Control::Progress {
+                campaign: c,
+                phase: Phase::Receiving,
+                verified: 10,
+                source: None,
+                parent: None,
+            },
+        },
+    );
+    actions(&mut e);
+    assert_eq!(
+        e.campaign(&c).unwrap().nodes()[&id(B)].status,
+        NodeStatus::Halted(CANCELLED.into()),
+        "a report of a halted node changes nothing"
+    );
+    e.handle(
+        s(6),
+        NmsInput::SendFailed {
+            id: offer_a,
+            reason: "gone".into(),
+        },
+    );
+    assert!(offers(&actions(&mut e)).is_empty());
+    // refused: twice, or a campaign not held
+    assert_eq!(e.cancel(s(7), &c), Err(OperatorRefusal::Ended(hex(&c))));
+    assert!(matches!(
+        e.cancel(s(7), &[1; 16]),
+        Err(OperatorRefusal::NotHeld(_))
+    ));
+    // the failure that came in while cancelled did not lose the part: a resume offers it
+    e.resume(s(8), &c, 1500).unwrap();
+    assert_eq!(
+        offers(&actions(&mut e))
+            .iter()
+            .map(|(_, to)| *to)
+            .collect::<Vec<_>>(),
+        vec![id(B)]
+    );
+}
+
+#[test]
+fn resume_reopens_a_cancelled_campaign_where_unanswered_unless_expired() {
+    let (mut e, _) = running(&[A, B, C], 7);
+    let c = [7; 16];
+    assert_eq!(e.resume(s(4), &c, 1500), Err(OperatorRefusal::Running(hex(&c))));
+    e.handle(
+        s(4),
+        NmsInput::ControlRequest {
+            from: id(A),
+            msg: report(7, InstallOutcome::Installed),
+        },
+    );
+    e.cancel(s(5), &c).unwrap();
+    actions(&mut e);
+    events(&mut e);
+    // the manifest expires at 2000 (unix seconds)
+    assert_eq!(e.resume(s(6), &c, 2000), Err(OperatorRefusal::Expired(hex(&c))));
+    assert_eq!(e.resume(s(6), &c, 1500), Ok(vec![id(B), id(C)]));
+    // A installed: the part goes out again from B, the first node still waiting
+    let a = actions(&mut e);
+    assert_eq!(
+        offers(&a).iter().map(|(_, to)| *to).collect::<Vec<_>>(),
+        vec![id(B)]
+    );
+    assert!(a.iter().any(
+        |a| matches!(a, NmsAction::SendControl { msg: Control::Offer(o), .. }
+        if o.part == vec![id(B), id(C)])
+    ));
+    assert!(events(&mut e).iter().any(|v| matches!(v,
+        NmsEvent::NodeProgress { node, status: NodeStatus::Waiting, .. } if *node == id(C))));
+    // it serves again, and ends on the reports
+    let a = chunk_from_a(&mut e, 7);
+    assert!(matches!(&a[..], [NmsAction::SendChunk { .. }]), "{a:?}");
+    for n in [B, C] {
+        e.handle(
+            s(8),
+            NmsInput::ControlRequest {
+                from: id(n),
+                msg: report(7, InstallOutcome::Installed),
+            },
+        );
+    }
+    assert_eq!(finished(&actions(&mut e)).expect("ended").installed, 3);
+    // a campaign that ended by itself is not resumed
+    assert_eq!(
+        e.resume(s(9), &c, 1500),
+        Err(OperatorRefusal::NotCancelled(hex(&c)))
+    );
+}
+
+#[test]
+fn a_campaign_cancelled_before_a_restart_is_resumed_from_its_saved_state() {
+    let nodes = [id(A), id(B), id(C)];
+    let (signed, manifest, secret) = saved_campaign(9, &nodes);
+    let mut e = NmsEndpoint::new(s(0), cfg());
+    let saved = [
+        (id(A), NodeStatus::Installed, 10_000),
+        (id(B), NodeStatus::Halted(CANCELLED.into()), 4096),
+        (id(C), NodeStatus::Halted(CANCELLED.into()), 0),
+    ];
+    let r = e.resume_saved(
+        s(1),
+        DropId(1),
+        signed.clone(),
+        manifest.clone(),
+        secret.clone(),
+        &saved,
+        1500,
+    );
+    assert_eq!(r, Ok(vec![id(B), id(C)]));
+    let a = actions(&mut e);
+    assert_eq!(
+        offers(&a).iter().map(|(_, to)| *to).collect::<Vec<_>>(),
+        vec![id(B)]
+    );
+    assert!(finished(&a).is_none());
+    assert!(matches!(&events(&mut e)[0], NmsEvent::CampaignStarted { .. }));
+    assert_eq!(e.campaign(&[9; 16]).unwrap().nodes()[&id(B)].verified, 4096);
+    // a cancelled first-tier head keeps its part: it is offered it again first
+    let (signed, manifest, secret) = saved_campaign(5, &nodes);
+    let all_cancelled: Vec<_> = nodes
+        .iter()
+        .map(|n| (*n, NodeStatus::Halted(CANCELLED.into()), 0))
+        .collect();
+    let r = e.resume_saved(s(1), DropId(3), signed, manifest, secret, &all_cancelled, 1500);
+    assert_eq!(r.unwrap().len(), 3);
+    let a = actions(&mut e);
+    assert!(
+        a.iter().any(
+            |a| matches!(a, NmsAction::SendControl { to, msg: Control::Offer(o), .. }
+            if *to == id(A) && o.part == nodes)
+        ),
+        "{a:?}"
+    );
+    // one whose nodes all ended by themselves is not resumed, and not taken in
+    let (signed, manifest, secret) = saved_campaign(4, &nodes);
+    let done: Vec<_> = nodes.iter().map(|n| (*n, NodeStatus::Installed, 0)).collect();
+    let r = e.resume_saved(s(2), DropId(2), signed, manifest, secret, &done, 1500);
+    assert_eq!(r, Err(OperatorRefusal::NotCancelled(hex(&[4; 16]))));
+    assert!(e.campaign(&[4; 16]).is_none());
+}
+
 /// Oversight: deadlines, probes, re-plans, the failure threshold, returning nodes and
 /// nodes that trust another NMS. Package of 10 000 bytes; deadlines at a floor of
 /// 1000 B/s, slack 2, at least 5 s; probes time out after 2 s, go 1 s after a failure, and
@@ -1282,6 +1491,51 @@ mod oversight {
     }
 
     #[test]
+    fn the_operator_resumes_a_campaign_the_threshold_halted() {
+        let (mut e, list, _) = start(&[A, B, C, D, E], 5, 1, ocfg(Some("40%".parse().unwrap())));
+        let [n0, n1, n2, n3, n4] = list[..] else { panic!() };
+        let failed = |why: &str| report(5, InstallOutcome::Failed { reason: why.into() });
+        req(&mut e, s(4), n0, report(5, InstallOutcome::Installed));
+        req(&mut e, s(5), n2, failed("disk full"));
+        let (_, a) = req_a(&mut e, s(6), n3, failed("install command exited 1"));
+        // halted, and ended: every node is settled
+        assert!(summary_in(&a).is_some_and(|s| s.halted.is_some()));
+        assert!(e.campaign(&[5; 16]).unwrap().is_done());
+        events(&mut e);
+        assert_eq!(e.resume(s(7), &[5; 16], 1500), Ok(vec![n1, n4]));
+        let a = actions(&mut e);
+        // the NMS's part [n0..n4] goes out again from n1, its first waiting node
+        assert_eq!(
+            offers_full(&a)
+                .into_iter()
+                .map(|(_, to, part, _)| (to, part))
+                .collect::<Vec<_>>(),
+            vec![(n1, vec![n1, n2, n3, n4])]
+        );
+        let k = e.campaign(&[5; 16]).unwrap();
+        assert!(!k.is_done() && k.halted().is_none());
+        for n in [n1, n4] {
+            assert_eq!(status(&e, 5, n), NodeStatus::Waiting);
+            assert!(k.watch_timer(&n).is_some(), "{n} has no deadline again");
+        }
+        assert!(events(&mut e).iter().any(|v| matches!(v,
+            NmsEvent::NodeProgress { node, status: NodeStatus::Waiting, .. } if *node == n4)));
+        // the threshold still counts the failures from before: the next one halts again
+        req(&mut e, s(8), n1, failed("no space"));
+        assert_eq!(
+            status(&e, 5, n4).reason().map(|r| r.contains("3 of 5")),
+            Some(true)
+        );
+        // resumed again, the last one installs and the campaign ends, not halted
+        assert_eq!(e.resume(s(9), &[5; 16], 1500), Ok(vec![n4]));
+        actions(&mut e);
+        let (_, a) = req_a(&mut e, s(10), n4, report(5, InstallOutcome::Installed));
+        let summary = summary_in(&a).expect("the campaign ends");
+        assert_eq!((summary.installed, summary.halted), (2, None));
+        assert!(e.poll_timeout().is_none());
+    }
+
+    #[test]
     fn failure_thresholds_parse_and_count() {
         assert_eq!("3".parse(), Ok(FailureThreshold::Count(3)));
         assert_eq!(" 10% ".parse(), Ok(FailureThreshold::Percent(10)));
@@ -1596,6 +1850,46 @@ mod late {
         assert!(e.campaign(&[1; 16]).unwrap().halted().is_some());
         e.handle(s(5), seen(B, &[]));
         assert!(follow_ups(&run_until(&mut e, s(100))).is_empty());
+    }
+
+    #[test]
+    fn a_cancel_stops_follow_ups_and_a_resume_brings_them_back() {
+        // A and B addressees, B not done yet: the cancel halts B
+        let (mut e, _) = running(&[A, B], 1);
+        e.handle(
+            s(4),
+            NmsInput::ControlRequest {
+                from: id(A),
+                msg: report(1, InstallOutcome::Installed),
+            },
+        );
+        e.cancel(s(5), &[1; 16]).unwrap();
+        e.handle(s(6), seen(C, &[]));
+        assert!(follow_ups(&run_until(&mut e, s(30))).is_empty());
+        assert_eq!(e.resume(s(31), &[1; 16], 1500), Ok(vec![id(B)]));
+        let f = follow_ups(&run_until(&mut e, s(40)));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].1, f[0].2.clone()), ([1; 16], vec![id(C)]));
+    }
+
+    #[test]
+    fn a_campaign_resumed_after_a_restart_is_no_longer_stopped() {
+        // the shell told of it as cancelled at start, then the operator resumes it
+        let nodes = [id(A), id(B)];
+        let mut e = NmsEndpoint::new(s(0), cfg());
+        let (signed, manifest, secret) = saved_campaign(9, &nodes);
+        e.remember(s(0), &manifest, true);
+        e.handle(s(0), seen(C, &[]));
+        assert!(follow_ups(&run_until(&mut e, s(10))).is_empty());
+        let saved = [
+            (id(A), NodeStatus::Installed, 10_000),
+            (id(B), NodeStatus::Halted(CANCELLED.into()), 0),
+        ];
+        let r = e.resume_saved(s(11), DropId(1), signed, manifest, secret, &saved, 1500);
+        assert_eq!(r, Ok(vec![id(B)]));
+        let f = follow_ups(&run_until(&mut e, s(20)));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].2, vec![id(C)]);
     }
 
     #[test]
