@@ -22,7 +22,9 @@
 //! 4. a final state never changes: the NMS's status of a node once installed or failed,
 //!    and the outcome a node reported for a campaign (across restarts);
 //! 5. at the end, every addressee that is up is final at the NMS for every campaign
-//!    (installed, or failed with a reason), and installed at the NMS only if it is;
+//!    (installed, or failed with a reason, or halted with a reason once a newer version of
+//!    the package started: the NMS supersedes an older campaign), and installed at the
+//!    NMS only if it is;
 //! 6. virtual time moves on: at most 100,000 events happen at one instant (a livelock
 //!    otherwise hangs the run);
 //! 7. each node endpoint's own `check_invariants` holds after each of its inputs.
@@ -1813,6 +1815,8 @@ impl Sim {
                 return;
             };
             let seq = self.camps[k].manifest.sequence;
+            let newer_started =
+                (0..self.camps.len()).any(|j| self.started[j] && self.camps[j].manifest.sequence > seq);
             let mut bad = Vec::new();
             for e in 1..self.ents.len() {
                 let v = &m.nodes()[&self.ents[e].id];
@@ -1833,6 +1837,9 @@ impl Sim {
                         bad.push(format!("{} failed without a reason", self.name(e)))
                     }
                     NodeStatus::Failed(_) => {}
+                    // a newer version of the package started: the NMS halted this one for
+                    // nodes not yet installing, and says why
+                    NodeStatus::Halted(r) if !r.is_empty() && newer_started => {}
                     other => bad.push(format!("{} is {other:?}", self.name(e))),
                 }
             }
