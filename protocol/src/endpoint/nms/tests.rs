@@ -61,6 +61,11 @@ fn prepared(d: u64, tag: u8, addressees: &[NodeId]) -> NmsInput {
 
 /// [`prepared`] with a plan of this fanout.
 fn prepared_with(d: u64, tag: u8, addressees: &[NodeId], fanout: u8) -> NmsInput {
+    prepared_package(d, tag, addressees, fanout, "pkg")
+}
+
+/// [`prepared_with`] of package `name`.
+fn prepared_package(d: u64, tag: u8, addressees: &[NodeId], fanout: u8, name: &str) -> NmsInput {
     let key = keypair_from_seed(100);
     let data = vec![tag; 10_000];
     let mut h = PackageHasher::new(4096);
@@ -70,7 +75,7 @@ fn prepared_with(d: u64, tag: u8, addressees: &[NodeId], fanout: u8) -> NmsInput
         format: MANIFEST_FORMAT,
         campaign: [tag; 16],
         nms: NodeId::of(&key),
-        name: "pkg".into(),
+        name: name.into(),
         version: format!("{tag}"),
         file: format!("pkg-{tag}.tar"),
         sequence: u64::from(tag),
@@ -433,7 +438,8 @@ fn requests_responses_and_failures_reach_the_right_campaign() {
     // the fleet settled long ago: prepared at once
     let a = actions(&mut e);
     let (d, addressees) = prepares(&a).remove(0);
-    e.handle(s(12), prepared(d.0, 2, &addressees));
+    // another package (a newer version of the same one would supersede campaign 1)
+    e.handle(s(12), prepared_package(d.0, 2, &addressees, 1, "other"));
     let a2 = actions(&mut e);
     events(&mut e);
     let (o1, _) = offers(&a1)[0];
