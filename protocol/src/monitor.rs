@@ -887,6 +887,16 @@ impl CampaignMonitor {
         self.cancelled
     }
 
+    /// A newer version of the package started: the campaign is halted
+    /// ([`CampaignMonitor::halt`]) with `reason` and the NMS stops serving it (requests
+    /// are answered `Gated`); the nodes stop it when they take the newer one.
+    pub fn supersede(&mut self, now: Duration, reason: String) {
+        self.halt(now, reason);
+        let mut out = Vec::new();
+        self.server.close(&mut out);
+        self.push_serve(out);
+    }
+
     /// The operator cancels the campaign: it is halted ([`CampaignMonitor::halt`]) with
     /// the reason [`CANCELLED`] (every node not installed or installing becomes
     /// [`NodeStatus::Halted`], its deadline and probes stop, nothing more is offered and

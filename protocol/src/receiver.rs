@@ -674,6 +674,28 @@ impl NodeCampaign {
         self.check_relay_done(now);
     }
 
+    /// A newer version of this package was accepted on this node (the NMS, which started
+    /// it, has halted this campaign): one still fetching or verifying stops there and ends
+    /// [`Phase::Failed`] with `reason`. It serves nothing more (requests are answered
+    /// `Gated`) and offers no child an older version; a campaign authenticating, installing
+    /// or over is left alone. Returns whether it stopped.
+    pub fn superseded(&mut self, now: Duration, reason: &str) -> bool {
+        if !matches!(self.phase, Phase::Receiving | Phase::Verifying) {
+            return false;
+        }
+        self.in_flight.clear();
+        self.storing.clear();
+        let mut out = Vec::new();
+        self.server.close(&mut out);
+        self.push_serve(out);
+        self.offering = true;
+        self.finish(InstallOutcome::Failed {
+            reason: clip_reason(reason.to_string()),
+        });
+        self.check_relay_done(now);
+        true
+    }
+
     /// The store failed (a write, a read, or a file that no longer hashes to the root
     /// although every chunk did): what it holds cannot be trusted, so the node stops pulling
     /// and serving (requests are answered `Gated`: its children move to their next source

@@ -1360,7 +1360,7 @@ impl NmsEndpoint {
         older.sort();
         for o in older {
             if let Some(k) = self.campaigns.get_mut(&o) {
-                k.monitor.halt(
+                k.monitor.supersede(
                     now,
                     format!("superseded by {name} {version} (sequence {sequence})"),
                 );

@@ -1489,6 +1489,10 @@ impl NodeEndpoint {
                 campaigns: vec![c],
             });
         }
+        let (name, version, sequence) = {
+            let m = machine.manifest();
+            (m.name.clone(), m.version.clone(), m.sequence)
+        };
         self.campaigns.insert(
             c,
             Held {
@@ -1498,6 +1502,41 @@ impl NodeEndpoint {
             },
         );
         self.pump(now, c);
+        if journaled == JournalPhase::Accepted {
+            self.supersede_older(now, c, &name, &version, sequence);
+        }
+    }
+
+    /// A newer version of package `name` was accepted (campaign `newer`): this node's
+    /// campaigns of lower sequences that are still fetching or verifying stop there
+    /// ([`NodeCampaign::superseded`]); the NMS has halted them already.
+    fn supersede_older(
+        &mut self,
+        now: Duration,
+        newer: CampaignId,
+        name: &str,
+        version: &str,
+        sequence: u64,
+    ) {
+        let mut older: Vec<CampaignId> = self
+            .campaigns
+            .iter()
+            .filter(|(id, h)| {
+                **id != newer && h.machine.manifest().name == name && h.machine.manifest().sequence < sequence
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        older.sort();
+        let reason = format!("superseded by {name} {version} (sequence {sequence})");
+        for o in older {
+            let stopped = self
+                .campaigns
+                .get_mut(&o)
+                .is_some_and(|h| h.machine.superseded(now, &reason));
+            if stopped {
+                self.pump(now, o);
+            }
+        }
     }
 
     /// Carries out what campaign `c`'s machine decided: journal first (a final phase is

@@ -1015,3 +1015,61 @@ fn an_unfinished_campaign_refused_at_restart_is_reported_failed() {
 
 #[path = "node_gate_tests.rs"]
 mod gate;
+
+/// Issue 9: a file replaced during its campaign is a new version that supersedes the old
+/// campaign: a node still fetching the older version stops it when it accepts the newer
+/// one (it ends failed with the reason, journaled, and serves it no more); a campaign of
+/// the newer version is untouched.
+#[test]
+fn accepting_a_newer_version_stops_the_older_campaign_still_fetching() {
+    let old = world_seq(7, 1);
+    let new = world_seq(8, 1);
+    let start = start_with(&old, vec![], vec![]);
+    // the shell serves no chunk: the older campaign stays fetching
+    let mut s = Shell::with_disk(start, config(), vec![old, new], &[], false);
+    s.input(Input::PeerAddressKnown(s.worlds[0].nms));
+    let offer = s.worlds[0].offer(&[N]);
+    s.input(Input::ControlRequest {
+        from: id(A),
+        reply: ReplyId(1),
+        msg: Control::Offer(Box::new(offer)),
+    });
+    let (c_old, c_new) = (s.worlds[0].c(), s.worlds[1].c());
+    assert!(
+        !s.journal
+            .iter()
+            .any(|j| j.campaign == c_old && j.phase.is_final())
+    );
+    let offer = s.worlds[1].offer(&[N]);
+    s.input(Input::ControlRequest {
+        from: id(A),
+        reply: ReplyId(2),
+        msg: Control::Offer(Box::new(offer)),
+    });
+    assert!(s.journal.contains(&JournalEntry {
+        campaign: c_old,
+        phase: JournalPhase::Failed,
+    }));
+    assert!(
+        !s.journal
+            .iter()
+            .any(|j| j.campaign == c_new && j.phase.is_final())
+    );
+    let failed: Vec<String> = s
+        .sent
+        .iter()
+        .filter_map(|(_, _, _, m)| match m {
+            Control::InstallReport {
+                campaign,
+                outcome: InstallOutcome::Failed { reason },
+            } if *campaign == c_old => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        failed
+            .iter()
+            .any(|r| r.contains("superseded by frob 1.8 (sequence 8)")),
+        "{failed:?}"
+    );
+}
