@@ -110,6 +110,9 @@ pub struct Cli {
 pub enum Command {
     /// The running NMS: identity, nodes, drops waiting, campaigns running.
     Status(OpArgs),
+    /// The fleet inventory: every node seen, when and where, its tags, whether it trusts
+    /// this NMS, and what it installed.
+    Nodes(OpArgs),
     /// Every campaign, with its state and how many nodes installed.
     Campaigns(OpArgs),
     /// One campaign and each of its nodes.
@@ -166,6 +169,7 @@ impl Command {
         use crate::ops::Request;
         let (req, op) = match self {
             Command::Status(op) => (Request::Status, op),
+            Command::Nodes(op) => (Request::Nodes, op),
             Command::Campaigns(op) => (Request::Campaigns, op),
             Command::Show { id, op } => (Request::Show { id }, op),
             Command::Cancel { id, op } => (Request::Cancel { id }, op),

@@ -86,6 +86,10 @@ pub const MIGRATIONS: &[&str] = &[
         at INTEGER NOT NULL,
         PRIMARY KEY (node, package)
     );",
+    // 2: each node's tags (space-separated, from its adverts) and whether it trusts this
+    // NMS (NULL: as far as known; otherwise the detail of its refusal of our offer)
+    "ALTER TABLE inventory ADD COLUMN tags TEXT NOT NULL DEFAULT '';
+    ALTER TABLE inventory ADD COLUMN trust TEXT;",
 ];
 
 /// Why the database cannot be used.
@@ -103,6 +107,23 @@ pub enum DbError {
     Sql { path: PathBuf, source: rusqlite::Error },
     #[error("NMS database {}: {what}", .path.display())]
     Corrupt { path: PathBuf, what: String },
+}
+
+/// One node of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryNode {
+    pub node: String,
+    /// Where it was last seen (multiaddresses).
+    pub addresses: Vec<String>,
+    /// The tags of its last advert.
+    pub tags: Vec<String>,
+    /// `None`: it trusts this NMS as far as known; otherwise it refused our offer because
+    /// it trusts another NMS, with this detail.
+    pub trust: Option<String>,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    /// (package, version) installed, by package.
+    pub installed: Vec<(String, String)>,
 }
 
 /// A campaign's state in the database.
@@ -748,13 +769,51 @@ impl Db {
             .collect()
     }
 
-    /// A node was seen at these addresses.
-    pub fn node_seen(&self, node: &NodeId, addresses: &[String], at: u64) -> Result<(), DbError> {
+    /// A node was seen at these addresses, advertising these tags (`None`: not known, as
+    /// for a `--peer`; the tags already recorded stay).
+    pub fn node_seen(
+        &self,
+        node: &NodeId,
+        addresses: &[String],
+        tags: Option<&[String]>,
+        at: u64,
+    ) -> Result<(), DbError> {
         self.conn
             .execute(
-                "INSERT INTO inventory (node, addresses, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT(node) DO UPDATE SET addresses = excluded.addresses, last_seen = excluded.last_seen",
-                params![node.to_string(), addresses.join(" "), i(at)],
+                "INSERT INTO inventory (node, addresses, tags, first_seen, last_seen)
+                 VALUES (?1, ?2, coalesce(?3, ''), ?4, ?4)
+                 ON CONFLICT(node) DO UPDATE SET addresses = excluded.addresses,
+                   tags = coalesce(?3, inventory.tags), last_seen = excluded.last_seen",
+                params![
+                    node.to_string(),
+                    addresses.join(" "),
+                    tags.map(|t| t.join(" ")),
+                    i(at)
+                ],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// A node refused our offer because it trusts another NMS (`detail`: its refusal).
+    pub fn node_trusts_other(&self, node: &NodeId, detail: &str, at: u64) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "INSERT INTO inventory (node, addresses, trust, first_seen, last_seen) VALUES (?1, '', ?2, ?3, ?3)
+                 ON CONFLICT(node) DO UPDATE SET trust = excluded.trust",
+                params![node.to_string(), detail, i(at)],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// A node accepted one of our offers or reported to us: it trusts this NMS (as far
+    /// as known). Writes nothing when no refusal is recorded.
+    pub fn node_trusts_us(&self, node: &NodeId) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE inventory SET trust = NULL WHERE node = ?1 AND trust IS NOT NULL",
+                params![node.to_string()],
             )
             .map_err(|e| self.sql(e))?;
         Ok(())
@@ -788,20 +847,33 @@ impl Db {
         Ok(())
     }
 
-    /// The inventory: node, addresses, last seen, and (package, version) installed.
-    #[allow(clippy::type_complexity)]
-    pub fn inventory(&self) -> Result<Vec<(String, String, u64, Vec<(String, String)>)>, DbError> {
+    /// The inventory, ordered by node, with what each node installed.
+    pub fn inventory(&self) -> Result<Vec<InventoryNode>, DbError> {
         let mut st = self
             .conn
-            .prepare("SELECT node, addresses, last_seen FROM inventory ORDER BY node")
+            .prepare(
+                "SELECT node, addresses, tags, trust, first_seen, last_seen FROM inventory ORDER BY node",
+            )
             .map_err(|e| self.sql(e))?;
         let nodes = st
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
+                Ok(InventoryNode {
+                    node: r.get(0)?,
+                    addresses: r
+                        .get::<_, String>(1)?
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect(),
+                    tags: r
+                        .get::<_, String>(2)?
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect(),
+                    trust: r.get(3)?,
+                    first_seen: u(r.get(4)?),
+                    last_seen: u(r.get(5)?),
+                    installed: Vec::new(),
+                })
             })
             .map_err(|e| self.sql(e))?
             .collect::<Result<Vec<_>, _>>()
@@ -811,13 +883,15 @@ impl Db {
             .prepare("SELECT package, version FROM installed WHERE node = ?1 ORDER BY package")
             .map_err(|e| self.sql(e))?;
         let mut out = Vec::new();
-        for (node, addrs, seen) in nodes {
-            let installed = pk
-                .query_map([&node], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        for mut n in nodes {
+            n.installed = pk
+                .query_map([&n.node], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
                 .map_err(|e| self.sql(e))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| self.sql(e))?;
-            out.push((node, addrs, u(seen), installed));
+            out.push(n);
         }
         Ok(out)
     }
@@ -861,7 +935,7 @@ mod tests {
         let db = Db::open(&d.path().join("data")).unwrap();
         assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
         // written to, so that the WAL exists too
-        db.node_seen(&node(), &["/ip4/127.0.0.1/tcp/1".into()], 1)
+        db.node_seen(&node(), &["/ip4/127.0.0.1/tcp/1".into()], None, 1)
             .unwrap();
         for f in [DB_FILE.to_string(), format!("{DB_FILE}-wal")] {
             let mode = fs::metadata(d.path().join("data").join(&f))
@@ -901,6 +975,76 @@ mod tests {
             err.contains("newer than the") && err.contains("run a newer baton-nms"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_inventory_of_schema_1_is_kept_and_gains_tags_and_trust() {
+        let d = tempfile::tempdir().unwrap();
+        let a = node();
+        {
+            let c = Connection::open(d.path().join(DB_FILE)).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1i64).unwrap();
+            c.execute(
+                "INSERT INTO inventory (node, addresses, first_seen, last_seen) VALUES (?1, '/ip4/198.18.0.2/tcp/1', 5, 9)",
+                [a.to_string()],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO installed (node, package, version, sequence, at) VALUES (?1, 'frob', '1.0', 1, 9)",
+                [a.to_string()],
+            )
+            .unwrap();
+        }
+        let db = Db::open(d.path()).unwrap();
+        assert_eq!(db.schema_version().unwrap(), 2);
+        assert_eq!(
+            db.inventory().unwrap(),
+            vec![InventoryNode {
+                node: a.to_string(),
+                addresses: vec!["/ip4/198.18.0.2/tcp/1".into()],
+                tags: vec![],
+                trust: None,
+                first_seen: 5,
+                last_seen: 9,
+                installed: vec![("frob".into(), "1.0".into())],
+            }]
+        );
+    }
+
+    #[test]
+    fn tags_and_trust_are_recorded_and_trust_is_cleared() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (node(), node());
+        let tags = vec!["lab".to_string(), "rack-2".to_string()];
+        {
+            let db = Db::open(d.path()).unwrap();
+            db.node_seen(&a, &["/ip4/198.18.0.2/tcp/1".into()], Some(&tags), 10)
+                .unwrap();
+            // a --peer: its tags are not known, the recorded ones stay
+            db.node_seen(&a, &["/ip4/198.18.0.3/tcp/1".into()], None, 11)
+                .unwrap();
+            db.node_trusts_other(&a, "trusts NMS 12D3Koo", 12).unwrap();
+            // refused before any advert was recorded
+            db.node_trusts_other(&b, "trusts NMS 12D3Kxx", 13).unwrap();
+        }
+        let db = Db::open(d.path()).unwrap();
+        let inv = db.inventory().unwrap();
+        let of = |n: &NodeId| inv.iter().find(|x| x.node == n.to_string()).unwrap().clone();
+        assert_eq!(of(&a).tags, tags);
+        assert_eq!(of(&a).addresses, vec!["/ip4/198.18.0.3/tcp/1".to_string()]);
+        assert_eq!((of(&a).first_seen, of(&a).last_seen), (10, 11));
+        assert_eq!(of(&a).trust.as_deref(), Some("trusts NMS 12D3Koo"));
+        assert_eq!(of(&b).trust.as_deref(), Some("trusts NMS 12D3Kxx"));
+        assert_eq!((of(&b).first_seen, of(&b).tags.len()), (13, 0));
+        // a new advert changes the tags, not the trust
+        db.node_seen(&a, &[], Some(&["lab".to_string()]), 14).unwrap();
+        db.node_trusts_us(&a).unwrap();
+        let inv = db.inventory().unwrap();
+        let of = |n: &NodeId| inv.iter().find(|x| x.node == n.to_string()).unwrap().clone();
+        assert_eq!(of(&a).trust, None);
+        assert_eq!(of(&a).tags, vec!["lab".to_string()]);
+        assert_eq!(of(&b).trust.as_deref(), Some("trusts NMS 12D3Kxx"));
     }
 
     #[test]
@@ -951,7 +1095,10 @@ mod tests {
         assert_eq!(of(&b).status, NodeStatus::Failed("disk full".into()));
         assert_eq!(of(&b).finished_at, Some(102));
         assert_eq!(db.drop_seen("frob-1.0.bin").unwrap().unwrap().1, "campaign");
-        assert_eq!(db.inventory().unwrap()[0].3, vec![("frob".into(), "1.0".into())]);
+        assert_eq!(
+            db.inventory().unwrap()[0].installed,
+            vec![("frob".into(), "1.0".into())]
+        );
         // a second version supersedes the running campaign
         let superseded = db
             .record_campaign(&new_campaign(2, "frob", 2, &copy, &secret))

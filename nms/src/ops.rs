@@ -1,5 +1,5 @@
-//! The operator's commands to a running NMS (`baton-nms status`, `campaigns`, `show`,
-//! `cancel`, `resume`, `rollback`): the requests and answers that travel over the control
+//! The operator's commands to a running NMS (`baton-nms status`, `nodes`, `campaigns`,
+//! `show`, `cancel`, `resume`, `rollback`): the requests and answers that travel over the control
 //! socket in the data directory ([`baton_shell::control`]), what the daemon answers from
 //! its database and live state, and how the command prints the answer (tables, or `--json`).
 //! The decisions (what a cancel or a resume does) are the endpoint's; this file only
@@ -11,7 +11,7 @@ use baton_protocol::monitor::CampaignMonitor;
 use baton_protocol::{CampaignId, Manifest, NodeStatus, SignedManifest};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{CampaignState, SavedCampaign, SavedNode};
+use crate::db::{CampaignState, InventoryNode, SavedCampaign, SavedNode};
 
 /// Where the NMS with this data directory listens for the operator.
 pub use baton_shell::control::socket_path;
@@ -21,6 +21,7 @@ pub use baton_shell::control::socket_path;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    Nodes,
     Campaigns,
     Show { id: String },
     Cancel { id: String },
@@ -33,6 +34,10 @@ pub enum Request {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
     Status(StatusInfo),
+    /// The fleet inventory, by node.
+    Nodes {
+        nodes: Vec<InventoryRow>,
+    },
     Campaigns {
         campaigns: Vec<CampaignRow>,
     },
@@ -59,6 +64,82 @@ pub struct StatusInfo {
     pub drops_waiting: usize,
     /// Campaigns still running (not every addressee final).
     pub running: Vec<CampaignRow>,
+}
+
+/// One node of the fleet inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryRow {
+    pub node: String,
+    pub addresses: Vec<String>,
+    pub tags: Vec<String>,
+    /// True unless it refused our offer because it trusts another NMS.
+    pub trusts_this_nms: bool,
+    /// Its refusal, when it trusts another NMS.
+    pub other_nms: Option<String>,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub installed: Vec<InstalledRow>,
+}
+
+/// A package version a node installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledRow {
+    pub package: String,
+    pub version: String,
+}
+
+/// The inventory as the operator gets it.
+pub fn node_rows(inventory: Vec<InventoryNode>) -> Vec<InventoryRow> {
+    inventory
+        .into_iter()
+        .map(|n| InventoryRow {
+            node: n.node,
+            addresses: n.addresses,
+            tags: n.tags,
+            trusts_this_nms: n.trust.is_none(),
+            other_nms: n.trust,
+            first_seen: n.first_seen,
+            last_seen: n.last_seen,
+            installed: n
+                .installed
+                .into_iter()
+                .map(|(package, version)| InstalledRow { package, version })
+                .collect(),
+        })
+        .collect()
+}
+
+fn node_table(nodes: &[InventoryRow], now: u64) -> String {
+    if nodes.is_empty() {
+        return "no node seen yet\n".into();
+    }
+    let or_dash = |s: String| if s.is_empty() { "-".into() } else { s };
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node.clone(),
+                ago(n.last_seen, now),
+                or_dash(n.addresses.join(" ")),
+                or_dash(n.tags.join(",")),
+                match &n.other_nms {
+                    None => "this NMS".into(),
+                    Some(d) => format!("another NMS: {d}"),
+                },
+                or_dash(
+                    n.installed
+                        .iter()
+                        .map(|i| format!("{} {}", i.package, i.version))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            ]
+        })
+        .collect();
+    table(
+        &["NODE", "LAST SEEN", "ADDRESSES", "TAGS", "TRUSTS", "INSTALLED"],
+        &rows,
+    )
 }
 
 /// One campaign in a list.
@@ -405,6 +486,7 @@ pub fn render(r: &Response, now: u64) -> String {
             }
             out
         }
+        Response::Nodes { nodes } => node_table(nodes, now),
         Response::Campaigns { campaigns } => campaign_rows(campaigns, now),
         Response::Show(d) => {
             let c = &d.campaign;
@@ -568,5 +650,66 @@ mod tests {
         ];
         let e = rollback_target(&gone, "frob", None).unwrap_err();
         assert!(e.contains("copy of the previous version 2.0 was removed"), "{e}");
+    }
+
+    #[test]
+    fn the_inventory_lists_tags_trust_and_versions() {
+        let inv = vec![
+            InventoryNode {
+                node: "12D3KooA".into(),
+                addresses: vec!["/ip4/198.18.0.2/tcp/4001".into()],
+                tags: vec!["lab".into(), "rack-2".into()],
+                trust: None,
+                first_seen: 100,
+                last_seen: 940,
+                installed: vec![("frob".into(), "1.0".into()), ("knob".into(), "2.1".into())],
+            },
+            InventoryNode {
+                node: "12D3KooB".into(),
+                addresses: vec![],
+                tags: vec![],
+                trust: Some("trusts NMS 12D3KooX".into()),
+                first_seen: 100,
+                last_seen: 400,
+                installed: vec![],
+            },
+        ];
+        let rows = node_rows(inv);
+        assert!(rows[0].trusts_this_nms && rows[0].other_nms.is_none());
+        assert!(!rows[1].trusts_this_nms);
+        assert_eq!(
+            rows[0].installed[1],
+            InstalledRow {
+                package: "knob".into(),
+                version: "2.1".into()
+            }
+        );
+        let r = Response::Nodes { nodes: rows };
+        let out = render(&r, 1000);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(
+            lines[0].starts_with("NODE") && lines[0].contains("TRUSTS"),
+            "{out}"
+        );
+        assert!(
+            lines[1].contains("1m ago")
+                && lines[1].contains("lab,rack-2")
+                && lines[1].contains("this NMS")
+                && lines[1].ends_with("frob 1.0, knob 2.1"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("10m ago") && lines[2].ends_with("another NMS: trusts NMS 12D3KooX  -"),
+            "{out}"
+        );
+        // --json: the same answer, parsed back
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""kind":"nodes""#), "{json}");
+        assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), r);
+        assert_eq!(
+            render(&Response::Nodes { nodes: vec![] }, 0),
+            "no node seen yet\n"
+        );
     }
 }

@@ -187,7 +187,9 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         match net::peer_of(p) {
             Some(id) => {
                 nms.static_peers.push((id, p.clone()));
-                let r = nms.db().node_seen(&NodeId(id), &[p.to_string()], unix_now());
+                let r = nms
+                    .db()
+                    .node_seen(&NodeId(id), &[p.to_string()], None, unix_now());
                 nms.db_error(r);
                 nms.swarm.add_peer_address(id, p.clone());
                 nms.input(NmsInput::StaticPeer { id: NodeId(id) });
@@ -271,7 +273,9 @@ impl Nms {
                     self.swarm.add_peer_address(peer, a);
                 }
                 if advert.role == Role::Node {
-                    let r = self.db().node_seen(&NodeId(peer), &seen, unix_now());
+                    let r = self
+                        .db()
+                        .node_seen(&NodeId(peer), &seen, Some(&advert.tags), unix_now());
                     self.db_error(r);
                 }
                 self.input(NmsInput::NodeSeen {
@@ -598,10 +602,29 @@ impl Nms {
                     .db()
                     .save_node(&campaign, &node, status, verified, source.as_ref(), unix_now());
                 self.db_error(r);
+                // at work on our campaign: it accepted our offer, so it trusts this NMS
+                if matches!(
+                    status,
+                    NodeStatus::Receiving
+                        | NodeStatus::Verifying
+                        | NodeStatus::Authenticated
+                        | NodeStatus::Installed
+                ) {
+                    let r = self.db().node_trusts_us(&node);
+                    self.db_error(r);
+                }
             }
             NmsEvent::NodeFailed { campaign, node, .. }
-            | NmsEvent::NodeUnreachable { campaign, node, .. }
-            | NmsEvent::NodeTrustsOtherNms { campaign, node, .. } => self.save_view(&campaign, &[node]),
+            | NmsEvent::NodeUnreachable { campaign, node, .. } => self.save_view(&campaign, &[node]),
+            NmsEvent::NodeTrustsOtherNms {
+                campaign,
+                node,
+                ref detail,
+            } => {
+                self.save_view(&campaign, &[node]);
+                let r = self.db().node_trusts_other(&node, detail, unix_now());
+                self.db_error(r);
+            }
             NmsEvent::CampaignHalted { campaign, .. } => {
                 let nodes: Vec<NodeId> = self
                     .endpoint
@@ -612,6 +635,8 @@ impl Nms {
             }
             NmsEvent::NodeInstalled { campaign, node } => {
                 self.save_view(&campaign, &[node]);
+                let r = self.db().node_trusts_us(&node);
+                self.db_error(r);
                 if let Some(f) = self.files.get(&campaign) {
                     let m = &f.manifest;
                     let r = self
@@ -692,12 +717,9 @@ impl Nms {
         };
         // where the nodes were last seen, so that offers made again can reach them before
         // discovery finds them
-        for (node, addrs, ..) in &inventory {
-            if let Ok(peer) = node.parse::<PeerId>() {
-                for a in addrs
-                    .split_whitespace()
-                    .filter_map(|a| a.parse::<Multiaddr>().ok())
-                {
+        for n in &inventory {
+            if let Ok(peer) = n.node.parse::<PeerId>() {
+                for a in n.addresses.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
                     self.swarm.add_peer_address(peer, a);
                 }
             }
@@ -839,6 +861,9 @@ impl Nms {
                     running,
                 }))
             }
+            Request::Nodes => Ok(Response::Nodes {
+                nodes: crate::ops::node_rows(self.db().inventory().map_err(|e| e.to_string())?),
+            }),
             Request::Campaigns => Ok(Response::Campaigns {
                 campaigns: all
                     .iter()

@@ -362,8 +362,26 @@ async fn the_operator_cancels_resumes_and_rolls_back_a_running_nms() {
         .await,
     );
     assert!(why.contains("is the current version"), "{why}");
+    // the inventory: the node trusts this NMS and is back on 1.0
+    let Response::Nodes { nodes } = ask(&nms_data, Request::Nodes).await.unwrap() else {
+        panic!("not nodes")
+    };
+    let me = nodes
+        .iter()
+        .find(|n| n.node == node_id.to_string())
+        .unwrap_or_else(|| panic!("{nodes:?}"));
+    assert!(me.trusts_this_nms && me.other_nms.is_none(), "{me:?}");
+    assert_eq!(
+        me.installed
+            .iter()
+            .map(|i| (i.package.as_str(), i.version.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("frob", "1.0")],
+        "{me:?}"
+    );
     // the command line, as the operator types it
     baton_nms::cli::main_from(["baton-nms", "campaigns", "--data-dir", nms_data.to_str().unwrap()]).unwrap();
+    baton_nms::cli::main_from(["baton-nms", "nodes", "--data-dir", nms_data.to_str().unwrap()]).unwrap();
 
     nms.abort();
     let _ = nms.await;
