@@ -1384,7 +1384,7 @@ mod tests {
     }
 
     #[test]
-    fn kill_relays_fails_beyond_one_and_a_half_times_the_baselines_last_install() {
+    fn kill_relays_reports_a_miss_beyond_one_and_a_half_times_the_baselines_last_install() {
         let mut v = vec![
             outcome(Scenario::Baseline, Some(4.0)),
             outcome(Scenario::KillRelays, Some(6.0)),
@@ -1397,15 +1397,17 @@ mod tests {
             outcome(Scenario::KillRelays, Some(6.1)),
         ];
         apply_targets(&mut v);
-        assert!(!v[1].ok());
-        assert!(v[1].failures[0].contains("1.52x"), "{:?}", v[1].failures);
+        // a timing missed is reported, not a failure
+        assert!(v[1].ok(), "{:?}", v[1].failures);
+        assert!(v[1].missed[0].contains("1.52x"), "{:?}", v[1].missed);
+        let table = render(&v);
         assert!(
-            render(&v).contains(
+            table.contains(
                 "1.52x baseline (6.1 s / 4.0 s from the drop, 1.52x from the campaign's start) > 1.5x"
             ),
-            "{}",
-            render(&v)
+            "{table}"
         );
+        assert!(table.contains("kill-relays: timing target missed"), "{table}");
         // without a baseline the target is not met
         let mut v = vec![outcome(Scenario::KillRelays, Some(1.0))];
         apply_targets(&mut v);
