@@ -118,11 +118,19 @@ fn an_untrusted_nms_is_refused_with_the_flag_to_accept_it() {
         log.contains("Trust only an NMS that you run yourself"),
         "node 3 must warn to trust only an NMS the owner runs:\n{log}"
     );
+    // the NMS reports it as trusting another NMS (issue 9: not as failed), with its
+    // refusal, and leaves it out of later campaigns
     let s = &c.summaries()[0];
-    let failed = s["failed"].as_array().unwrap();
-    assert_eq!(failed.len(), 1, "{s}");
-    assert_eq!(failed[0]["node"], c.node_ids[2].to_string());
-    assert!(failed[0]["reason"].as_str().unwrap().contains("Untrusted"), "{s}");
+    assert!(s["failed"].as_array().unwrap().is_empty(), "{s}");
+    let me = c.node_ids[2].to_string();
+    let n = s["per_node"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == me.as_str())
+        .expect("node 3 in the summary");
+    assert_eq!(n["status"], "trusts-other-nms", "{s}");
+    assert!(n["reason"].as_str().unwrap().contains("untrusted"), "{s}");
 }
 
 #[test]
