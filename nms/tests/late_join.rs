@@ -2,63 +2,19 @@
 //! campaign, also across an NMS restart: the real daemons in-process, over loopback only
 //! (no mDNS, peers named with --peer).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use baton_nms::campaign::CampaignSettings;
 use baton_nms::db::Db;
-use baton_nms::server::{NmsOptions, run};
-use baton_protocol::limits::DEFAULT_CHUNK_SIZE;
-use baton_protocol::manifest::{PlanParams, RelayPolicy, Transfer};
+use baton_nms::server::run;
 use baton_protocol::{Manifest, NodeId};
-use baton_shell::discovery::Interfaces;
 use clap::Parser;
 use libp2p::Multiaddr;
 
+mod common;
+use common::{addr, free_port, nms_options};
+
 const SIZE: usize = 4 << 20;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn addr(port: u16, id: &NodeId) -> Multiaddr {
-    format!("/ip4/127.0.0.1/tcp/{port}/p2p/{id}").parse().unwrap()
-}
-
-fn nms_options(data: &Path, watch: &Path, port: u16, peers: Vec<Multiaddr>) -> NmsOptions {
-    NmsOptions {
-        data_dir: data.to_path_buf(),
-        listen: format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap(),
-        watch: watch.to_path_buf(),
-        mdns: false,
-        interfaces: Interfaces::All,
-        min_nodes: peers.len(),
-        peers,
-        settle: Duration::from_millis(300),
-        discovery_timeout: Duration::from_secs(60),
-        tags: Vec::new(),
-        settings: CampaignSettings {
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            plan: PlanParams {
-                fanout: 1,
-                transfer: Transfer::CutThrough,
-            },
-            relay: RelayPolicy::default(),
-            expiry_secs: 3600,
-            offline_install: false,
-        },
-        settle_file: Duration::from_millis(200),
-        archive: None,
-        output: baton_nms::ui::Mode::Json,
-        halt_after: None,
-        once: true,
-    }
-}
 
 /// The node's installed (sequence, campaign id) of `frob`, and whether its bytes are `want`.
 fn installed(data: &Path, want: &[u8]) -> Option<(u64, String, bool)> {
@@ -116,7 +72,14 @@ async fn a_node_never_addressed_gets_the_latest_version_after_a_restart() {
     std::fs::write(watch.join("frob-1.0.bin"), &content).unwrap();
     let first = tokio::time::timeout(
         Duration::from_secs(60),
-        run(nms_options(&nms_data, &watch, nms_port, addrs[..1].to_vec())),
+        run(nms_options(
+            &nms_data,
+            &watch,
+            nms_port,
+            addrs[..1].to_vec(),
+            1,
+            true,
+        )),
     )
     .await
     .expect("the first campaign never ended")
@@ -132,7 +95,14 @@ async fn a_node_never_addressed_gets_the_latest_version_after_a_restart() {
     let b = node(&dirs[1], ports[1], &nms_id, nms_port, &addrs[..1]);
     let second = tokio::time::timeout(
         Duration::from_secs(60),
-        run(nms_options(&nms_data, &watch, nms_port, addrs.clone())),
+        run(nms_options(
+            &nms_data,
+            &watch,
+            nms_port,
+            addrs.clone(),
+            addrs.len(),
+            true,
+        )),
     )
     .await
     .expect("no follow-up ended")

@@ -9,59 +9,15 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use baton_nms::campaign::CampaignSettings;
 use baton_nms::db::{CampaignState, Db};
 use baton_nms::ops::{CampaignDetail, CampaignRow, Request, Response, socket_path};
-use baton_nms::server::{NmsOptions, run};
+use baton_nms::server::run;
 use baton_protocol::NodeId;
-use baton_protocol::limits::DEFAULT_CHUNK_SIZE;
-use baton_protocol::manifest::{PlanParams, RelayPolicy, Transfer};
 use baton_shell::control::ControlError;
-use baton_shell::discovery::Interfaces;
 use clap::Parser;
-use libp2p::Multiaddr;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn addr(port: u16, id: &NodeId) -> Multiaddr {
-    format!("/ip4/127.0.0.1/tcp/{port}/p2p/{id}").parse().unwrap()
-}
-
-fn nms_options(data: &Path, watch: &Path, port: u16, peers: Vec<Multiaddr>) -> NmsOptions {
-    NmsOptions {
-        data_dir: data.to_path_buf(),
-        listen: format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap(),
-        watch: watch.to_path_buf(),
-        mdns: false,
-        interfaces: Interfaces::All,
-        peers,
-        min_nodes: 2,
-        settle: Duration::from_millis(300),
-        discovery_timeout: Duration::from_secs(60),
-        tags: Vec::new(),
-        settings: CampaignSettings {
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            plan: PlanParams {
-                fanout: 1,
-                transfer: Transfer::CutThrough,
-            },
-            relay: RelayPolicy::default(),
-            expiry_secs: 3600,
-            offline_install: false,
-        },
-        settle_file: Duration::from_millis(200),
-        archive: None,
-        halt_after: None,
-        output: baton_nms::ui::Mode::Json,
-        once: false,
-    }
-}
+mod common;
+use common::{addr, free_port, nms_options};
 
 async fn ask(data: &Path, req: Request) -> Result<Response, ControlError> {
     let path = socket_path(data);
@@ -167,7 +123,7 @@ async fn the_operator_cancels_resumes_and_rolls_back_a_running_nms() {
     let node = tokio::spawn(baton_node::agent::run(opts));
 
     let peers = vec![addr(silent_port, &silent_id), addr(node_port, &node_id)];
-    let opts = nms_options(&nms_data, &watch, nms_port, peers);
+    let opts = nms_options(&nms_data, &watch, nms_port, peers, 2, false);
     let nms = tokio::spawn(run(opts.clone()));
 
     // the socket: there, a socket, the owner's only

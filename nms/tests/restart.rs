@@ -1,65 +1,20 @@
 //! An NMS killed mid-campaign and restarted resumes the same campaign: the real daemons
 //! in-process, over loopback only (no mDNS, peers named with --peer).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use baton_nms::campaign::CampaignSettings;
 use baton_nms::db::{CampaignState, Db};
-use baton_nms::server::{NmsOptions, run};
+use baton_nms::server::run;
 use baton_protocol::limits::DEFAULT_CHUNK_SIZE;
-use baton_protocol::manifest::{PlanParams, RelayPolicy, Transfer};
 use baton_protocol::{NodeId, PackageHasher};
-use baton_shell::discovery::Interfaces;
 use clap::Parser;
-use libp2p::Multiaddr;
+
+mod common;
+use common::{addr, free_port, nms_options};
 
 const NODES: usize = 3;
 const SIZE: usize = 48 << 20;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn addr(port: u16, id: &NodeId) -> Multiaddr {
-    format!("/ip4/127.0.0.1/tcp/{port}/p2p/{id}").parse().unwrap()
-}
-
-fn nms_options(data: &Path, watch: &Path, port: u16, peers: Vec<Multiaddr>) -> NmsOptions {
-    NmsOptions {
-        data_dir: data.to_path_buf(),
-        listen: format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap(),
-        watch: watch.to_path_buf(),
-        mdns: false,
-        interfaces: Interfaces::All,
-        peers,
-        min_nodes: NODES,
-        settle: Duration::from_millis(300),
-        discovery_timeout: Duration::from_secs(60),
-        tags: Vec::new(),
-        settings: CampaignSettings {
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            // the command line's default: a chain
-            plan: PlanParams {
-                fanout: 1,
-                transfer: Transfer::CutThrough,
-            },
-            relay: RelayPolicy::default(),
-            expiry_secs: 3600,
-            offline_install: false,
-        },
-        settle_file: Duration::from_millis(200),
-        archive: None,
-        output: baton_nms::ui::Mode::Json,
-        halt_after: None,
-        once: true,
-    }
-}
 
 /// The node's installed (sequence, campaign id) of `frob`, and whether its bytes are `want`.
 fn installed(data: &Path, want: &[u8]) -> Option<(u64, String, bool)> {
@@ -111,7 +66,7 @@ async fn a_restarted_nms_resumes_its_campaign_without_signing_again() {
         opts.listen = format!("/ip4/127.0.0.1/tcp/{}", ports[i]).parse().unwrap();
         node_tasks.push(tokio::spawn(baton_node::agent::run(opts)));
     }
-    let opts = nms_options(&nms_data, &watch, nms_port, node_addrs);
+    let opts = nms_options(&nms_data, &watch, nms_port, node_addrs, NODES, true);
     let first = tokio::spawn(run(opts.clone()));
     let content: Vec<u8> = (0..SIZE).map(|i| (i * 7 % 251) as u8).collect();
     let mut h = PackageHasher::new(DEFAULT_CHUNK_SIZE);
