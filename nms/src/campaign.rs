@@ -188,6 +188,30 @@ pub enum Intook {
 }
 
 /// The largest package a campaign can carry with this chunk size.
+/// Signs `manifest`, draws its campaign secret and writes the signed bytes to
+/// `dir/manifest.cbor`; a failure to sign or write calls `discard` (which removes the
+/// campaign's folder) before it is returned.
+fn sign_and_save(
+    manifest: &Manifest,
+    nms: &Keypair,
+    dir: &Path,
+    discard: &dyn Fn(),
+) -> Result<(SignedManifest, CampaignSecret)> {
+    let signed = match SignedManifest::sign(manifest, nms).context("cannot sign the manifest") {
+        Ok(s) => s,
+        Err(e) => {
+            discard();
+            return Err(e);
+        }
+    };
+    let secret = CampaignSecret(random_bytes::<32>()?);
+    if let Err(e) = fs::write(dir.join("manifest.cbor"), &signed.body) {
+        discard();
+        bail!("cannot write {}: {e}", dir.join("manifest.cbor").display());
+    }
+    Ok((signed, secret))
+}
+
 pub fn max_package_size(chunk_size: u32) -> u64 {
     MAX_CHUNKS.saturating_mul(u64::from(chunk_size))
 }
@@ -372,18 +396,7 @@ pub fn prepare(
         self_update: false,
         addressees,
     };
-    let signed = match SignedManifest::sign(&manifest, nms).context("cannot sign the manifest") {
-        Ok(s) => s,
-        Err(e) => {
-            discard();
-            return Err(e);
-        }
-    };
-    let secret = CampaignSecret(random_bytes::<32>()?);
-    if let Err(e) = fs::write(dir.join("manifest.cbor"), &signed.body) {
-        discard();
-        bail!("cannot write {}: {e}", dir.join("manifest.cbor").display());
-    }
+    let (signed, secret) = sign_and_save(&manifest, nms, &dir, &discard)?;
     let superseded = db.record_campaign(&NewCampaign {
         id: campaign,
         package: &manifest.name,
@@ -498,18 +511,7 @@ pub fn follow_up(inbox: &Inbox, of: &CampaignId, nms: &Keypair, addressees: Vec<
     manifest.campaign = campaign;
     manifest.plan.fanout = baton_protocol::plan::fanout_for(addressees.len(), manifest.plan.fanout);
     manifest.addressees = addressees;
-    let signed = match SignedManifest::sign(&manifest, nms).context("cannot sign the manifest") {
-        Ok(s) => s,
-        Err(e) => {
-            discard();
-            return Err(e);
-        }
-    };
-    let secret = CampaignSecret(random_bytes::<32>()?);
-    if let Err(e) = fs::write(dir.join("manifest.cbor"), &signed.body) {
-        discard();
-        bail!("cannot write {}: {e}", dir.join("manifest.cbor").display());
-    }
+    let (signed, secret) = sign_and_save(&manifest, nms, &dir, &discard)?;
     let recorded = lock(&inbox.db).record_follow_up(
         of,
         &NewCampaign {

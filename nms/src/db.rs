@@ -218,6 +218,26 @@ pub struct Db {
     path: PathBuf,
 }
 
+/// Inserts campaign `c` as running (within the caller's transaction).
+fn insert_running(tx: &rusqlite::Transaction<'_>, c: &NewCampaign<'_>) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO campaigns (id, package, version, sequence, manifest, signature, secret, state, copy, started_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'running', ?8, ?9)",
+        params![
+            c.id.to_vec(),
+            c.package,
+            c.version,
+            i(c.sequence),
+            c.manifest,
+            c.signature,
+            c.secret.to_vec(),
+            c.copy.to_string_lossy(),
+            i(c.at)
+        ],
+    )
+    .map(drop)
+}
+
 fn status_text(s: &NodeStatus) -> (&'static str, Option<&str>) {
     match s {
         NodeStatus::Waiting => ("waiting", None),
@@ -518,22 +538,7 @@ impl Db {
             ],
         )
         .map_err(sql)?;
-        tx.execute(
-            "INSERT INTO campaigns (id, package, version, sequence, manifest, signature, secret, state, copy, started_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'running', ?8, ?9)",
-            params![
-                c.id.to_vec(),
-                c.package,
-                c.version,
-                i(c.sequence),
-                c.manifest,
-                c.signature,
-                c.secret.to_vec(),
-                c.copy.to_string_lossy(),
-                i(c.at)
-            ],
-        )
-        .map_err(sql)?;
+        insert_running(&tx, c).map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok(superseded)
     }
@@ -562,22 +567,7 @@ impl Db {
         if !live {
             return Ok(false);
         }
-        tx.execute(
-            "INSERT INTO campaigns (id, package, version, sequence, manifest, signature, secret, state, copy, started_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'running', ?8, ?9)",
-            params![
-                c.id.to_vec(),
-                c.package,
-                c.version,
-                i(c.sequence),
-                c.manifest,
-                c.signature,
-                c.secret.to_vec(),
-                c.copy.to_string_lossy(),
-                i(c.at)
-            ],
-        )
-        .map_err(sql)?;
+        insert_running(&tx, c).map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok(true)
     }

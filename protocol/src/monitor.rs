@@ -882,11 +882,6 @@ impl CampaignMonitor {
         m
     }
 
-    /// True once the operator cancelled the campaign (until it is resumed).
-    pub fn is_cancelled(&self) -> bool {
-        self.cancelled
-    }
-
     /// A newer version of the package started: the campaign is halted
     /// ([`CampaignMonitor::halt`]) with `reason` and the NMS stops serving it (requests
     /// are answered `Gated`); the nodes stop it when they take the newer one.
