@@ -1008,6 +1008,7 @@ fn campaign_of(ev: &NmsEvent) -> Option<&CampaignId> {
         | NmsEvent::NodeProbing { campaign, .. }
         | NmsEvent::NodeUnreachable { campaign, .. }
         | NmsEvent::NodeTrustsOtherNms { campaign, .. }
+        | NmsEvent::RelayHandedBack { campaign, .. }
         | NmsEvent::CampaignHalted { campaign, .. } => Some(campaign),
         NmsEvent::CampaignDone { summary } => Some(&summary.campaign),
         NmsEvent::NodeDiscovered { .. }
@@ -1075,6 +1076,10 @@ fn text_event(ev: &NmsEvent, drop: Option<&str>, c: Option<&Campaign>) -> Option
         NmsEvent::NodeTrustsOtherNms { node, detail, .. } => format!(
             "{title}{node} trusts another NMS ({detail}); it is not addressed until it accepts an offer again. \
              To include it, its owner runs: baton-node trust forget <that NMS> and restarts it, or starts it with --trust <this NMS's id>"
+        ),
+        NmsEvent::RelayHandedBack { node, nodes, .. } => format!(
+            "{title}{node} stayed gated by its owner's relay policy past the grace period: \
+             it handed back {nodes} node(s) of its part, now offered by the NMS"
         ),
         NmsEvent::CampaignHalted { reason, .. } => format!("{title}CAMPAIGN HALTED: {reason}"),
     })
@@ -1165,6 +1170,12 @@ pub fn json_event(ev: &NmsEvent, drop: Option<&str>, summary: Option<&Summary>, 
             detail,
         } => json!({"event": "node-trusts-other-nms", "campaign": hexc(campaign),
             "node": node.to_string(), "detail": detail}),
+        NmsEvent::RelayHandedBack {
+            campaign,
+            node,
+            nodes,
+        } => json!({"event": "relay-handed-back",
+            "campaign": hexc(campaign), "node": node.to_string(), "nodes": nodes}),
         NmsEvent::CampaignHalted { campaign, reason } => {
             json!({"event": "campaign-halted", "campaign": hexc(campaign), "reason": reason})
         }

@@ -226,14 +226,17 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             warn!("cannot dial static peer {p}: {e}");
         }
     }
+    // the advert says whether the owner's policy lets this node relay now
+    agent.read_probe();
+    let mut advert = Advert {
+        peer_id: me.to_string(),
+        role: Role::Node,
+        version: PROTOCOL_VERSION,
+        port,
+        tags: opts.tags.clone(),
+        relay: agent.endpoint.relay_hint(),
+    };
     let (discovery, mut disco_rx) = if opts.mdns {
-        let advert = Advert {
-            peer_id: me.to_string(),
-            role: Role::Node,
-            version: PROTOCOL_VERSION,
-            port,
-            tags: opts.tags.clone(),
-        };
         let (d, rx) = Discovery::start(&advert, &net::advertised_ips(&opts.listen), &opts.interfaces)
             .context("starting mDNS discovery")?;
         (Some(d), rx)
@@ -262,6 +265,15 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             _ = term.recv() => { info!("terminated; stopping"); break; }
         }
         agent.drive();
+        let relay = agent.endpoint.relay_hint();
+        if relay != advert.relay {
+            advert.relay = relay;
+            if let Some(d) = &discovery
+                && let Err(e) = d.update(&advert)
+            {
+                warn!("cannot advertise the new relay state: {e}");
+            }
+        }
         if opts.once && agent.endpoint.finished_any() && !agent.endpoint.busy() {
             info!("--once: campaign installed and relayed; exiting");
             break;
@@ -804,6 +816,9 @@ fn log_note(n: &Note) {
         Note::Verified => info!("package verified (root hash matches the signed manifest)"),
         Note::Authenticated => info!("the NMS acknowledged the package"),
         Note::ReceiptMismatch { parent } => warn!("parent {parent} reports a different root hash"),
+        Note::HandedBack { nodes } => warn!(
+            "relaying stayed gated past the campaign's grace period: handed {nodes} node(s) of this node's part back to the NMS"
+        ),
     }
 }
 

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use baton_protocol::chunk::{ChunkSet, PackageHasher};
+use baton_protocol::gate::RelayHint;
 use baton_protocol::id::{NodeId, fake_id, keypair_from_seed};
 use baton_protocol::keys::{CampaignSecret, HopToken};
 use baton_protocol::manifest::{
@@ -160,7 +161,15 @@ fn node_n(w: &World) -> NodeCampaign {
     let offer = w.offer(&[A, B, N], &[N, P, Q]);
     let m = check_offer(&offer, &id(B), &w.ctx(N)).expect("a good offer");
     let count = m.layout().unwrap().count();
-    NodeCampaign::accept(t(0), id(N), offer, m, cfg(), ChunkSet::new(count))
+    NodeCampaign::accept(
+        t(0),
+        id(N),
+        offer,
+        m,
+        cfg(),
+        ChunkSet::new(count),
+        RelayHint::Open,
+    )
 }
 
 fn drain(c: &mut NodeCampaign) -> Vec<NodeAction> {
@@ -270,6 +279,7 @@ fn accept_offers_children_reports_and_fills_the_window() {
                     verified: 0,
                     source: Some(id(B)),
                     parent: Some(id(B)),
+                    relay: Some(RelayHint::Open),
                 }
             ),
             ask(&w, B, 0),
@@ -450,6 +460,7 @@ fn store_and_forward_offers_children_only_once_the_file_is_hashed() {
                     verified: SIZE as u64,
                     source: Some(id(B)),
                     parent: Some(id(B)),
+                    relay: Some(RelayHint::Open),
                 }
             ),
             send(
@@ -510,7 +521,7 @@ fn node_p(w: &World) -> NodeCampaign {
     let m = check_offer(&offer, &id(N), &w.ctx(P)).expect("a good offer");
     let mut have = ChunkSet::new(m.layout().unwrap().count());
     have.insert(0);
-    NodeCampaign::accept(t(0), id(P), offer, m, cfg(), have)
+    NodeCampaign::accept(t(0), id(P), offer, m, cfg(), have, RelayHint::Open)
 }
 
 fn chunk_requests(actions: &[NodeAction]) -> Vec<(NodeId, ChunkRequest)> {
@@ -1085,7 +1096,15 @@ fn a_resumed_campaign_already_installed_ends_installed_without_the_nms() {
     let offer = w.offer(&[A, B, N], &[N, P, Q]);
     let m = check_offer(&offer, &id(B), &w.ctx(N)).unwrap();
     let count = m.layout().unwrap().count();
-    let mut c = NodeCampaign::accept(t(0), id(N), offer, m, cfg(), ChunkSet::full(count));
+    let mut c = NodeCampaign::accept(
+        t(0),
+        id(N),
+        offer,
+        m,
+        cfg(),
+        ChunkSet::full(count),
+        RelayHint::Open,
+    );
     c.already_installed();
     let actions = drain(&mut c);
     assert_eq!(actions.last(), Some(&NodeAction::HashFile), "{actions:?}");
@@ -1385,6 +1404,7 @@ fn the_campaign_is_done_when_every_addressee_is_final() {
         verified: 10,
         source: Some(w.nms),
         parent: None,
+        relay: None,
     };
     assert_eq!(m.request(t(1), id(B), &progress), Control::Ack);
     assert_eq!(m.nodes()[&id(B)].status, NodeStatus::Receiving);
@@ -1419,7 +1439,15 @@ fn node_a(w: &World) -> NodeCampaign {
     let offer = w.offer(&[A], &[A, B, N, P, Q]);
     let m = check_offer(&offer, &w.nms, &w.ctx(A)).expect("a good offer");
     let count = m.layout().unwrap().count();
-    NodeCampaign::accept(t(0), id(A), offer, m, cfg(), ChunkSet::new(count))
+    NodeCampaign::accept(
+        t(0),
+        id(A),
+        offer,
+        m,
+        cfg(),
+        ChunkSet::new(count),
+        RelayHint::Open,
+    )
 }
 
 #[derive(Clone, Copy, Debug)]
