@@ -15,7 +15,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use baton_protocol::NodeId;
-use baton_testbed::cluster::{Cluster, dir_names};
+use baton_testbed::cluster::{Cluster, dir_names, tail};
 use baton_testbed::demo::served_bytes;
 use baton_testbed::netns::{self, NetSpec};
 
@@ -186,6 +186,7 @@ fn a_one_shot_agent_installs_relays_and_leaves_only_the_package() {
     );
     assert!(log.contains("removed the temporary state"), "{log}");
     assert!(log.contains("installed frob 1.0 (sequence 1)"), "{log}");
+    eprintln!("the one-shot agent's last lines:\n{}", tail(&log, 4));
     // it served its child until the child had the package: it ends only after the relay
     // is done (the child's receipt)
     let total_chunks = SIZE / (128 << 10);
@@ -220,6 +221,77 @@ fn a_one_shot_agent_installs_relays_and_leaves_only_the_package() {
         "the one-shot agent served {served} bytes to {child}, exited 0, left only packages/; {:.1} s in all",
         t0.elapsed().as_secs_f64()
     );
+    c.teardown();
+}
+
+#[test]
+fn a_one_shot_agent_whose_install_fails_exits_non_zero_with_the_reason_and_cleans_up() {
+    if !netns::available_for_tests() {
+        return;
+    }
+    // hosts: 0 the NMS, 1 a daemon, 2 the fresh machine whose install command fails
+    let mut c = Cluster::create(&NetSpec::with_hosts(3), PathBuf::from(testbed())).expect("cluster");
+    let fresh = 2;
+    let data = c.node_dir(fresh);
+    fs::remove_dir_all(&data).unwrap();
+    let bin = node_binary(&c.dir);
+    let log = fs::File::create(c.dir.join(format!("node-{fresh}.log"))).unwrap();
+    let mut once = Started(
+        c.net
+            .command(fresh, "bash")
+            .arg(script())
+            .args(["--binary", bin.to_str().unwrap()])
+            .args(["--trust", &c.nms_id.to_string()])
+            .args(["--data-dir", data.to_str().unwrap()])
+            .args(["--", "--install-cmd", "echo the disk says no; exit 3"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let once_log = format!("node-{fresh}");
+    assert!(
+        c.wait_until(Duration::from_secs(20), |c| printed_id(&c.log(&once_log))
+            .is_some()),
+        "the one-shot agent did not start:\n{}",
+        c.log(&once_log)
+    );
+    c.node_ids[fresh - 1] = printed_id(&c.log(&once_log)).unwrap();
+    c.start_node(1, &[]).unwrap();
+    let nms_args: Vec<String> = ["--once", "--json", "--min-nodes", "2", "--settle", "1"]
+        .map(String::from)
+        .to_vec();
+    let nms = c.start_nms(&nms_args, true, &[]).unwrap();
+    let hash = c.drop_package("frob-1.0.tar.gz", 1 << 20, 12).unwrap();
+    let st = once.wait(Duration::from_secs(60));
+    let log = c.log(&once_log);
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(2),
+        "the one-shot agent: {st:?}\n{log}"
+    );
+    assert!(
+        log.contains("--once: the campaign failed on this machine: install command")
+            && log.contains("exited with exit status: 3")
+            && log.contains("the disk says no"),
+        "{log}"
+    );
+    assert_eq!(c.installed_hash(fresh, PKG), None);
+    // the failed version was removed; only the (empty) packages folder remains
+    assert_eq!(dir_names(&data), vec!["packages".to_string()], "{log}");
+    assert!(log.contains("removed the temporary state"), "{log}");
+    eprintln!("the one-shot agent's last lines:\n{}", tail(&log, 4));
+    let st = c.wait(nms, Duration::from_secs(60), &never).unwrap();
+    assert_eq!(
+        st.and_then(|s| s.code()),
+        Some(1),
+        "the NMS reports the failure:\n{}",
+        c.log("nms")
+    );
+    assert_eq!(c.installed_hash(1, PKG), Some(hash));
+    let s = &c.summaries()[0];
+    assert_eq!(s["installed"], 1, "{s}");
     c.teardown();
 }
 
