@@ -13,6 +13,7 @@
 //!   [`Event::Finished`] comes after the machine's `RelayDone` and the delivery of its
 //!   reports) and no other is in hand; or when the `--once-timeout` passes.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -244,13 +245,14 @@ fn human(d: Duration) -> String {
 /// Follows the endpoint's events for `--once` and says when the agent is done.
 #[derive(Debug, Default)]
 pub struct Watch {
+    /// Accepted campaigns: package name and sequence.
+    accepted: HashMap<CampaignId, (String, u64)>,
     /// Installed campaigns: `name version (sequence N)`.
-    installed: Vec<(CampaignId, String)>,
+    installed: HashMap<CampaignId, String>,
     /// Failed campaigns and why.
-    failed: Vec<(CampaignId, String)>,
+    failed: HashMap<CampaignId, String>,
     /// Campaigns over here, in order, with their phase and chunks served.
     finished: Vec<(CampaignId, Phase, u64)>,
-    accepted: usize,
     last_refusal: Option<String>,
 }
 
@@ -262,17 +264,27 @@ impl Watch {
     /// Takes note of an event of the endpoint.
     pub fn observe(&mut self, e: &Event) {
         match e {
-            Event::Accepted { .. } => self.accepted += 1,
+            Event::Accepted {
+                campaign,
+                name,
+                sequence,
+                ..
+            } => {
+                self.accepted.insert(*campaign, (name.clone(), *sequence));
+            }
             Event::Refused { from, refusal, .. } => self.last_refusal = Some(refusal_text(from, refusal)),
             Event::Installed {
                 campaign,
                 name,
                 version,
                 sequence,
-            } => self
-                .installed
-                .push((*campaign, format!("{name} {version} (sequence {sequence})"))),
-            Event::Failed { campaign, reason } => self.failed.push((*campaign, reason.clone())),
+            } => {
+                self.installed
+                    .insert(*campaign, format!("{name} {version} (sequence {sequence})"));
+            }
+            Event::Failed { campaign, reason } => {
+                self.failed.insert(*campaign, reason.clone());
+            }
             Event::Finished {
                 campaign,
                 phase,
@@ -284,35 +296,63 @@ impl Watch {
     }
 
     /// The end, once a campaign is over here and no other is in hand (`busy`: the
-    /// endpoint's [`baton_protocol::endpoint::node::NodeEndpoint::busy`]). The last
-    /// campaign over decides (an older one stopped by a newer version of its package ends
-    /// first).
+    /// endpoint's [`baton_protocol::endpoint::node::NodeEndpoint::busy`]). Installed only if,
+    /// for every package it took, the campaign of the newest sequence installed: an older
+    /// one stopped by a newer version of its package does not count (among campaigns of
+    /// one sequence, e.g. follow-ups, the last one over decides).
     pub fn end(&self, busy: bool) -> Option<End> {
-        if busy {
+        if busy || self.finished.is_empty() {
             return None;
         }
-        let (c, phase, served_chunks) = self.finished.last()?;
-        let found =
-            |list: &[(CampaignId, String)]| list.iter().rev().find(|(x, _)| x == c).map(|(_, s)| s.clone());
-        Some(if *phase == Phase::Installed {
+        let mut newest: BTreeMap<String, (u64, usize)> = BTreeMap::new();
+        for (i, (c, _, _)) in self.finished.iter().enumerate() {
+            let (name, seq) = self
+                .accepted
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| (format!("campaign {}", hex::encode(c)), 0));
+            let e = newest.entry(name).or_insert((seq, i));
+            if seq >= e.0 {
+                *e = (seq, i);
+            }
+        }
+        let (mut what, mut failures) = (Vec::new(), Vec::new());
+        for (name, (seq, i)) in newest {
+            let (c, phase, _) = &self.finished[i];
+            if *phase == Phase::Installed {
+                what.push(
+                    self.installed
+                        .get(c)
+                        .cloned()
+                        .unwrap_or_else(|| format!("{name} (sequence {seq})")),
+                );
+            } else {
+                let why = self
+                    .failed
+                    .get(c)
+                    .cloned()
+                    .unwrap_or_else(|| format!("ended {phase:?}"));
+                failures.push(format!("{name} (sequence {seq}): {why}"));
+            }
+        }
+        Some(if failures.is_empty() {
             End::Installed {
-                what: found(&self.installed).unwrap_or_else(|| format!("campaign {}", hex::encode(c))),
-                served_chunks: *served_chunks,
+                what: what.join(", "),
+                served_chunks: self.finished.iter().map(|f| f.2).sum(),
             }
         } else {
             End::Failed {
-                reason: found(&self.failed)
-                    .unwrap_or_else(|| format!("campaign {} ended {phase:?}", hex::encode(c))),
+                reason: failures.join("; "),
             }
         })
     }
 
     /// The end when the timeout passed.
     pub fn timed_out(&self, after: Duration) -> End {
-        let seen = if self.accepted > 0 {
+        let seen = if !self.accepted.is_empty() {
             format!(
-                "{} campaign(s) accepted, none over yet (still receiving, installing or serving)",
-                self.accepted
+                "{} campaign(s) accepted, not all over yet (receiving, installing or serving)",
+                self.accepted.len()
             )
         } else if let Some(r) = &self.last_refusal {
             format!("no campaign accepted; the last offer was refused: {r}")
@@ -346,12 +386,34 @@ mod tests {
         assert!(parse_timeout("99999999999999999999h").is_err());
     }
 
+    fn accepted(c: u8, name: &str, seq: u64) -> Event {
+        Event::Accepted {
+            campaign: [c; 16],
+            from: baton_protocol::NodeId::of(&baton_protocol::Keypair::generate_ed25519()),
+            resumed: false,
+            name: name.into(),
+            version: "1.0".into(),
+            sequence: seq,
+            size: 1000,
+            part: 3,
+            chunks_on_disk: 0,
+            chunks: 3,
+        }
+    }
+
     fn installed(c: u8, name: &str, seq: u64) -> Event {
         Event::Installed {
             campaign: [c; 16],
             name: name.into(),
             version: "1.0".into(),
             sequence: seq,
+        }
+    }
+
+    fn failed(c: u8, reason: &str) -> Event {
+        Event::Failed {
+            campaign: [c; 16],
+            reason: reason.into(),
         }
     }
 
@@ -365,10 +427,19 @@ mod tests {
         }
     }
 
+    fn watch(events: &[Event]) -> Watch {
+        let mut w = Watch::new();
+        for e in events {
+            w.observe(e);
+        }
+        w
+    }
+
     #[test]
     fn the_agent_ends_only_when_a_campaign_is_over_and_nothing_is_in_hand() {
         let mut w = Watch::new();
         assert_eq!(w.end(false), None, "nothing happened yet");
+        w.observe(&accepted(1, "frob", 4));
         w.observe(&installed(1, "frob", 4));
         // installed but still relaying: Finished has not come
         assert_eq!(w.end(false), None);
@@ -386,50 +457,84 @@ mod tests {
 
     #[test]
     fn a_failed_install_ends_non_zero_with_its_reason() {
-        let mut w = Watch::new();
-        w.observe(&Event::Failed {
-            campaign: [2; 16],
-            reason: "install command `false` exited with exit status: 1".into(),
-        });
-        w.observe(&finished(2, Phase::Failed, 0));
-        let e = w.end(false).unwrap();
-        let msg = format!("{:#}", e.result().unwrap_err());
+        let w = watch(&[
+            accepted(2, "frob", 1),
+            failed(2, "install command `false` exited with exit status: 1"),
+            finished(2, Phase::Failed, 5),
+        ]);
+        let msg = format!("{:#}", w.end(false).unwrap().result().unwrap_err());
         assert!(
-            msg.contains("failed on this machine") && msg.contains("install command `false`"),
+            msg.contains("failed on this machine: frob (sequence 1): install command `false`"),
             "{msg}"
         );
     }
 
     #[test]
-    fn the_last_campaign_over_decides() {
+    fn the_newest_sequence_of_each_package_decides() {
         // an older campaign stopped by a newer version of its package ends first
-        let mut w = Watch::new();
-        w.observe(&Event::Failed {
-            campaign: [1; 16],
-            reason: "superseded by sequence 5".into(),
-        });
-        w.observe(&finished(1, Phase::Failed, 0));
-        w.observe(&installed(2, "frob", 5));
+        let mut w = watch(&[
+            accepted(1, "frob", 4),
+            accepted(2, "frob", 5),
+            failed(1, "superseded by sequence 5"),
+            finished(1, Phase::Failed, 0),
+        ]);
         assert_eq!(
             w.end(true),
             None,
             "the newer campaign is still in hand: the agent waits"
         );
-        w.observe(&finished(2, Phase::Installed, 0));
-        assert!(matches!(w.end(false), Some(End::Installed { what, .. }) if what.contains("sequence 5")));
-        // and the other way round: installed first, then a failure of the newer one
-        let mut w = Watch::new();
-        w.observe(&installed(1, "frob", 4));
-        w.observe(&finished(1, Phase::Installed, 0));
-        w.observe(&Event::Failed {
-            campaign: [2; 16],
-            reason: "disk full".into(),
-        });
-        w.observe(&finished(2, Phase::Failed, 0));
+        w.observe(&installed(2, "frob", 5));
+        w.observe(&finished(2, Phase::Installed, 7));
+        assert_eq!(
+            w.end(false),
+            Some(End::Installed {
+                what: "frob 1.0 (sequence 5)".into(),
+                served_chunks: 7
+            })
+        );
+        // a newer version that fails is a failure, whatever was installed before
+        let w = watch(&[
+            accepted(1, "frob", 4),
+            installed(1, "frob", 4),
+            finished(1, Phase::Installed, 0),
+            accepted(2, "frob", 5),
+            failed(2, "disk full"),
+            finished(2, Phase::Failed, 0),
+        ]);
         assert_eq!(
             w.end(false),
             Some(End::Failed {
-                reason: "disk full".into()
+                reason: "frob (sequence 5): disk full".into()
+            })
+        );
+        // two packages taken together: both must install
+        let w = watch(&[
+            accepted(1, "frob", 4),
+            accepted(2, "knob", 9),
+            installed(1, "frob", 4),
+            finished(1, Phase::Installed, 3),
+            failed(2, "checksum"),
+            finished(2, Phase::Failed, 0),
+        ]);
+        assert_eq!(
+            w.end(false),
+            Some(End::Failed {
+                reason: "knob (sequence 9): checksum".into()
+            })
+        );
+        let w = watch(&[
+            accepted(1, "frob", 4),
+            accepted(2, "knob", 9),
+            installed(1, "frob", 4),
+            installed(2, "knob", 9),
+            finished(2, Phase::Installed, 1),
+            finished(1, Phase::Installed, 3),
+        ]);
+        assert_eq!(
+            w.end(false),
+            Some(End::Installed {
+                what: "frob 1.0 (sequence 4), knob 1.0 (sequence 9)".into(),
+                served_chunks: 4
             })
         );
     }

@@ -272,7 +272,7 @@ fn a_one_shot_agent_whose_install_fails_exits_non_zero_with_the_reason_and_clean
         "the one-shot agent: {st:?}\n{log}"
     );
     assert!(
-        log.contains("--once: the campaign failed on this machine: install command")
+        log.contains("--once: the campaign failed on this machine: frob (sequence 1): install command")
             && log.contains("exited with exit status: 3")
             && log.contains("the disk says no"),
         "{log}"
