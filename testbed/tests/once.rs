@@ -68,6 +68,46 @@ impl Drop for Started {
     }
 }
 
+/// Starts the one-shot agent on host `fresh` of the cluster, as a fresh machine would:
+/// through `scripts/bootstrap-node.sh`, with nothing of Baton's in its data directory
+/// (the identity the cluster made for it is removed); `extra` goes after `--`. Returns it
+/// once it printed its peer id, which becomes the cluster's id for that host.
+fn start_once(c: &mut Cluster, fresh: usize, script_args: &[&str], extra: &[&str]) -> Started {
+    let data = c.node_dir(fresh);
+    fs::remove_dir_all(&data).unwrap();
+    let bin = node_binary(&c.dir);
+    let log = fs::File::create(c.dir.join(format!("node-{fresh}.log"))).unwrap();
+    let once = Started(
+        c.net
+            .command(fresh, "bash")
+            .arg(script())
+            .args(["--binary", bin.to_str().unwrap()])
+            .args(["--trust", &c.nms_id.to_string()])
+            .args(["--data-dir", data.to_str().unwrap()])
+            .args(script_args)
+            .arg("--")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let once_log = format!("node-{fresh}");
+    assert!(
+        c.wait_until(Duration::from_secs(20), |c| printed_id(&c.log(&once_log))
+            .is_some()),
+        "the one-shot agent did not start:\n{}",
+        c.log(&once_log)
+    );
+    assert!(
+        c.log(&once_log).contains("bootstrap-node.sh: baton-node"),
+        "the script names the binary"
+    );
+    c.node_ids[fresh - 1] = printed_id(&c.log(&once_log)).unwrap();
+    once
+}
+
 /// The peer id a node prints at start (`baton-node <id> listening on port <p>`).
 fn printed_id(log: &str) -> Option<NodeId> {
     let line = log
@@ -108,36 +148,9 @@ fn a_one_shot_agent_installs_relays_and_leaves_only_the_package() {
     let mut c = Cluster::create(&spec, PathBuf::from(testbed())).expect("cluster");
     let fresh = 4;
     let data = c.node_dir(fresh);
-    fs::remove_dir_all(&data).unwrap(); // nothing of Baton's on the fresh machine
-    let bin = node_binary(&c.dir);
-    let log_path = c.dir.join(format!("node-{fresh}.log"));
-    let log = fs::File::create(&log_path).unwrap();
-    let mut once = Started(
-        c.net
-            .command(fresh, "bash")
-            .arg(script())
-            .args(["--binary", bin.to_str().unwrap()])
-            .args(["--trust", &c.nms_id.to_string()])
-            .args(["--data-dir", data.to_str().unwrap()])
-            .args(["--timeout", "80s"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let mut once = start_once(&mut c, fresh, &["--timeout", "80s"], &[]);
     let once_log = format!("node-{fresh}");
-    assert!(
-        c.wait_until(Duration::from_secs(20), |c| printed_id(&c.log(&once_log))
-            .is_some()),
-        "the one-shot agent did not start:\n{}",
-        c.log(&once_log)
-    );
-    let me = printed_id(&c.log(&once_log)).unwrap();
-    assert!(
-        c.log(&once_log).contains("bootstrap-node.sh: baton-node"),
-        "the script names the binary"
-    );
+    let me = c.node_ids[fresh - 1];
     // the NMS's plan is a chain in id order: one daemon before the one-shot agent (its
     // parent), two after it (its child relays to the last); or, if its id is so low that
     // none is found below it, it heads the chain
@@ -145,7 +158,6 @@ fn a_one_shot_agent_installs_relays_and_leaves_only_the_package() {
     for i in if mid { 2..=3 } else { 1..=3 } {
         assert!(reidentify(&mut c, i, 20_000, |id| *id > me));
     }
-    c.node_ids[fresh - 1] = me; // not the identity the cluster made for host 4 (removed)
     let mut chain = c.node_ids.clone();
     chain.sort();
     let at = chain.iter().position(|id| *id == me).unwrap();
@@ -233,31 +245,13 @@ fn a_one_shot_agent_whose_install_fails_exits_non_zero_with_the_reason_and_clean
     let mut c = Cluster::create(&NetSpec::with_hosts(3), PathBuf::from(testbed())).expect("cluster");
     let fresh = 2;
     let data = c.node_dir(fresh);
-    fs::remove_dir_all(&data).unwrap();
-    let bin = node_binary(&c.dir);
-    let log = fs::File::create(c.dir.join(format!("node-{fresh}.log"))).unwrap();
-    let mut once = Started(
-        c.net
-            .command(fresh, "bash")
-            .arg(script())
-            .args(["--binary", bin.to_str().unwrap()])
-            .args(["--trust", &c.nms_id.to_string()])
-            .args(["--data-dir", data.to_str().unwrap()])
-            .args(["--", "--install-cmd", "echo the disk says no; exit 3"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    let mut once = start_once(
+        &mut c,
+        fresh,
+        &[],
+        &["--install-cmd", "echo the disk says no; exit 3"],
     );
     let once_log = format!("node-{fresh}");
-    assert!(
-        c.wait_until(Duration::from_secs(20), |c| printed_id(&c.log(&once_log))
-            .is_some()),
-        "the one-shot agent did not start:\n{}",
-        c.log(&once_log)
-    );
-    c.node_ids[fresh - 1] = printed_id(&c.log(&once_log)).unwrap();
     c.start_node(1, &[]).unwrap();
     let nms_args: Vec<String> = ["--once", "--json", "--min-nodes", "2", "--settle", "1"]
         .map(String::from)
@@ -292,6 +286,53 @@ fn a_one_shot_agent_whose_install_fails_exits_non_zero_with_the_reason_and_clean
     assert_eq!(c.installed_hash(1, PKG), Some(hash));
     let s = &c.summaries()[0];
     assert_eq!(s["installed"], 1, "{s}");
+    c.teardown();
+}
+
+#[test]
+fn a_fresh_machine_joining_a_running_fleet_gets_the_current_version_and_exits() {
+    if !netns::available_for_tests() {
+        return;
+    }
+    // hosts: 0 the NMS (it keeps running), 1 a daemon, 2 the fresh machine, started
+    // after the package was distributed
+    let mut c = Cluster::create(&NetSpec::with_hosts(3), PathBuf::from(testbed())).expect("cluster");
+    c.start_node(1, &[]).unwrap();
+    let nms_args: Vec<String> = ["--json", "--min-nodes", "1", "--settle", "1"]
+        .map(String::from)
+        .to_vec();
+    c.start_nms(&nms_args, true, &[]).unwrap();
+    let hash = c.drop_package("frob-1.0.tar.gz", 2 << 20, 13).unwrap();
+    assert!(
+        c.wait_until(Duration::from_secs(60), |c| c.installed_hash(1, PKG)
+            == Some(hash)),
+        "the daemon did not install:\n{}",
+        c.log("node-1")
+    );
+    let fresh = 2;
+    let data = c.node_dir(fresh);
+    let mut once = start_once(&mut c, fresh, &["--timeout", "60s"], &[]);
+    // a late joiner: the NMS sends it the current version in a follow-up campaign
+    let st = once.wait(Duration::from_secs(60));
+    let log = c.log(&format!("node-{fresh}"));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "the one-shot agent: {st:?}\n{log}"
+    );
+    assert!(log.contains("installed frob 1.0 (sequence 1)"), "{log}");
+    assert_eq!(c.installed_hash(fresh, PKG), Some(hash), "{log}");
+    assert_eq!(dir_names(&data), vec!["packages".to_string()], "{log}");
+    let me = c.node_ids[fresh - 1].to_string();
+    assert!(
+        c.wait_until(Duration::from_secs(10), |c| c.summaries().iter().any(|s| {
+            s["per_node"].as_array().is_some_and(|n| {
+                n.iter()
+                    .any(|n| n["node"] == me.as_str() && n["status"] == "installed")
+            })
+        })),
+        "the NMS's summaries do not show the one-shot agent installed:\n{}",
+        c.log("nms")
+    );
     c.teardown();
 }
 
