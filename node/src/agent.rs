@@ -139,6 +139,10 @@ fn unix_now() -> u64 {
 /// Runs the node until Ctrl-C / SIGTERM (or, with `--once`, until its campaign is done:
 /// then an error unless it installed, see [`crate::once::End::result`]).
 pub async fn run(opts: NodeOptions) -> Result<()> {
+    // taken first, so that a signal during start-up also ends the loop below (and a
+    // one-shot agent's temporary state is removed) rather than killing the process
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
     let _lock = baton_shell::identity::lock_data_dir(&opts.data_dir, "baton-node")?;
     let keypair = baton_shell::identity::load_or_create(&opts.data_dir)?;
     let me = NodeId::of(&keypair);
@@ -251,7 +255,6 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         (None, mpsc::channel(1).1)
     };
     agent.drive();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let once_at = Instant::now() + opts.once.unwrap_or_default();
     let end = loop {
         let deadline = agent.next_deadline();
@@ -272,7 +275,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             _ = tokio::time::sleep_until(once_at.into()), if opts.once.is_some() => {
                 break agent.once.as_ref().zip(opts.once).map(|(w, t)| w.timed_out(t));
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = int.recv() => {
                 info!("interrupted; stopping");
                 break Some(crate::once::End::Interrupted { signal: "SIGINT" });
             }
