@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use baton_protocol::endpoint::node::Event;
 use baton_protocol::receiver::Refusal;
+use baton_protocol::wire::RefuseReason;
 use baton_protocol::{CampaignId, Phase};
 use baton_shell::identity::{DataDirLock, LOCK_FILE, lock_data_dir};
 use tracing::{info, warn};
@@ -191,6 +192,12 @@ pub enum End {
         /// Chunks served to others in that campaign.
         served_chunks: u64,
     },
+    /// Nothing to download: the NMS offered a version this machine has installed already
+    /// (an agent run again on a machine it provisioned).
+    UpToDate {
+        /// The refusal's detail (`frob sequence 3 is installed`).
+        detail: String,
+    },
     /// Its last campaign failed here (relaying done).
     Failed {
         /// The campaign's reason.
@@ -219,6 +226,10 @@ impl End {
                 println!(
                     "baton-node --once: installed {what}, served {served_chunks} chunks to others; exiting"
                 );
+                Ok(())
+            }
+            End::UpToDate { detail } => {
+                println!("baton-node --once: nothing to download ({detail}); exiting");
                 Ok(())
             }
             End::Failed { reason } => bail!("--once: the campaign failed on this machine: {reason}"),
@@ -254,6 +265,8 @@ pub struct Watch {
     /// Campaigns over here, in order, with their phase and chunks served.
     finished: Vec<(CampaignId, Phase, u64)>,
     last_refusal: Option<String>,
+    /// Offers of a version installed here already (refused as `Installed`): why.
+    up_to_date: Option<String>,
 }
 
 impl Watch {
@@ -272,7 +285,12 @@ impl Watch {
             } => {
                 self.accepted.insert(*campaign, (name.clone(), *sequence));
             }
-            Event::Refused { from, refusal, .. } => self.last_refusal = Some(refusal_text(from, refusal)),
+            Event::Refused { from, refusal, .. } => {
+                if refusal.reason == RefuseReason::Installed {
+                    self.up_to_date = Some(refusal.detail.clone());
+                }
+                self.last_refusal = Some(refusal_text(from, refusal));
+            }
             Event::Installed {
                 campaign,
                 name,
@@ -300,9 +318,18 @@ impl Watch {
     /// for every package it took, the campaign of the newest sequence installed: an older
     /// one stopped by a newer version of its package does not count (among campaigns of
     /// one sequence, e.g. follow-ups, the last one over decides).
+    ///
+    /// With no campaign over and nothing in hand, an offer of a version installed here
+    /// already (only a trusted, unexpired offer is refused so) ends it too: this machine is
+    /// up to date.
     pub fn end(&self, busy: bool) -> Option<End> {
-        if busy || self.finished.is_empty() {
+        if busy {
             return None;
+        }
+        if self.finished.is_empty() {
+            return self.up_to_date.as_ref().map(|detail| End::UpToDate {
+                detail: detail.clone(),
+            });
         }
         let mut newest: BTreeMap<String, (u64, usize)> = BTreeMap::new();
         for (i, (c, _, _)) in self.finished.iter().enumerate() {
@@ -370,7 +397,6 @@ fn refusal_text(from: &baton_protocol::NodeId, r: &Refusal) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_protocol::wire::RefuseReason;
 
     #[test]
     fn timeouts_parse_with_units_and_zero_is_refused() {
@@ -537,6 +563,35 @@ mod tests {
                 served_chunks: 4
             })
         );
+    }
+
+    #[test]
+    fn an_offer_of_the_version_installed_here_ends_it_up_to_date() {
+        let from = baton_protocol::NodeId::of(&baton_protocol::Keypair::generate_ed25519());
+        let refused = |reason, detail: &str| Event::Refused {
+            from,
+            signer: None,
+            refusal: Refusal {
+                reason,
+                detail: detail.into(),
+            },
+        };
+        let mut w = Watch::new();
+        w.observe(&refused(RefuseReason::Untrusted, "signed by a stranger"));
+        assert_eq!(w.end(false), None, "a refused stranger's offer ends nothing");
+        w.observe(&refused(
+            RefuseReason::Installed,
+            "campaign 01 is already over on this node (frob sequence 1 is installed); nothing to download",
+        ));
+        assert_eq!(w.end(true), None, "another campaign is in hand");
+        let e = w.end(false).unwrap();
+        assert!(matches!(&e, End::UpToDate { detail } if detail.contains("frob sequence 1 is installed")));
+        assert!(e.result().is_ok());
+        // a campaign over here decides, not the refusal
+        w.observe(&accepted(2, "frob", 2));
+        w.observe(&failed(2, "disk full"));
+        w.observe(&finished(2, Phase::Failed, 0));
+        assert!(matches!(w.end(false), Some(End::Failed { .. })));
     }
 
     #[test]

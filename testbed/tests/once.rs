@@ -73,8 +73,13 @@ impl Drop for Started {
 /// (the identity the cluster made for it is removed); `extra` goes after `--`. Returns it
 /// once it printed its peer id, which becomes the cluster's id for that host.
 fn start_once(c: &mut Cluster, fresh: usize, script_args: &[&str], extra: &[&str]) -> Started {
+    fs::remove_dir_all(c.node_dir(fresh)).unwrap();
+    run_once(c, fresh, script_args, extra)
+}
+
+/// [`start_once`] on whatever the data directory holds (an agent run again), with a new log.
+fn run_once(c: &mut Cluster, fresh: usize, script_args: &[&str], extra: &[&str]) -> Started {
     let data = c.node_dir(fresh);
-    fs::remove_dir_all(&data).unwrap();
     let bin = node_binary(&c.dir);
     let log = fs::File::create(c.dir.join(format!("node-{fresh}.log"))).unwrap();
     let once = Started(
@@ -333,6 +338,23 @@ fn a_fresh_machine_joining_a_running_fleet_gets_the_current_version_and_exits() 
         "the NMS's summaries do not show the one-shot agent installed:\n{}",
         c.log("nms")
     );
+    // run again on the provisioned machine: a new identity, so a new late joiner to the
+    // NMS, offered the version it holds: it says so and ends at once, with status 0
+    let first = c.node_ids[fresh - 1];
+    let mut again = run_once(&mut c, fresh, &["--timeout", "60s"], &[]);
+    assert_ne!(c.node_ids[fresh - 1], first, "the identity was not temporary");
+    let st = again.wait(Duration::from_secs(60));
+    let log = c.log(&format!("node-{fresh}"));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "the one-shot agent run again: {st:?}\n{log}"
+    );
+    assert!(
+        log.contains("nothing to download") && log.contains("frob sequence 1 is installed"),
+        "{log}"
+    );
+    assert_eq!(c.installed_hash(fresh, PKG), Some(hash), "{log}");
+    assert_eq!(dir_names(&data), vec!["packages".to_string()], "{log}");
     c.teardown();
 }
 
