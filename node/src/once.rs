@@ -11,7 +11,8 @@
 //! - [`Watch`]: when the agent ends and with which status, from the endpoint's events:
 //!   once a campaign is over here (installed or failed, *and* its relaying done:
 //!   [`Event::Finished`] comes after the machine's `RelayDone` and the delivery of its
-//!   reports) and no other is in hand; or when the `--once-timeout` passes.
+//!   reports) and no other is in hand; when an offer of a version installed here already
+//!   was refused (up to date); or when the `--once-timeout` passes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
