@@ -16,7 +16,7 @@ Gets this machine its first Baton agent.
                      installs and relays one campaign, then exits (status 0 only if it
                      installed), leaving only the installed package in DATA_DIR/packages
   --permanent        instead install the binary and a systemd unit for a permanent agent
-                     (baton-node.service), and start it
+                     (baton-node.service), and (re)start it
 
   --binary PATH      the baton-node binary for this machine (required)
   --trust ID         the NMS's peer id, printed by baton-nms at start (required)
@@ -117,7 +117,10 @@ for w in --data-dir "$data_dir" --trust "$trust" "${extra[@]}"; do
     exec_start+=" $(unit_word "$w")"
 done
 
-mkdir -p "$bin_dir" "$unit_dir"
+for d in "$bin_dir" "$unit_dir"; do
+    { mkdir -p "$d" 2>/dev/null && [ -w "$d" ]; } \
+        || die "cannot write to $d: run this as root (or give --bin-dir and --unit-dir)"
+done
 install -m 0755 "$binary" "$target.new"
 mv -f "$target.new" "$target"
 unit="$unit_dir/baton-node.service"
@@ -140,11 +143,13 @@ mv -f "$unit.new" "$unit"
 echo "$prog: installed $target and $unit"
 
 if [ -n "$no_start" ]; then
-    echo "$prog: start it with: systemctl daemon-reload && systemctl enable --now baton-node.service"
+    echo "$prog: start it with: systemctl daemon-reload && systemctl enable baton-node.service && systemctl restart baton-node.service"
     exit 0
 fi
 command -v systemctl >/dev/null \
     || die "systemctl not found: start $target with the arguments in $unit by this machine's init system"
 systemctl daemon-reload
-systemctl enable --now baton-node.service
+systemctl enable baton-node.service
+# restart: a running agent (an earlier bootstrap) picks up the new binary and arguments
+systemctl restart baton-node.service
 echo "$prog: baton-node.service is running; its log: journalctl -u baton-node"

@@ -447,7 +447,8 @@ fn the_bootstrap_script_installs_a_permanent_agent_as_a_systemd_unit() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        text(&o).contains("systemctl daemon-reload && systemctl enable --now"),
+        text(&o)
+            .contains("systemctl daemon-reload && systemctl enable baton-node.service && systemctl restart"),
         "{}",
         text(&o)
     );
@@ -477,6 +478,28 @@ fn the_bootstrap_script_installs_a_permanent_agent_as_a_systemd_unit() {
         dir_names(&unit_dir),
         vec!["baton-node.service".to_string()],
         "no temporary file left"
+    );
+    // a folder it cannot make or write to is named, with what to do (under a plain
+    // file: root can write to any folder)
+    let ro = d.path().join("a-file");
+    fs::write(&ro, "").unwrap();
+    let o = run_script(&[
+        "--permanent",
+        "--no-start",
+        "--binary",
+        bin.to_str().unwrap(),
+        "--trust",
+        SOME_NMS,
+        "--bin-dir",
+        ro.join("bin").to_str().unwrap(),
+        "--unit-dir",
+        unit_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot write to") && text(&o).contains("run this as root"),
+        "{}",
+        text(&o)
     );
 }
 
