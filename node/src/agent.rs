@@ -45,8 +45,11 @@ pub struct NodeOptions {
     pub mdns: bool,
     pub interfaces: Interfaces,
     pub install: Option<InstallCmd>,
-    /// Exit once a campaign is installed and relayed.
-    pub once: bool,
+    /// `--once`: exit once a campaign is over here and relayed, or after this timeout
+    /// ([`crate::once`]).
+    pub once: Option<Duration>,
+    /// Where `packages/` is, when not in `data_dir` (a one-shot agent's temporary state).
+    pub install_dir: Option<PathBuf>,
     /// Testing only: corrupt every chunk served (a faulty relay).
     pub corrupt_served: bool,
     pub protocol: NodeConfig,
@@ -122,6 +125,8 @@ struct Agent {
     delayed: VecDeque<(Instant, ResponseChannel<ChunkResponse>, ChunkResponse)>,
     /// Peers named with --peer, whose addresses are given back after a failed dial.
     static_peers: Vec<(libp2p::PeerId, Multiaddr)>,
+    /// With `--once`: what decides the end.
+    once: Option<crate::once::Watch>,
 }
 
 fn unix_now() -> u64 {
@@ -131,12 +136,20 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the node until Ctrl-C / SIGTERM (or, with `--once`, until its campaign is done).
+/// Runs the node until Ctrl-C / SIGTERM (or, with `--once`, until its campaign is done:
+/// then an error unless it installed, see [`crate::once::End::result`]).
 pub async fn run(opts: NodeOptions) -> Result<()> {
+    // taken first, so that a signal during start-up also ends the loop below (and a
+    // one-shot agent's temporary state is removed) rather than killing the process
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
     let _lock = baton_shell::identity::lock_data_dir(&opts.data_dir, "baton-node")?;
     let keypair = baton_shell::identity::load_or_create(&opts.data_dir)?;
     let me = NodeId::of(&keypair);
-    let store = Store::open(&opts.data_dir)?;
+    let store = Store::open_split(
+        &opts.data_dir,
+        opts.install_dir.as_ref().unwrap_or(&opts.data_dir),
+    )?;
     let (journal, entries) = Journal::open(&opts.data_dir)?;
     let mut trusted = opts.trust.clone();
     let pinned = read_pinned(&opts.data_dir)?;
@@ -201,6 +214,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         upload: opts.max_upload.map(|r| UploadCap::new(r, UPLOAD_BURST)),
         delayed: VecDeque::new(),
         static_peers: Vec::new(),
+        once: opts.once.map(|_| crate::once::Watch::new()),
     };
     agent.read_probe();
     let (_control, mut ctl_rx) = match baton_shell::control::ControlServer::bind::<
@@ -226,8 +240,8 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             warn!("cannot dial static peer {p}: {e}");
         }
     }
-    // the advert says whether the owner's policy lets this node relay now
-    agent.read_probe();
+    // the advert says whether the owner's policy lets this node relay now (the probe was
+    // read above)
     let mut advert = Advert {
         peer_id: me.to_string(),
         role: Role::Node,
@@ -244,8 +258,8 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         (None, mpsc::channel(1).1)
     };
     agent.drive();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
+    let once_at = Instant::now() + opts.once.unwrap_or_default();
+    let end = loop {
         let deadline = agent.next_deadline();
         let (delayed_at, any_delayed) = (agent.next_delayed(), !agent.delayed.is_empty());
         tokio::select! {
@@ -261,8 +275,17 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
                 let now = agent.now();
                 agent.endpoint.handle_timeout(now);
             }
-            _ = tokio::signal::ctrl_c() => { info!("interrupted; stopping"); break; }
-            _ = term.recv() => { info!("terminated; stopping"); break; }
+            _ = tokio::time::sleep_until(once_at.into()), if opts.once.is_some() => {
+                break agent.once.as_ref().zip(opts.once).map(|(w, t)| w.timed_out(t));
+            }
+            _ = int.recv() => {
+                info!("interrupted; stopping");
+                break Some(crate::once::End::Interrupted { signal: "SIGINT" });
+            }
+            _ = term.recv() => {
+                info!("terminated; stopping");
+                break Some(crate::once::End::Interrupted { signal: "SIGTERM" });
+            }
         }
         agent.drive();
         let relay = agent.endpoint.relay_hint();
@@ -274,15 +297,18 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
                 warn!("cannot advertise the new relay state: {e}");
             }
         }
-        if opts.once && agent.endpoint.finished_any() && !agent.endpoint.busy() {
-            info!("--once: campaign installed and relayed; exiting");
-            break;
+        if let Some(e) = agent.once.as_ref().and_then(|w| w.end(agent.endpoint.busy())) {
+            info!("--once: the campaign is over here and relayed; exiting");
+            break Some(e);
         }
-    }
+    };
     if let Some(d) = discovery {
         d.shutdown_async().await;
     }
-    Ok(())
+    match end {
+        Some(e) if opts.once.is_some() => e.result(),
+        _ => Ok(()),
+    }
 }
 
 /// The NMS ids pinned by trust on first use, from `dir/trusted-nms.txt` (one per line;
@@ -692,6 +718,9 @@ impl Agent {
     }
 
     fn log_event(&mut self, e: Event) {
+        if let Some(w) = &mut self.once {
+            w.observe(&e);
+        }
         match e {
             Event::Accepted {
                 campaign,
