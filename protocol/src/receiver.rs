@@ -273,6 +273,9 @@ pub struct NodeCampaign {
     gated_since: Option<Duration>,
     /// The policy followed may gate relaying (not `always`): said in progress reports.
     restricted: bool,
+    /// A node below its children asked this node for chunks (it moved up its path past a
+    /// gated or failed relay): its children's receipts do not end the relaying then.
+    served_below: bool,
 }
 
 impl NodeCampaign {
@@ -421,6 +424,7 @@ impl NodeCampaign {
             installed_before: false,
             gated_since: None,
             restricted: false,
+            served_below: false,
             manifest,
         }
     }
@@ -483,7 +487,9 @@ impl NodeCampaign {
     }
     /// True once installed (or failed) and every child has its package or was re-planned,
     /// or, for a child that went silent without a receipt, once nobody asked this node
-    /// for a chunk during [`RELAY_LINGER`] since the package was complete here.
+    /// for a chunk during [`RELAY_LINGER`] since the package was complete here. A node
+    /// that nodes further down asked (they moved up their path past a gated or failed
+    /// relay) ends only that way: their receipts go to their own parents, not here.
     pub fn relay_done(&self, now: Duration) -> bool {
         let children_done = self.children.iter().all(|c| {
             matches!(
@@ -499,7 +505,7 @@ impl NodeCampaign {
             && !self.children.iter().any(|c| c.state == ChildState::Offered)
             // a part held while gated is offered or handed back first
             && !self.children.iter().any(|c| c.state == ChildState::Pending)
-            && (children_done || idle)
+            && ((children_done && !self.served_below) || idle)
     }
 
     /// When a silent child stops holding this node: [`RELAY_LINGER`] after the later of
@@ -585,6 +591,9 @@ impl NodeCampaign {
 
     /// A chunk request from `from` (authenticated by the transport).
     pub fn chunk_request(&mut self, now: Duration, req: RequestId, from: NodeId, r: &ChunkRequest) {
+        if self.gated_since.is_none() && !self.children.iter().any(|c| c.a.head == from) {
+            self.served_below = true;
+        }
         let mut out = Vec::new();
         let addressees = &self.addressees;
         self.server.request(
