@@ -108,6 +108,8 @@ pub struct NodeResult {
     pub secs: Option<f64>,
     /// Where its bytes came from, most first.
     pub sources: Vec<SourceBytes>,
+    /// Bytes the other addressees reported fetching from it (what it relayed).
+    pub served: u64,
 }
 
 /// Bytes a node verified while it reported fetching from one source.
@@ -137,6 +139,14 @@ impl Summary {
         };
         let failed = listed(&mut s.failed());
         let unreachable = listed(&mut s.unreachable());
+        let mut served: HashMap<NodeId, u64> = HashMap::new();
+        for t in tracks.values() {
+            for (src, bytes) in &t.from {
+                if let Some(p) = src {
+                    *served.entry(*p).or_default() += *bytes;
+                }
+            }
+        }
         let per_node = s
             .nodes
             .iter()
@@ -162,6 +172,7 @@ impl Summary {
                     reason: o.status.reason().map(str::to_string),
                     secs: o.took.map(|t| t.as_secs_f64()),
                     sources,
+                    served: served.get(&o.node).copied().unwrap_or(0),
                 }
             })
             .collect();
@@ -220,7 +231,11 @@ impl Summary {
             mib(self.nms_bytes_sent),
             self.nms_copies
         );
-        let _ = writeln!(o, "  {:<52}  {:<9}  {:>8}  bytes from", "node", "outcome", "time");
+        let _ = writeln!(
+            o,
+            "  {:<52}  {:<9}  {:>8}  {:>10}  bytes from",
+            "node", "outcome", "time", "served"
+        );
         for n in &self.per_node {
             let secs = n.secs.map_or_else(|| "-".to_string(), |s| format!("{s:.2} s"));
             let from = if n.sources.is_empty() {
@@ -239,7 +254,8 @@ impl Summary {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            let _ = write!(o, "  {:<52}  {:<9}  {secs:>8}  {from}", n.node, n.status);
+            let served = BinaryBytes(n.served).to_string();
+            let _ = write!(o, "  {:<52}  {:<9}  {secs:>8}  {served:>10}  {from}", n.node, n.status);
             if let Some(r) = &n.reason {
                 let _ = write!(o, "\n      reason: {r}");
             }
