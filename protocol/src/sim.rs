@@ -583,6 +583,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             plan: PlanParams {
                 fanout: crate::plan::fanout_for(cfg.nodes, cfg.fanout),
                 transfer: cfg.transfer,
+                leaves: 0,
             },
             offline_install: false,
             self_update: false,
@@ -1545,7 +1546,11 @@ impl Sim {
     /// The NMS's shell: prepares dropped files, sends, answers, serves the package.
     fn act_nms(&mut self, a: NmsAction) {
         match a {
-            NmsAction::Prepare { drop_id, addressees } => {
+            NmsAction::Prepare {
+                drop_id,
+                addressees,
+                leaves,
+            } => {
                 let k = drop_id.0 as usize;
                 let mut planned = self.camps[k].manifest.addressees.clone();
                 planned.sort();
@@ -1554,7 +1559,12 @@ impl Sim {
                 if picked == planned {
                     // signed in the NMS's order (nodes that do not relay at the leaves)
                     let fanout = self.camps[k].manifest.plan.fanout;
-                    let tree = crate::plan::Tree::plan(&addressees, fanout);
+                    let n = addressees.len();
+                    let leaf: HashSet<NodeId> = addressees[n - (leaves as usize).min(n)..]
+                        .iter()
+                        .copied()
+                        .collect();
+                    let tree = crate::plan::Tree::plan(&addressees, fanout, &|x| leaf.contains(x));
                     let relaying: HashSet<NodeId> = tree.parent.values().flatten().copied().collect();
                     let gated_leaves = self
                         .cfg
@@ -1565,6 +1575,7 @@ impl Sim {
                     self.leaves_gated = Some(gated_leaves);
                     let c = &mut self.camps[k];
                     c.manifest.addressees = addressees;
+                    c.manifest.plan.leaves = leaves;
                     c.signed = SignedManifest::sign(&c.manifest, &self.nms_key)
                         .expect("simulated manifest is valid");
                 } else {
