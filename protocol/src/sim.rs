@@ -27,7 +27,13 @@
 //!    NMS only if it is;
 //! 6. virtual time moves on: at most 100,000 events happen at one instant (a livelock
 //!    otherwise hangs the run);
-//! 7. each node endpoint's own `check_invariants` holds after each of its inputs.
+//! 7. each node endpoint's own `check_invariants` holds after each of its inputs;
+//! 8. a node whose owner's policy gates relaying serves no chunk while its gate is closed.
+//!
+//! Some seeds gate a few nodes ([`SimConfig::gated`]: policy `ac` on a low battery, some
+//! with mains power back later): the NMS does not know at the first drop, so they are
+//! planned as relays, hold their parts and hand them back; later drops are planned with
+//! what their progress reports said.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
