@@ -66,6 +66,29 @@ pub fn gated_node_args(c: &Cluster, i: usize) -> Result<Vec<String>> {
     ])
 }
 
+/// The nodes to gate so that an NMS planning without knowing of the gates would have made
+/// them relays: the plan of `ids` (index 0 = node 1) in the fleet's id order (what an NMS
+/// that knows nothing of relaying signs) under `fanout`, and of its relays the last `k`
+/// in that order (in a chain, the last `k` relays before the leaf). Node numbers from 1,
+/// ascending; fewer than `k` when the plan has fewer relays.
+pub fn plain_plan_relays(ids: &[NodeId], fanout: u8, k: usize) -> Vec<usize> {
+    let mut sorted = ids.to_vec();
+    sorted.sort();
+    let fanout = baton_protocol::plan::fanout_for(sorted.len(), fanout);
+    let tree = baton_protocol::plan::Tree::plan(&sorted, fanout);
+    let relays: Vec<NodeId> = sorted
+        .iter()
+        .filter(|n| tree.parent.values().any(|p| p.as_ref() == Some(*n)))
+        .copied()
+        .collect();
+    let mut nodes: Vec<usize> = relays[relays.len().saturating_sub(k)..]
+        .iter()
+        .filter_map(|r| ids.iter().position(|i| i == r).map(|p| p + 1))
+        .collect();
+    nodes.sort_unstable();
+    nodes
+}
+
 /// Bytes the nodes report having fetched from `node` (a campaign summary's per-node
 /// sources).
 pub fn served_bytes(summary: &serde_json::Value, node: &NodeId) -> u64 {
@@ -304,6 +327,32 @@ mod tests {
         Demo::try_parse_from(std::iter::once("demo").chain(args.iter().copied()))
             .unwrap()
             .args
+    }
+
+    #[test]
+    fn the_nodes_to_gate_are_the_last_relays_of_the_plan_in_id_order() {
+        use baton_protocol::id::fake_id;
+        // the fleet in an order that is not the ids' (node k has id 10 - k)
+        let ids: Vec<NodeId> = (1..=8u64).map(|k| fake_id(10 - k)).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        let pos = |node: usize| sorted.iter().position(|i| *i == ids[node - 1]).unwrap();
+        // a chain: positions 0..=6 relay, the last two of them are 5 and 6
+        let g = plain_plan_relays(&ids, 1, 2);
+        assert_eq!(g.len(), 2);
+        let mut at: Vec<usize> = g.iter().map(|&n| pos(n)).collect();
+        at.sort_unstable();
+        assert_eq!(at, [5, 6], "{g:?}");
+        // a binary tree of 8: every chosen node heads a part of more than one node
+        let tree = baton_protocol::plan::Tree::plan(&sorted, 2);
+        for n in plain_plan_relays(&ids, 2, 2) {
+            assert!(
+                tree.parent.values().any(|p| *p == Some(ids[n - 1])),
+                "node {n} relays"
+            );
+        }
+        // no more than the plan has
+        assert_eq!(plain_plan_relays(&ids[..2], 1, 2).len(), 1);
     }
 
     #[test]

@@ -132,6 +132,12 @@ pub struct MethodResult {
     /// What went wrong (a method run with an error still reports what it
     /// measured).
     pub error: Option<String>,
+    /// Bytes each node served to the others (index 0 = node 1), as the NMS's
+    /// campaign summary counts them (its per-node sources); empty when the
+    /// method has no such figures (every method but Baton's).
+    pub served_bytes: Vec<Option<u64>>,
+    /// Nodes (numbered from 1) whose owners' policy gated relaying in the run.
+    pub gated_nodes: Vec<usize>,
 }
 
 impl MethodResult {

@@ -32,6 +32,11 @@ pub struct Summary {
     pub skipped: Option<String>,
     /// Errors, as "run K: message".
     pub errors: Vec<String>,
+    /// Median bytes each node served (from the NMS's summary); empty when the
+    /// method has no such figures.
+    pub served_bytes: Vec<Option<u64>>,
+    /// Nodes (from 1) whose relaying was gated (as in the first run that says).
+    pub gated_nodes: Vec<usize>,
 }
 
 /// Summarises `results[run][i]` per method, in the order of `methods`
@@ -62,6 +67,24 @@ pub fn summarize(results: &[Vec<MethodResult>], methods: &[(String, String)], si
                 )
             })
             .collect();
+        let served_nodes = ran.iter().map(|(_, r)| r.served_bytes.len()).max().unwrap_or(0);
+        let served_bytes = (0..served_nodes)
+            .map(|i| {
+                median(
+                    &ran.iter()
+                        .filter_map(|(_, r)| r.served_bytes.get(i).copied().flatten())
+                        .map(|b| b as f64)
+                        .collect::<Vec<_>>(),
+                )
+                .map(|b| b.round() as u64)
+            })
+            .collect();
+        let gated_nodes = ran
+            .iter()
+            .map(|(_, r)| &r.gated_nodes)
+            .find(|g| !g.is_empty())
+            .cloned()
+            .unwrap_or_default();
         let size = size.max(1) as f64;
         out.push(Summary {
             method: name.clone(),
@@ -81,6 +104,8 @@ pub fn summarize(results: &[Vec<MethodResult>], methods: &[(String, String)], si
                 .iter()
                 .filter_map(|(k, r)| r.error.as_ref().map(|e| format!("run {}: {e}", k + 1)))
                 .collect(),
+            served_bytes,
+            gated_nodes,
         });
     }
     let t1 = out
@@ -112,10 +137,30 @@ pub(crate) fn progress_line(r: &MethodResult, size: u64) -> String {
         r.nodes,
         r.nms_tx_bytes as f64 / size.max(1) as f64
     );
+    if !r.served_bytes.is_empty() {
+        line.push_str(&format!(
+            ", served (NMS summary): {}",
+            served_line(&r.served_bytes, &r.gated_nodes)
+        ));
+    }
     if let Some(e) = &r.error {
         line.push_str(&format!(", FAILED: {e}"));
     }
     line
+}
+
+/// `node 1 64 MiB, node 2 0 B (gated), node 3 -`: bytes each node served.
+fn served_line(served: &[Option<u64>], gated: &[usize]) -> String {
+    served
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let bytes = b.map(human_size).unwrap_or_else(|| "-".into());
+            let mark = if gated.contains(&(i + 1)) { " (gated)" } else { "" };
+            format!("node {} {bytes}{mark}", i + 1)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -201,6 +246,22 @@ pub fn render_markdown(c: &BenchConfig, summary: &[Summary]) -> String {
     for s in summary {
         let _ = writeln!(md, "- `{}`: {}", s.method, s.describe);
     }
+    let served: Vec<&Summary> = summary.iter().filter(|s| !s.served_bytes.is_empty()).collect();
+    if !served.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nBytes each node served to the others, as the NMS's campaign summary counts them \
+             (the bytes each node verified while fetching from that node; medians over the runs):\n"
+        );
+        for s in served {
+            let _ = writeln!(
+                md,
+                "- `{}`: {}",
+                s.method,
+                served_line(&s.served_bytes, &s.gated_nodes)
+            );
+        }
+    }
     md
 }
 
@@ -234,6 +295,8 @@ pub fn render_json(c: &BenchConfig, summary: &[Summary], results: &[Vec<MethodRe
             "per_node_s": s.per_node_s,
             "skipped": s.skipped,
             "errors": s.errors,
+            "served_bytes": s.served_bytes,
+            "gated_nodes": s.gated_nodes,
         })).collect::<Vec<_>>(),
         "runs": results.iter().map(|rs| rs.iter().map(|r| json!({
             "method": r.method,
@@ -246,6 +309,8 @@ pub fn render_json(c: &BenchConfig, summary: &[Summary], results: &[Vec<MethodRe
             "peak_rss_kib": r.peak_rss_kib,
             "skipped": r.skipped,
             "error": r.error,
+            "served_bytes": r.served_bytes,
+            "gated_nodes": r.gated_nodes,
         })).collect::<Vec<_>>()).collect::<Vec<_>>(),
     })
 }

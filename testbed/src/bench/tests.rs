@@ -309,6 +309,7 @@ fn sample_results() -> (Vec<Vec<MethodResult>>, Vec<(String, String)>) {
                 peak_rss_kib: Some(2048),
                 skipped: None,
                 error: None,
+                ..MethodResult::default()
             },
             MethodResult {
                 method: "naive".into(),
@@ -321,6 +322,7 @@ fn sample_results() -> (Vec<Vec<MethodResult>>, Vec<(String, String)>) {
                 peak_rss_kib: Some(4096),
                 skipped: None,
                 error: None,
+                ..MethodResult::default()
             },
             MethodResult {
                 method: "torrent".into(),
@@ -333,6 +335,7 @@ fn sample_results() -> (Vec<Vec<MethodResult>>, Vec<(String, String)>) {
                 peak_rss_kib: None,
                 skipped: None,
                 error: Some("node 2: timed out <after> 60 s".into()),
+                ..MethodResult::default()
             },
             MethodResult {
                 skipped: Some("uftp not found: apt-get install uftp".into()),
@@ -552,4 +555,36 @@ fn t1_and_naive_in_namespaces() {
             "{name} left: {left}"
         );
     }
+}
+
+#[test]
+fn bytes_served_per_node_are_medians_marked_gated_in_the_table_and_the_json() {
+    let size = 8u64 << 20;
+    let run = |a: u64, b: u64| MethodResult {
+        method: "baton-gated".into(),
+        wall: secs(4.0),
+        per_node: vec![secs(4.0); 3],
+        verified_nodes: 3,
+        nodes: 3,
+        served_bytes: vec![Some(a), Some(0), Some(b)],
+        gated_nodes: vec![2],
+        ..MethodResult::default()
+    };
+    let results = vec![vec![run(size, 0)], vec![run(size, size)], vec![run(3 * size, 0)]];
+    let methods = vec![("baton-gated".to_string(), "gated".to_string())];
+    let s = summarize(&results, &methods, size);
+    assert_eq!(s[0].served_bytes, [Some(size), Some(0), Some(0)]);
+    assert_eq!(s[0].gated_nodes, [2]);
+    let md = render_markdown(&sample_config(3), &s);
+    assert!(
+        md.contains("- `baton-gated`: node 1 8 MiB, node 2 0 B (gated), node 3 0 B"),
+        "{md}"
+    );
+    let json = render_json(&sample_config(3), &s, &results);
+    assert_eq!(json["summary"][0]["gated_nodes"][0], 2);
+    assert_eq!(json["runs"][1][0]["served_bytes"][2], size);
+    // methods without the figures get no such section
+    let (plain, plain_methods) = sample_results();
+    let md = render_markdown(&sample_config(3), &summarize(&plain, &plain_methods, 64 << 20));
+    assert!(!md.contains("Bytes each node served"), "{md}");
 }
