@@ -29,10 +29,6 @@ pub struct Baton {
     pub gated: usize,
 }
 
-/// The grace period (`baton-nms --relay-grace`) of `baton-gated`: how long a gated relay
-/// holds the part of the list it was given before it hands it back to the NMS.
-pub const GATED_GRACE_SECS: &str = "2";
-
 /// The Baton methods the bench knows.
 pub fn methods() -> Vec<Box<dyn Method>> {
     vec![
@@ -58,8 +54,8 @@ pub fn methods() -> Vec<Box<dyn Method>> {
             name: "baton-gated",
             describe: "Baton, default mode, with 2 nodes whose owners gate relaying (policy idle, \
                        the CPU busy) from the start: the last two relays of the plan in the \
-                       fleet's order; --relay-grace 2",
-            nms_args: &["--relay-grace", GATED_GRACE_SECS],
+                       fleet's order",
+            nms_args: &[],
             gated: 2,
         }),
     ]

@@ -75,7 +75,7 @@ pub fn plain_plan_relays(ids: &[NodeId], fanout: u8, k: usize) -> Vec<usize> {
     let mut sorted = ids.to_vec();
     sorted.sort();
     let fanout = baton_protocol::plan::fanout_for(sorted.len(), fanout);
-    let tree = baton_protocol::plan::Tree::plan(&sorted, fanout);
+    let tree = baton_protocol::plan::Tree::plan(&sorted, fanout, &baton_protocol::plan::no_leaves);
     let relays: Vec<NodeId> = sorted
         .iter()
         .filter(|n| tree.parent.values().any(|p| p.as_ref() == Some(*n)))
@@ -344,7 +344,7 @@ mod tests {
         at.sort_unstable();
         assert_eq!(at, [5, 6], "{g:?}");
         // a binary tree of 8: every chosen node heads a part of more than one node
-        let tree = baton_protocol::plan::Tree::plan(&sorted, 2);
+        let tree = baton_protocol::plan::Tree::plan(&sorted, 2, &baton_protocol::plan::no_leaves);
         for n in plain_plan_relays(&ids, 2, 2) {
             assert!(
                 tree.parent.values().any(|p| *p == Some(ids[n - 1])),

@@ -195,8 +195,6 @@ fn two_relays_gated_from_the_start_are_planned_around_serve_nothing_and_everyone
         "0",
         "--settle-file",
         "0.15",
-        "--relay-grace",
-        "2",
         "--discovery-timeout",
         "60",
     ]
@@ -228,27 +226,40 @@ fn two_relays_gated_from_the_start_are_planned_around_serve_nothing_and_everyone
     }
     let s = &c.summaries()[0];
     assert_eq!(s["installed"], NODES, "{s}");
-    // the NMS planned with the adverts: the gated nodes sit where a plan that knows of
-    // them puts them (at most one relays in a chain of 8 with 2 gated), not where the
-    // id order would
+    // the NMS planned with the adverts: the gated nodes end the list as leaf-only nodes
+    // (they hang off the chain's last relay), not where the id order would put them; so
+    // no grace period is waited (the default 60 s would show)
     let m = manifest(&c);
     let gated_ids: Vec<NodeId> = gated.iter().map(|&g| c.node_ids[g - 1]).collect();
     let mut sorted = c.node_ids.clone();
     sorted.sort();
-    let expected = baton_protocol::plan::order_for_relays(&sorted, 1, |n| gated_ids.contains(n));
+    let (expected, leaves) = baton_protocol::plan::plan_order(&sorted, 1, |n| {
+        if gated_ids.contains(n) {
+            baton_protocol::gate::RelayHint::Gated
+        } else {
+            baton_protocol::gate::RelayHint::Open
+        }
+    });
     assert_ne!(
         sorted, expected,
         "the test's gated nodes must be relays of the plain plan"
     );
     assert_eq!(
-        m.addressees, expected,
+        (&m.addressees, m.plan.leaves as usize),
+        (&expected, leaves),
         "the NMS did not plan with the gated nodes' adverts"
     );
+    let leaf: Vec<NodeId> = m.addressees[m.addressees.len() - leaves..].to_vec();
+    let tree = baton_protocol::plan::Tree::plan(&m.addressees, 1, &|n| leaf.contains(n));
     let relays_gated: Vec<usize> = gated
         .iter()
         .copied()
-        .filter(|&g| m.addressees.last() != Some(&c.node_ids[g - 1]))
+        .filter(|&g| tree.parent.values().any(|p| *p == Some(c.node_ids[g - 1])))
         .collect();
+    assert!(
+        relays_gated.is_empty(),
+        "gated nodes {relays_gated:?} relay in the NMS's plan"
+    );
     let mut served = Vec::new();
     for (i, id) in c.node_ids.iter().enumerate() {
         served.push(format!("node {} {}", i + 1, served_bytes(s, id)));
