@@ -887,46 +887,54 @@ fn receipts_from_children_are_checked_against_the_root() {
     assert_eq!(c.request(t(1), id(P), &receipt(w.manifest.root)), ack(true));
 }
 
+/// Receives the whole package, authenticates and installs (done at `t(4)`).
+fn install_here(w: &World, c: &mut NodeCampaign) {
+    receive_and_hash(w, c);
+    c.response(
+        t(3),
+        w.nms,
+        Control::AuthReply {
+            campaign: w.campaign(),
+            ok: true,
+            reason: String::new(),
+        },
+    );
+    c.install_done(t(4), InstallOutcome::Installed);
+    drain(c);
+    settle(w, c, t(4));
+}
+
+/// `child` accepts its offer and sends its receipt at `now`.
+fn child_receipted(w: &World, c: &mut NodeCampaign, child: u64, now: Duration) {
+    c.response(
+        now,
+        id(child),
+        Control::OfferReply {
+            campaign: w.campaign(),
+            verdict: baton_protocol::wire::Verdict::Accept,
+        },
+    );
+    c.request(
+        now,
+        id(child),
+        &Control::Receipt {
+            campaign: w.campaign(),
+            root: w.manifest.root,
+        },
+    );
+}
+
 #[test]
 fn relaying_is_done_on_receipts_or_after_a_silent_child_lingered() {
     use baton_protocol::receiver::RELAY_LINGER;
     let w = node_world();
-    let install = |c: &mut NodeCampaign| {
-        receive_and_hash(&w, c);
-        c.response(
-            t(3),
-            w.nms,
-            Control::AuthReply {
-                campaign: w.campaign(),
-                ok: true,
-                reason: String::new(),
-            },
-        );
-        c.install_done(t(4), InstallOutcome::Installed);
-        drain(c);
-        settle(&w, c, t(4));
-    };
+    let install = |c: &mut NodeCampaign| install_here(&w, c);
     // N's children are P and Q (fanout 2); the receipts of both end its relaying
     let mut c = node_n(&w);
     install(&mut c);
     assert!(!c.relay_done(t(5)), "children still pulling");
     for child in [P, Q] {
-        c.response(
-            t(5),
-            id(child),
-            Control::OfferReply {
-                campaign: w.campaign(),
-                verdict: baton_protocol::wire::Verdict::Accept,
-            },
-        );
-        c.request(
-            t(5),
-            id(child),
-            &Control::Receipt {
-                campaign: w.campaign(),
-                root: w.manifest.root,
-            },
-        );
+        child_receipted(&w, &mut c, child, t(5));
     }
     assert!(c.relay_done(t(5)));
     // a child that asked for a chunk and then went silent: done once it lingered
@@ -1042,38 +1050,11 @@ fn a_relay_asked_by_a_grandchild_lingers_after_its_children_s_receipts() {
         ChunkSet::new(count),
         RelayHint::Open,
     );
-    receive_and_hash(&w, &mut c);
-    c.response(
-        t(3),
-        w.nms,
-        Control::AuthReply {
-            campaign: w.campaign(),
-            ok: true,
-            reason: String::new(),
-        },
-    );
-    c.install_done(t(4), InstallOutcome::Installed);
-    drain(&mut c);
-    settle(&w, &mut c, t(4));
+    install_here(&w, &mut c);
     c.chunk_request(t(5), RequestId(1), id(Q), &w.request(&[A, B, N, P, Q], 0));
     drain(&mut c);
     for child in [P, R] {
-        c.response(
-            t(5),
-            id(child),
-            Control::OfferReply {
-                campaign: w.campaign(),
-                verdict: baton_protocol::wire::Verdict::Accept,
-            },
-        );
-        c.request(
-            t(5),
-            id(child),
-            &Control::Receipt {
-                campaign: w.campaign(),
-                root: w.manifest.root,
-            },
-        );
+        child_receipted(&w, &mut c, child, t(5));
     }
     assert!(!c.relay_done(t(5)), "Q still fetches from N");
     assert!(!c.relay_done(t(5) + RELAY_LINGER / 2));

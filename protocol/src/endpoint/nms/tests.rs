@@ -1994,6 +1994,21 @@ fn seen_relay(n: u64, relay: RelayHint) -> NmsInput {
     }
 }
 
+/// `n`'s progress report in campaign 1 saying its relaying is gated.
+fn says_gated(n: u64) -> NmsInput {
+    NmsInput::ControlRequest {
+        from: id(n),
+        msg: Control::Progress {
+            campaign: [1; 16],
+            phase: Phase::Receiving,
+            verified: 0,
+            source: None,
+            parent: None,
+            relay: Some(RelayHint::Gated),
+        },
+    }
+}
+
 fn relaying(list: &[NodeId], fanout: u8, leaves: u32) -> Vec<NodeId> {
     let leaf: Vec<NodeId> = list[list.len() - leaves as usize..].to_vec();
     let tree = crate::plan::Tree::plan(list, fanout, &|n| leaf.contains(n));
@@ -2057,20 +2072,7 @@ fn nodes_that_advertise_gated_or_restricted_relaying_are_planned_at_the_leaves()
 fn a_progress_report_teaches_the_nms_a_node_s_relay_state_for_later_plans() {
     let (mut e, _) = running(&[A, B, C, D], 1);
     assert_eq!(e.relay_hint(&id(A)), None);
-    e.handle(
-        s(4),
-        NmsInput::ControlRequest {
-            from: id(A),
-            msg: Control::Progress {
-                campaign: [1; 16],
-                phase: Phase::Receiving,
-                verified: 0,
-                source: None,
-                parent: None,
-                relay: Some(RelayHint::Gated),
-            },
-        },
-    );
+    e.handle(s(4), says_gated(A));
     assert_eq!(e.relay_hint(&id(A)), Some(RelayHint::Gated));
     assert_eq!(
         e.campaign(&[1; 16]).unwrap().nodes()[&id(A)].relay,
@@ -2092,20 +2094,7 @@ fn a_hand_back_is_offered_by_the_nms_and_only_for_the_relay_s_own_waiting_nodes(
     let first = offers(&actions(&mut e));
     assert_eq!(first.iter().map(|o| o.1).collect::<Vec<_>>(), vec![id(A)]);
     // A says it is gated; then hands back its part (E is no addressee, B twice)
-    e.handle(
-        s(4),
-        NmsInput::ControlRequest {
-            from: id(A),
-            msg: Control::Progress {
-                campaign: [1; 16],
-                phase: Phase::Receiving,
-                verified: 0,
-                source: None,
-                parent: None,
-                relay: Some(RelayHint::Gated),
-            },
-        },
-    );
+    e.handle(s(4), says_gated(A));
     actions(&mut e);
     e.handle(
         s(64),
@@ -2169,20 +2158,7 @@ fn nodes_held_by_a_gated_relay_get_the_grace_period_before_they_are_probed() {
     e.handle(s(3), prepared_with(d.0, 1, &[id(A), id(B), id(C)], 1));
     actions(&mut e);
     let before = e.campaign(&[1; 16]).unwrap().watch_timer(&id(B)).unwrap();
-    e.handle(
-        s(3),
-        NmsInput::ControlRequest {
-            from: id(A),
-            msg: Control::Progress {
-                campaign: [1; 16],
-                phase: Phase::Receiving,
-                verified: 0,
-                source: None,
-                parent: None,
-                relay: Some(RelayHint::Gated),
-            },
-        },
-    );
+    e.handle(s(3), says_gated(A));
     let after = e.campaign(&[1; 16]).unwrap().watch_timer(&id(B)).unwrap();
     let grace = Duration::from_secs(u64::from(RelayPolicy::default().grace_secs));
     assert_eq!(after, before + grace, "B waits the grace period more");
