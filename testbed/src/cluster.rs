@@ -225,6 +225,31 @@ impl Cluster {
         Ok(None)
     }
 
+    /// For tests: waits up to `timeout` for the NMS `nms` (run with `--once`) to end
+    /// successfully and checks that every node in `nodes` installed `package` with exactly
+    /// the bytes hashed `hash`, panicking with the logs otherwise; returns the summary of
+    /// the first campaign.
+    pub fn assert_installed(
+        &mut self,
+        nms: ProcIdx,
+        timeout: Duration,
+        nodes: impl IntoIterator<Item = usize>,
+        package: &str,
+        hash: [u8; 32],
+    ) -> serde_json::Value {
+        let st = self.wait(nms, timeout, &|| false).expect("waiting for the NMS");
+        assert!(st.is_some_and(|s| s.success()), "NMS: {st:?}\n{}", self.log("nms"));
+        for i in nodes {
+            assert_eq!(
+                self.installed_hash(i, package),
+                Some(hash),
+                "node {i} did not install the exact bytes:\n{}",
+                self.log(&format!("node-{i}"))
+            );
+        }
+        self.summaries().into_iter().next().expect("the NMS wrote a campaign summary")
+    }
+
     /// Waits until `cond` holds, up to `timeout`.
     pub fn wait_until(&self, timeout: Duration, mut cond: impl FnMut(&Self) -> bool) -> bool {
         let deadline = Instant::now() + timeout;

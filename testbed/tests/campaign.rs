@@ -65,17 +65,7 @@ fn five_nodes_install_the_exact_bytes_over_mdns() {
     }
     let nms = c.start_nms(&nms_args(5), true, &[]).unwrap();
     let hash = c.drop_package("frob-1.0.tar.gz", 3 << 20, 1).unwrap();
-    let st = c.wait(nms, Duration::from_secs(180), &never).unwrap();
-    assert!(st.is_some_and(|s| s.success()), "NMS: {st:?}\n{}", c.log("nms"));
-    for i in 1..=5 {
-        assert_eq!(
-            c.installed_hash(i, PKG),
-            Some(hash),
-            "node {i}:\n{}",
-            c.log(&format!("node-{i}"))
-        );
-    }
-    let s = &c.summaries()[0];
+    let s = &c.assert_installed(nms, Duration::from_secs(180), 1..=5, PKG, hash);
     assert_eq!(s["installed"], 5);
     assert!(
         s["nms_copies"].as_f64().unwrap() < 2.2,

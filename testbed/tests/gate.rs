@@ -95,17 +95,7 @@ fn a_relay_gated_mid_transfer_hands_its_child_to_another_source_within_2_s() {
         c.log(&format!("node-{relay}")).contains("relaying gated (idle)"),
         "the relay must log its gate"
     );
-    let st = c.wait(nms, Duration::from_secs(180), &never).unwrap();
-    assert!(st.is_some_and(|s| s.success()), "NMS: {st:?}\n{}", c.log("nms"));
-    for i in 1..=4 {
-        assert_eq!(
-            c.installed_hash(i, PKG),
-            Some(hash),
-            "node {i} (the gated relay installs too):\n{}",
-            c.log(&format!("node-{i}"))
-        );
-    }
-    let s = &c.summaries()[0];
+    let s = &c.assert_installed(nms, Duration::from_secs(180), 1..=4, PKG, hash);
     assert_eq!(s["installed"], 4, "{s}");
     // the child's bytes came from the relay until the gate closed, then from higher up
     let relay_served = served_bytes(s, &c.node_ids[relay - 1]);

@@ -217,17 +217,7 @@ fn a_one_shot_agent_installs_relays_and_leaves_only_the_package() {
         "the one-shot agent did not serve its child the whole package ({served_chunks:?} of {total_chunks} chunks):\n{log}"
     );
 
-    let st = c.wait(nms, Duration::from_secs(60), &never).unwrap();
-    assert!(st.is_some_and(|s| s.success()), "NMS: {st:?}\n{}", c.log("nms"));
-    for i in 1..=3 {
-        assert_eq!(
-            c.installed_hash(i, PKG),
-            Some(hash),
-            "node {i}:\n{}",
-            c.log(&format!("node-{i}"))
-        );
-    }
-    let s = &c.summaries()[0];
+    let s = &c.assert_installed(nms, Duration::from_secs(60), 1..=3, PKG, hash);
     assert_eq!(s["installed"], 4, "{s}");
     let served = served_bytes(s, &me);
     assert!(
