@@ -60,6 +60,10 @@ pub struct NodeOptions {
     pub max_upload: Option<u64>,
     /// Testing only: readings from this file instead of the machine's probe.
     pub test_probe_file: Option<PathBuf>,
+    /// The running agent's own executable, when it runs as one (`baton-node`): it
+    /// advertises its build and can replace itself. `None` (embedded in another program,
+    /// e.g. the testbed): agent packages are refused.
+    pub agent: Option<Arc<crate::upgrade::AgentSelf>>,
 }
 
 /// Bursts the upload cap lets through at once (two 128 KiB chunks).
@@ -122,6 +126,8 @@ struct Agent {
     delayed: VecDeque<(Instant, ResponseChannel<ChunkResponse>, ChunkResponse)>,
     /// Peers named with --peer, whose addresses are given back after a failed dial.
     static_peers: Vec<(libp2p::PeerId, Multiaddr)>,
+    /// An agent package's install step asked to stop and upgrade.
+    upgrade: Option<crate::upgrade::Upgrade>,
 }
 
 fn unix_now() -> u64 {
@@ -201,6 +207,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         upload: opts.max_upload.map(|r| UploadCap::new(r, UPLOAD_BURST)),
         delayed: VecDeque::new(),
         static_peers: Vec::new(),
+        upgrade: None,
     };
     agent.read_probe();
     let (_control, mut ctl_rx) = match baton_shell::control::ControlServer::bind::<
@@ -233,6 +240,10 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             version: PROTOCOL_VERSION,
             port,
             tags: opts.tags.clone(),
+            agent: opts.agent.as_ref().map(|a| baton_shell::discovery::AgentBuild {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                build: a.build_hex(),
+            }),
         };
         let (d, rx) = Discovery::start(&advert, &net::advertised_ips(&opts.listen), &opts.interfaces)
             .context("starting mDNS discovery")?;
@@ -262,6 +273,10 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             _ = term.recv() => { info!("terminated; stopping"); break; }
         }
         agent.drive();
+        if agent.upgrade.is_some() {
+            info!("stopping to switch to the new agent");
+            break;
+        }
         if opts.once && agent.endpoint.finished_any() && !agent.endpoint.busy() {
             info!("--once: campaign installed and relayed; exiting");
             break;
@@ -269,6 +284,12 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
     }
     if let Some(d) = discovery {
         d.shutdown_async().await;
+    }
+    if let (Some(up), Some(me)) = (agent.upgrade.take(), opts.agent.clone()) {
+        // the swarm and every file closed; the journal is on disk (appends are synced)
+        drop(agent);
+        drop(_control);
+        return Err(crate::upgrade::carry_out(&opts.data_dir, &me, &up));
     }
     Ok(())
 }
@@ -620,6 +641,7 @@ impl Agent {
                     let _ = tx.send(Internal::Hashed(campaign, r));
                 });
             }
+            Action::Install { campaign } if self.is_agent(&campaign) => self.install_agent(campaign),
             Action::Install { campaign } => {
                 let Some(o) = self.files.get(&campaign) else {
                     return;
@@ -653,6 +675,55 @@ impl Agent {
                 if let Err(e) = self.journal.append(&entry) {
                     error!("{e:#}; a restart may resume this campaign again");
                 }
+            }
+        }
+    }
+
+    fn is_agent(&self, c: &CampaignId) -> bool {
+        self.files
+            .get(c)
+            .is_some_and(|o| baton_protocol::selfupdate::is_agent_package(&o.manifest))
+    }
+
+    /// The install step of an agent package (see `upgrade.rs`): installed if this process
+    /// runs it, failed with a reason, or stop and try it.
+    fn install_agent(&mut self, campaign: CampaignId) {
+        use crate::upgrade::{Decision, Upgrade, decide};
+        let Some(o) = self.files.get(&campaign) else {
+            return;
+        };
+        let manifest = o.manifest.clone();
+        let decision = match &self.opts.agent {
+            None => Decision::Failed(
+                "this node runs inside another program, not as its own baton-node executable: it cannot replace itself".into(),
+            ),
+            Some(me) => decide(&self.opts.data_dir, me, &o.file, &manifest),
+        };
+        match decision {
+            Decision::Running => {
+                info!(version = %manifest.version, "running the new agent (build {})", hex::encode(manifest.root));
+                let tx = self.internal.clone();
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    // kept in the store like any package; no install command for the agent
+                    let outcome = match store.install(&manifest, None).await {
+                        Ok(()) => InstallOutcome::Installed,
+                        Err(reason) => InstallOutcome::Failed { reason },
+                    };
+                    let _ = tx.send(Internal::Installed(campaign, outcome));
+                });
+            }
+            Decision::Failed(reason) => {
+                let _ = self
+                    .internal
+                    .send(Internal::Installed(campaign, InstallOutcome::Failed { reason }));
+            }
+            Decision::Upgrade => {
+                self.upgrade = Some(Upgrade {
+                    package: o.file.clone(),
+                    root: manifest.root,
+                    version: manifest.version.clone(),
+                });
             }
         }
     }

@@ -360,6 +360,7 @@ pub fn options(cli: Cli) -> Result<NodeOptions> {
             ..NodeConfig::default()
         },
         keep_versions: cli.keep_versions,
+        agent: None,
     })
 }
 
@@ -379,6 +380,38 @@ where
         None => {}
     }
     let opts = options(cli)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(opts))
+}
+
+/// The `baton-node` executable's entry point: [`main_from`], as an agent that knows its own
+/// executable (it advertises its build id and can replace itself, `upgrade.rs`). Started
+/// with [`crate::upgrade::TRIAL_ENV`], it is a new agent on trial: it checks its
+/// configuration and identity, reports its build id and exits.
+pub fn main_agent(args: Vec<std::ffi::OsString>) -> Result<()> {
+    init_tracing();
+    let mut cli = Cli::parse_from(args.clone());
+    match cli.command.take() {
+        Some(Command::Trust { action }) => return trust_command(&cli, action),
+        Some(Command::Status { json }) => return status_command(&cli, json),
+        None => {}
+    }
+    let me = crate::upgrade::AgentSelf::current(args)?;
+    let mut opts = options(cli)?;
+    if let Some(healthy) = std::env::var_os(crate::upgrade::TRIAL_ENV) {
+        baton_shell::identity::load_or_create(&opts.data_dir)?;
+        crate::upgrade::report_trial(std::path::Path::new(&healthy), &me)?;
+        println!(
+            "baton-node {} (build {}) starts",
+            env!("CARGO_PKG_VERSION"),
+            me.build_hex()
+        );
+        return Ok(());
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), build = %me.build_hex(), exe = %me.exe.display(), "agent");
+    opts.agent = Some(std::sync::Arc::new(me));
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

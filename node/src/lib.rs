@@ -7,3 +7,4 @@ pub mod journal;
 pub mod probe;
 pub mod status;
 pub mod store;
+pub mod upgrade;

@@ -261,6 +261,9 @@ pub struct NodeCampaign {
     relay_done_sent: bool,
     /// The package is current on this node already (see [`NodeCampaign::already_installed`]).
     installed_before: bool,
+    /// An agent package ([`crate::selfupdate`]) is authenticated and waits to install
+    /// until the children hold it (or were given up): installing it restarts the node.
+    install_waits: bool,
 }
 
 impl NodeCampaign {
@@ -400,6 +403,7 @@ impl NodeCampaign {
             progress_fails: 0,
             relay_done_sent: false,
             installed_before: false,
+            install_waits: false,
             manifest,
         }
     }
@@ -484,8 +488,48 @@ impl NodeCampaign {
         since.map(|t| t + RELAY_LINGER)
     }
 
+    /// The install step starts: at once for a package, once the children are settled
+    /// ([`Self::children_settled`]) for a new agent, whose install restarts this node.
+    fn start_install(&mut self, now: Duration) {
+        self.phase = Phase::Installing;
+        if crate::selfupdate::is_agent_package(&self.manifest) {
+            self.install_waits = true;
+            self.check_agent_install(now);
+        } else {
+            self.actions.push_back(NodeAction::Install);
+        }
+    }
+
+    /// True once no child still needs this node: every child has its package or was given
+    /// up, no request is held and no offer unanswered, or (a silent child) nobody asked for
+    /// a chunk during [`RELAY_LINGER`] since the package was complete here.
+    pub fn children_settled(&self, now: Duration) -> bool {
+        let children_done = self
+            .children
+            .iter()
+            .all(|c| matches!(c.state, ChildState::Receipted | ChildState::Failed));
+        self.server.held_count() == 0
+            && !self.children.iter().any(|c| c.state == ChildState::Offered)
+            && (children_done || self.linger_end().is_none_or(|t| now >= t))
+    }
+
+    /// True while an agent package waits for its children before its install step.
+    pub fn install_waits(&self) -> bool {
+        self.install_waits
+    }
+
+    /// Emits the deferred [`NodeAction::Install`] of an agent package once the children
+    /// are settled.
+    fn check_agent_install(&mut self, now: Duration) {
+        if self.install_waits && self.phase == Phase::Installing && self.children_settled(now) {
+            self.install_waits = false;
+            self.actions.push_back(NodeAction::Install);
+        }
+    }
+
     /// Emits [`NodeAction::RelayDone`] once, when [`Self::relay_done`] becomes true.
     fn check_relay_done(&mut self, now: Duration) {
+        self.check_agent_install(now);
         if !self.relay_done_sent && self.relay_done(now) {
             self.relay_done_sent = true;
             self.actions.push_back(NodeAction::RelayDone);
@@ -517,6 +561,13 @@ impl NodeCampaign {
             // still unanswered ends with its answer or failure, an input, not a timer)
             (finished
                 && !self.relay_done_sent
+                && self.server.held_count() == 0
+                && !self.children.iter().any(|c| c.state == ChildState::Offered))
+            .then(|| self.linger_end())
+            .flatten(),
+            // an agent's install waiting for a silent child's linger
+            (self.install_waits
+                && self.phase == Phase::Installing
                 && self.server.held_count() == 0
                 && !self.children.iter().any(|c| c.state == ChildState::Offered))
             .then(|| self.linger_end())
@@ -828,8 +879,7 @@ impl NodeCampaign {
                 }
                 if ok {
                     self.actions.push_back(NodeAction::Note(Note::Authenticated));
-                    self.phase = Phase::Installing;
-                    self.actions.push_back(NodeAction::Install);
+                    self.start_install(now);
                 } else {
                     self.finish(InstallOutcome::Failed {
                         reason: clip_reason(format!("the NMS refused the authentication code: {reason}")),
@@ -857,8 +907,7 @@ impl NodeCampaign {
             ControlKind::AuthRequest if self.phase == Phase::Authenticating => {
                 if self.auth_attempts >= self.cfg.auth_attempts {
                     if self.manifest.offline_install {
-                        self.phase = Phase::Installing;
-                        self.actions.push_back(NodeAction::Install);
+                        self.start_install(now);
                     } else {
                         self.finish(InstallOutcome::Failed {
                             reason: clip_reason(format!(

@@ -1,0 +1,393 @@
+//! Self-update, the shell's half (the core's is `baton_protocol::selfupdate`): what the
+//! install step of an agent package does on this machine.
+//!
+//! The core emits the install step of an agent package only once the node's children hold
+//! it. The step then ([`decide`]):
+//! - reports it installed if the running executable *is* that package (its BLAKE3, the
+//!   build id, is the manifest's root hash): the node restarted into it;
+//! - reports it failed with the reason kept from an earlier trial of it, if one failed
+//!   (`<data>/agent/failed-<root>`), so a node never tries a broken agent twice;
+//! - refuses a file that is not an executable for this node's platform;
+//! - otherwise stops the node (networking closed, journal on disk) and [`carry_out`]s the
+//!   upgrade: a trial run of the new executable as a child, with the same arguments and
+//!   [`TRIAL_ENV`] set, which must start (configuration, identity) and say so in a file
+//!   within [`trial_deadline`]. Then the running executable is kept as `<exe>.prev`, the new
+//!   one renamed over it (atomic), and this very process re-executes it (`execve`: same
+//!   PID, so systemd's MainPID stays). If the trial fails, the reason is kept and this
+//!   process re-executes the previous executable, which finds the campaign in its journal,
+//!   and reports it failed.
+//!
+//! In both cases the restarted node resumes every unfinished campaign from its journal and
+//! working files, like after any restart.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use baton_protocol::chunk::Hash;
+use baton_protocol::manifest::Manifest;
+use baton_protocol::selfupdate::{ELF_HEADER_LEN, check_agent_binary};
+use tracing::{error, info, warn};
+
+/// Set in the environment of a trial run: the file the new agent writes its build id to
+/// once it started.
+pub const TRIAL_ENV: &str = "BATON_AGENT_TRIAL";
+/// Overrides [`DEFAULT_TRIAL_DEADLINE`] (seconds).
+pub const TRIAL_SECS_ENV: &str = "BATON_AGENT_TRIAL_SECS";
+/// How long a new agent has to start in its trial.
+pub const DEFAULT_TRIAL_DEADLINE: Duration = Duration::from_secs(30);
+/// The folder under the data directory for trial files and kept failures.
+pub const AGENT_DIR: &str = "agent";
+
+/// The running agent: its executable, build id and arguments.
+#[derive(Debug, Clone)]
+pub struct AgentSelf {
+    /// The executable's path (as `/proc/self/exe` names it at start).
+    pub exe: PathBuf,
+    /// BLAKE3 of the executable.
+    pub build: Hash,
+    /// Its first bytes (ELF class and machine).
+    pub header: Vec<u8>,
+    /// The arguments it was started with, program name first.
+    pub args: Vec<OsString>,
+}
+
+impl AgentSelf {
+    /// The running process's own executable, hashed.
+    pub fn current(args: Vec<OsString>) -> Result<AgentSelf> {
+        let exe = std::env::current_exe().context("cannot find this program's executable")?;
+        let (build, header) = hash_executable(Path::new("/proc/self/exe"))?;
+        Ok(AgentSelf {
+            exe,
+            build,
+            header,
+            args,
+        })
+    }
+
+    /// The build id as hex.
+    pub fn build_hex(&self) -> String {
+        hex::encode(self.build)
+    }
+}
+
+/// BLAKE3 and the first [`ELF_HEADER_LEN`] bytes of a file.
+pub fn hash_executable(path: &Path) -> Result<(Hash, Vec<u8>)> {
+    let mut f = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut header = Vec::with_capacity(ELF_HEADER_LEN);
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        if header.len() < ELF_HEADER_LEN {
+            let take = (ELF_HEADER_LEN - header.len()).min(n);
+            header.extend_from_slice(&buf[..take]);
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok((*hasher.finalize().as_bytes(), header))
+}
+
+/// The trial's deadline ([`TRIAL_SECS_ENV`] or [`DEFAULT_TRIAL_DEADLINE`]).
+pub fn trial_deadline() -> Duration {
+    std::env::var(TRIAL_SECS_ENV)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(DEFAULT_TRIAL_DEADLINE)
+}
+
+/// What the install step of an agent package does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// This process runs that package already: install it in the store, report installed.
+    Running,
+    /// Report failed with this reason.
+    Failed(String),
+    /// Stop and try it ([`carry_out`]).
+    Upgrade,
+}
+
+fn failure_file(data_dir: &Path, root: &Hash) -> PathBuf {
+    data_dir
+        .join(AGENT_DIR)
+        .join(format!("failed-{}", hex::encode(root)))
+}
+
+/// Decides the install step of the agent package `manifest`, received at `package`.
+pub fn decide(data_dir: &Path, me: &AgentSelf, package: &Path, manifest: &Manifest) -> Decision {
+    if me.build == manifest.root {
+        return Decision::Running;
+    }
+    if let Ok(reason) = fs::read_to_string(failure_file(data_dir, &manifest.root)) {
+        return Decision::Failed(reason.trim().to_string());
+    }
+    let mut header = Vec::with_capacity(ELF_HEADER_LEN);
+    if let Err(e) =
+        fs::File::open(package).and_then(|f| f.take(ELF_HEADER_LEN as u64).read_to_end(&mut header))
+    {
+        return Decision::Failed(format!("cannot read the new agent {}: {e}", package.display()));
+    }
+    match check_agent_binary(&header, &me.header) {
+        Ok(_) => Decision::Upgrade,
+        Err(e) => Decision::Failed(e.to_string()),
+    }
+}
+
+/// An upgrade to carry out once the node stopped.
+#[derive(Debug, Clone)]
+pub struct Upgrade {
+    /// The received package file.
+    pub package: PathBuf,
+    /// Its root hash: the new agent's build id.
+    pub root: Hash,
+    /// Its version, for the log.
+    pub version: String,
+}
+
+/// The trial run of a new agent (the child started with [`TRIAL_ENV`]): writes this
+/// agent's build id to `healthy` once it started.
+pub fn report_trial(healthy: &Path, me: &AgentSelf) -> Result<()> {
+    let tmp = healthy.with_extension("tmp");
+    fs::write(&tmp, me.build_hex()).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, healthy).with_context(|| format!("cannot write {}", healthy.display()))?;
+    Ok(())
+}
+
+/// Tries the new agent and re-executes into it, or back into the previous one. Returns
+/// only if even that re-execution failed.
+pub fn carry_out(data_dir: &Path, me: &AgentSelf, up: &Upgrade) -> anyhow::Error {
+    let dir = data_dir.join(AGENT_DIR);
+    let new = sibling(&me.exe, ".new");
+    let outcome = fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+        .and_then(|()| stage(&up.package, &new))
+        .and_then(|()| trial(&new, &dir, me, up));
+    let why = match outcome {
+        Ok(()) => match switch(&me.exe, &new) {
+            Ok(()) => {
+                info!(version = %up.version, build = %hex::encode(up.root), "the new agent started in its trial; switching to it");
+                let e = exec(&me.exe, &me.args);
+                // the new executable cannot even be executed: put the previous one back
+                error!(
+                    "cannot execute the new agent {}: {e}; restoring the previous one",
+                    me.exe.display()
+                );
+                if let Err(e) = fs::rename(sibling(&me.exe, ".prev"), &me.exe) {
+                    return anyhow::anyhow!("cannot restore the previous agent: {e}");
+                }
+                format!("the new agent could not be executed: {e}; the previous agent was restored")
+            }
+            Err(e) => format!("the new agent could not replace the running one: {e:#}"),
+        },
+        Err(e) => format!("{e:#}"),
+    };
+    let _ = fs::remove_file(&new);
+    warn!(version = %up.version, "agent update failed, running the previous agent again: {why}");
+    let keep = failure_file(data_dir, &up.root);
+    if let Err(e) = fs::write(&keep, &why) {
+        error!(
+            "cannot keep the failure in {}: {e}; the update may be tried again",
+            keep.display()
+        );
+    }
+    let e = exec(&me.exe, &me.args);
+    anyhow::anyhow!(
+        "cannot execute the previous agent {} again: {e}",
+        me.exe.display()
+    )
+}
+
+fn sibling(exe: &Path, suffix: &str) -> PathBuf {
+    let mut name = exe.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    exe.with_file_name(name)
+}
+
+/// Copies the package next to the running executable (same filesystem, so a rename can
+/// replace it), executable, synced.
+fn stage(package: &Path, new: &Path) -> Result<()> {
+    let _ = fs::remove_file(new);
+    fs::copy(package, new).with_context(|| {
+        format!(
+            "cannot copy the new agent to {} (the folder of the running executable must be writable)",
+            new.display()
+        )
+    })?;
+    let f = fs::OpenOptions::new().write(true).open(new)?;
+    f.set_permissions(fs::Permissions::from_mode(0o755))?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Runs the new agent with this agent's arguments and [`TRIAL_ENV`]; it must say it
+/// started (its build id in the file) and exit 0 within the deadline.
+fn trial(new: &Path, dir: &Path, me: &AgentSelf, up: &Upgrade) -> Result<()> {
+    let healthy = dir.join("trial-healthy");
+    let _ = fs::remove_file(&healthy);
+    let deadline = trial_deadline();
+    info!(version = %up.version, deadline = ?deadline, "trying the new agent {}", new.display());
+    let mut child = Command::new(new)
+        .args(me.args.iter().skip(1))
+        .env(TRIAL_ENV, &healthy)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("the new agent could not be started ({})", new.display()))?;
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if start.elapsed() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!(
+                    "the new agent did not report that it started within {} s; it was stopped",
+                    deadline.as_secs_f64()
+                );
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => anyhow::bail!("cannot wait for the new agent: {e}"),
+        }
+    };
+    let said = fs::read_to_string(&healthy).unwrap_or_default();
+    let _ = fs::remove_file(&healthy);
+    if !status.success() {
+        anyhow::bail!("the new agent exited at start ({status})");
+    }
+    let expected = hex::encode(up.root);
+    if said.trim() != expected {
+        anyhow::bail!(
+            "the new agent exited without reporting its build id (it said {:?}, expected {expected})",
+            said.trim()
+        );
+    }
+    Ok(())
+}
+
+/// Keeps the running executable as `<exe>.prev` and renames the new one over it.
+fn switch(exe: &Path, new: &Path) -> Result<()> {
+    let prev = sibling(exe, ".prev");
+    let tmp = sibling(exe, ".prev.tmp");
+    let _ = fs::remove_file(&tmp);
+    if fs::hard_link(exe, &tmp).is_err() {
+        fs::copy(exe, &tmp)
+            .with_context(|| format!("cannot keep the previous agent as {}", tmp.display()))?;
+    }
+    fs::rename(&tmp, &prev)
+        .with_context(|| format!("cannot keep the previous agent as {}", prev.display()))?;
+    fs::rename(new, exe).with_context(|| format!("cannot rename {} to {}", new.display(), exe.display()))?;
+    if let Some(parent) = exe.parent()
+        && let Ok(d) = fs::File::open(parent)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Replaces this process by `exe` with `args` (same PID); returns only on failure.
+fn exec(exe: &Path, args: &[OsString]) -> std::io::Error {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    let mut cmd = Command::new(exe);
+    if let Some(a0) = args.first() {
+        cmd.arg0(a0);
+    }
+    cmd.args(args.iter().skip(1)).env_remove(TRIAL_ENV).exec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me_with(exe: &Path) -> AgentSelf {
+        let (build, header) = hash_executable(exe).unwrap();
+        AgentSelf {
+            exe: exe.to_path_buf(),
+            build,
+            header,
+            args: vec![],
+        }
+    }
+
+    fn manifest(root: Hash) -> Manifest {
+        let nms = baton_protocol::id::keypair_from_seed(1);
+        Manifest {
+            format: baton_protocol::manifest::MANIFEST_FORMAT,
+            campaign: [1; 16],
+            nms: baton_protocol::NodeId::of(&nms),
+            name: "baton-node".into(),
+            version: "0.2.0".into(),
+            file: "baton-node-0.2.0".into(),
+            sequence: 1,
+            size: 0,
+            chunk_size: 4096,
+            chunk_hashes: Default::default(),
+            root,
+            created_at: 1,
+            expires_at: 2,
+            relay: Default::default(),
+            plan: Default::default(),
+            offline_install: false,
+            self_update: true,
+            addressees: vec![],
+        }
+    }
+
+    #[test]
+    fn the_install_step_decides_from_the_build_the_kept_failures_and_the_platform() {
+        let d = tempfile::tempdir().unwrap();
+        let me = me_with(Path::new("/proc/self/exe"));
+        // running the package already
+        assert_eq!(
+            decide(d.path(), &me, Path::new("/nonexistent"), &manifest(me.build)),
+            Decision::Running
+        );
+        // another executable of this platform: try it
+        let other = d.path().join("other");
+        let mut bytes = fs::read("/proc/self/exe").unwrap();
+        bytes.extend_from_slice(b"another build");
+        fs::write(&other, &bytes).unwrap();
+        let (root, _) = hash_executable(&other).unwrap();
+        assert_ne!(root, me.build);
+        assert_eq!(decide(d.path(), &me, &other, &manifest(root)), Decision::Upgrade);
+        // a failed trial is kept: not tried again
+        fs::create_dir_all(d.path().join(AGENT_DIR)).unwrap();
+        fs::write(failure_file(d.path(), &root), "the new agent exited at start\n").unwrap();
+        assert_eq!(
+            decide(d.path(), &me, &other, &manifest(root)),
+            Decision::Failed("the new agent exited at start".into())
+        );
+        // not an executable
+        let script = d.path().join("script");
+        fs::write(&script, "#!/bin/sh\necho hello from a script\n").unwrap();
+        match decide(d.path(), &me, &script, &manifest([7; 32])) {
+            Decision::Failed(r) => assert!(r.contains("not an ELF file"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn switching_keeps_the_previous_executable() {
+        let d = tempfile::tempdir().unwrap();
+        let exe = d.path().join("baton-node");
+        let new = sibling(&exe, ".new");
+        fs::write(&exe, "old").unwrap();
+        fs::write(&new, "new").unwrap();
+        switch(&exe, &new).unwrap();
+        assert_eq!(fs::read_to_string(&exe).unwrap(), "new");
+        assert_eq!(fs::read_to_string(sibling(&exe, ".prev")).unwrap(), "old");
+        assert!(!new.exists());
+    }
+}
