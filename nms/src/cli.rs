@@ -150,6 +150,20 @@ pub enum Command {
         #[command(flatten)]
         op: OpArgs,
     },
+    /// Distributes a new baton-node executable to the fleet (an agent campaign): checks
+    /// that it is an ELF executable and drops it into the watched folder as
+    /// `baton-node-VERSION`. Each node checks it runs on its platform, lets its children
+    /// get it, tries it, and switches to it or rolls back (docs/operations.md).
+    PublishAgent {
+        /// The new baton-node executable.
+        path: PathBuf,
+        /// Its version, as nodes and the inventory show it. Default: this baton-nms's
+        /// version.
+        #[arg(long, value_name = "VERSION")]
+        version: Option<String>,
+        #[command(flatten)]
+        op: OpArgs,
+    },
 }
 
 /// What every operator command takes.
@@ -175,6 +189,14 @@ impl Command {
             Command::Cancel { id, op } => (Request::Cancel { id }, op),
             Command::Resume { id, op } => (Request::Resume { id }, op),
             Command::Rollback { package, to, op } => (Request::Rollback { package, to }, op),
+            Command::PublishAgent { path, version, op } => (
+                Request::PublishAgent {
+                    // the NMS reads it: name it from the root, as this shell sees it
+                    path: std::path::absolute(&path).unwrap_or(path).display().to_string(),
+                    version: version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
+                },
+                op,
+            ),
         };
         (req, op.data_dir.unwrap_or_else(default_data_dir), op.json)
     }
