@@ -72,11 +72,12 @@ fn a_running_fleet_switches_to_a_new_agent_build_while_relaying_goes_on() {
     let built = built_agent(&PathBuf::from(env!("CARGO_BIN_EXE_baton-testbed"))).unwrap();
     let new_build = agent_copy(&built, &new, b"\nbaton testbed: another build of the agent\n").unwrap();
     assert_ne!(new_build, old_build);
-    // a package campaign and the agent campaign at once
-    let frob = c.drop_package("frob-1.0.tar.gz", 6 << 20, 3).unwrap();
+    // the agent campaign, and a larger package campaign that is still relaying when the
+    // nodes switch: it goes on after their restart, resumed from their disks
     let answer = c
         .nms_command(&["publish-agent", new.to_str().unwrap(), "--version", "0.1.1"])
         .unwrap();
+    let frob = c.drop_package("frob-1.0.tar.gz", 32 << 20, 3).unwrap();
     eprintln!("publish-agent: {answer}");
     let (ok, seen) = wait_for_agents(&c, Duration::from_secs(75), |a| {
         a.build == new_build
@@ -90,7 +91,7 @@ fn a_running_fleet_switches_to_a_new_agent_build_while_relaying_goes_on() {
     );
     eprintln!("after: {seen:?}");
     assert!(
-        c.wait_until(Duration::from_secs(30), |c| (1..=NODES)
+        c.wait_until(Duration::from_secs(60), |c| (1..=NODES)
             .all(|i| c.installed_hash(i, "frob") == Some(frob))),
         "the package campaign did not complete on every node:\n{}",
         logs(&c)
@@ -102,6 +103,16 @@ fn a_running_fleet_switches_to_a_new_agent_build_while_relaying_goes_on() {
     );
     let s = summary_of(&c, "baton-node").unwrap();
     assert_eq!(s["installed"], NODES, "{s}");
+    let resumed = (1..=NODES)
+        .filter(|i| {
+            c.log(&format!("node-{i}"))
+                .lines()
+                .any(|l| l.contains("resumed from disk") && l.contains("package=frob"))
+        })
+        .count();
+    eprintln!(
+        "{resumed} of {NODES} nodes switched agents in the middle of the package campaign and resumed it"
+    );
     for (i, p) in (1..=NODES).zip(&procs) {
         // the same process (re-executed in place, as systemd's MainPID), now the new build
         assert!(c.running(*p), "node {i} is not running:\n{}", logs(&c));
