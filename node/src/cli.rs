@@ -388,8 +388,8 @@ where
 
 /// The `baton-node` executable's entry point: [`main_from`], as an agent that knows its own
 /// executable (it advertises its build id and can replace itself, `upgrade.rs`). Started
-/// with [`crate::upgrade::TRIAL_ENV`], it is a new agent on trial: it checks its
-/// configuration and identity, reports its build id and exits.
+/// with [`crate::upgrade::TRIAL_ENV`], it is a new agent on trial (`trial.rs`): it starts,
+/// advertises its build id, connects to the NMS, says so and exits.
 pub fn main_agent(args: Vec<std::ffi::OsString>) -> Result<()> {
     init_tracing();
     let mut cli = Cli::parse_from(args.clone());
@@ -401,14 +401,19 @@ pub fn main_agent(args: Vec<std::ffi::OsString>) -> Result<()> {
     let me = crate::upgrade::AgentSelf::current(args)?;
     let mut opts = options(cli)?;
     if let Some(healthy) = std::env::var_os(crate::upgrade::TRIAL_ENV) {
-        baton_shell::identity::load_or_create(&opts.data_dir)?;
-        crate::upgrade::report_trial(std::path::Path::new(&healthy), &me)?;
         println!(
-            "baton-node {} (build {}) starts",
+            "baton-node {} (build {}) on trial",
             env!("CARGO_PKG_VERSION"),
             me.build_hex()
         );
-        return Ok(());
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::trial::run(
+                opts,
+                std::sync::Arc::new(me),
+                std::path::Path::new(&healthy),
+            ));
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), build = %me.build_hex(), exe = %me.exe.display(), "agent");
     opts.agent = Some(std::sync::Arc::new(me));

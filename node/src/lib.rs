@@ -7,4 +7,5 @@ pub mod journal;
 pub mod probe;
 pub mod status;
 pub mod store;
+pub mod trial;
 pub mod upgrade;

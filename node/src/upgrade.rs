@@ -10,8 +10,9 @@
 //! - refuses a file that is not an executable for this node's platform;
 //! - otherwise stops the node (networking closed, journal on disk) and [`carry_out`]s the
 //!   upgrade: a trial run of the new executable as a child, with the same arguments and
-//!   [`TRIAL_ENV`] set, which must start (configuration, identity) and say so in a file
-//!   within [`trial_deadline`]. Then the running executable is kept as `<exe>.prev`, the new
+//!   [`TRIAL_ENV`] set, which must start (configuration, identity, listening, advertising
+//!   its build id), connect to a trusted NMS and say so in a file within
+//!   [`trial_deadline`] (`trial.rs`). Then the running executable is kept as `<exe>.prev`, the new
 //!   one renamed over it (atomic), and this very process re-executes it (`execve`: same
 //!   PID, so systemd's MainPID stays). If the trial fails, the reason is kept and this
 //!   process re-executes the previous executable, which finds the campaign in its journal,
@@ -174,7 +175,7 @@ pub fn carry_out(data_dir: &Path, me: &AgentSelf, up: &Upgrade) -> anyhow::Error
     let outcome = fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))
         .and_then(|()| stage(&up.package, &new))
-        .and_then(|()| trial(&new, &dir, me, up));
+        .and_then(|()| trial(&new, &dir, me, up, trial_deadline()));
     let why = match outcome {
         Ok(()) => match switch(&me.exe, &new) {
             Ok(()) => {
@@ -234,10 +235,9 @@ fn stage(package: &Path, new: &Path) -> Result<()> {
 
 /// Runs the new agent with this agent's arguments and [`TRIAL_ENV`]; it must say it
 /// started (its build id in the file) and exit 0 within the deadline.
-fn trial(new: &Path, dir: &Path, me: &AgentSelf, up: &Upgrade) -> Result<()> {
+fn trial(new: &Path, dir: &Path, me: &AgentSelf, up: &Upgrade, deadline: Duration) -> Result<()> {
     let healthy = dir.join("trial-healthy");
     let _ = fs::remove_file(&healthy);
-    let deadline = trial_deadline();
     info!(version = %up.version, deadline = ?deadline, "trying the new agent {}", new.display());
     let mut child = Command::new(new)
         .args(me.args.iter().skip(1))
@@ -376,6 +376,34 @@ mod tests {
             Decision::Failed(r) => assert!(r.contains("not an ELF file"), "{r}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_trial_fails_on_an_exit_a_silence_or_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        let up = Upgrade {
+            package: PathBuf::new(),
+            root: [3; 32],
+            version: "0.2.0".into(),
+        };
+        let mut me = me_with(Path::new("/proc/self/exe"));
+        let short = Duration::from_millis(300);
+        let e = trial(Path::new("/bin/false"), d.path(), &me, &up, short).unwrap_err();
+        assert!(e.to_string().contains("exited at start"), "{e:#}");
+        let e = trial(Path::new("/bin/true"), d.path(), &me, &up, short).unwrap_err();
+        assert!(e.to_string().contains("without reporting its build id"), "{e:#}");
+        me.args = vec!["sleep".into(), "30".into()];
+        let t = Instant::now();
+        let e = trial(Path::new("/bin/sleep"), d.path(), &me, &up, short).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("did not report that it started within 0.3 s"),
+            "{e:#}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the hanging agent was not stopped"
+        );
     }
 
     #[test]
