@@ -128,6 +128,9 @@ struct Agent {
     static_peers: Vec<(libp2p::PeerId, Multiaddr)>,
     /// An agent package's install step asked to stop and upgrade.
     upgrade: Option<crate::upgrade::Upgrade>,
+    /// Install steps running (an upgrade waits for them: an install command is not cut
+    /// off by the switch).
+    installing: usize,
 }
 
 fn unix_now() -> u64 {
@@ -208,6 +211,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         delayed: VecDeque::new(),
         static_peers: Vec::new(),
         upgrade: None,
+        installing: 0,
     };
     agent.read_probe();
     let (_control, mut ctl_rx) = match baton_shell::control::ControlServer::bind::<
@@ -273,7 +277,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             _ = term.recv() => { info!("terminated; stopping"); break; }
         }
         agent.drive();
-        if agent.upgrade.is_some() {
+        if agent.upgrade.is_some() && agent.installing == 0 {
             info!("stopping to switch to the new agent");
             break;
         }
@@ -503,7 +507,10 @@ impl Agent {
                 })
             }
             Internal::Opened { ticket, result } => self.input(Input::OfferOpened { ticket, result }),
-            Internal::Installed(campaign, outcome) => self.input(Input::InstallDone { campaign, outcome }),
+            Internal::Installed(campaign, outcome) => {
+                self.installing = self.installing.saturating_sub(1);
+                self.input(Input::InstallDone { campaign, outcome })
+            }
         }
     }
 
@@ -650,6 +657,7 @@ impl Agent {
                 let tx = self.internal.clone();
                 let store = self.store.clone();
                 let cmd = self.opts.install.clone();
+                self.installing += 1;
                 tokio::spawn(async move {
                     let outcome = match store.install(&manifest, cmd.as_ref()).await {
                         Ok(()) => InstallOutcome::Installed,
@@ -704,6 +712,7 @@ impl Agent {
                 info!(version = %manifest.version, "running the new agent (build {})", hex::encode(manifest.root));
                 let tx = self.internal.clone();
                 let store = self.store.clone();
+                self.installing += 1;
                 tokio::spawn(async move {
                     // kept in the store like any package; no install command for the agent
                     let outcome = match store.install(&manifest, None).await {
@@ -714,6 +723,7 @@ impl Agent {
                 });
             }
             Decision::Failed(reason) => {
+                self.installing += 1;
                 let _ = self
                     .internal
                     .send(Internal::Installed(campaign, InstallOutcome::Failed { reason }));
