@@ -709,6 +709,19 @@ impl Agent {
         };
         match decision {
             Decision::Running => {
+                // the NMS acknowledged this agent's rolling code: it reported; it stays
+                if let Some(me) = &self.opts.agent {
+                    if crate::upgrade::test_silent(me) {
+                        warn!(
+                            "testing ({}): this agent does not report its install",
+                            crate::upgrade::TEST_SILENT_BUILD_ENV
+                        );
+                        return;
+                    }
+                    if let Some(p) = &me.probation {
+                        p.confirm();
+                    }
+                }
                 info!(version = %manifest.version, "running the new agent (build {})", hex::encode(manifest.root));
                 let tx = self.internal.clone();
                 let store = self.store.clone();

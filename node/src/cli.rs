@@ -416,6 +416,8 @@ pub fn main_agent(args: Vec<std::ffi::OsString>) -> Result<()> {
             ));
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), build = %me.build_hex(), exe = %me.exe.display(), "agent");
+    let mut me = me;
+    me.probation = crate::upgrade::Probation::start(&opts.data_dir, &me);
     opts.agent = Some(std::sync::Arc::new(me));
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

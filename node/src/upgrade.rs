@@ -45,6 +45,20 @@ pub const TRIAL_SECS_ENV: &str = "BATON_AGENT_TRIAL_SECS";
 pub const DEFAULT_TRIAL_DEADLINE: Duration = Duration::from_secs(30);
 /// The folder under the data directory for trial files and kept failures.
 pub const AGENT_DIR: &str = "agent";
+/// Overrides [`DEFAULT_CONFIRM_DEADLINE`] (seconds).
+pub const CONFIRM_SECS_ENV: &str = "BATON_AGENT_CONFIRM_SECS";
+/// How long a new agent has after the switch to report its install (its probation).
+pub const DEFAULT_CONFIRM_DEADLINE: Duration = Duration::from_secs(120);
+/// Starts of a new agent on probation after which it is rolled back (a crash loop under a
+/// supervisor such as systemd's `Restart=`).
+pub const MAX_PROBATION_STARTS: u32 = 3;
+/// Testing only: an agent whose build id (hex) is this never reports an agent install
+/// (a new agent that hangs after the switch).
+pub const TEST_SILENT_BUILD_ENV: &str = "BATON_TEST_AGENT_SILENT_BUILD";
+/// `<data>/agent/pending`: the build id of a new agent switched to and not yet confirmed.
+const PENDING: &str = "pending";
+/// `<data>/agent/starts`: how often that agent started.
+const STARTS: &str = "starts";
 
 /// The running agent: its executable, build id and arguments.
 #[derive(Debug, Clone)]
@@ -57,6 +71,8 @@ pub struct AgentSelf {
     pub header: Vec<u8>,
     /// The arguments it was started with, program name first.
     pub args: Vec<OsString>,
+    /// Its probation, when it is a new agent just switched to.
+    pub probation: Option<std::sync::Arc<Probation>>,
 }
 
 impl AgentSelf {
@@ -69,6 +85,7 @@ impl AgentSelf {
             build,
             header,
             args,
+            probation: None,
         })
     }
 
@@ -180,6 +197,15 @@ pub fn carry_out(data_dir: &Path, me: &AgentSelf, up: &Upgrade) -> anyhow::Error
         Ok(()) => match switch(&me.exe, &new) {
             Ok(()) => {
                 info!(version = %up.version, build = %hex::encode(up.root), "the new agent started in its trial; switching to it");
+                // the new agent is on probation until it reports its install (Probation)
+                let pending = dir.join(PENDING);
+                let _ = fs::remove_file(dir.join(STARTS));
+                if let Err(e) = fs::write(&pending, hex::encode(up.root)) {
+                    warn!(
+                        "cannot write {}: {e}; the new agent runs without probation",
+                        pending.display()
+                    );
+                }
                 let e = exec(&me.exe, &me.args);
                 // the new executable cannot even be executed: put the previous one back
                 error!(
@@ -307,6 +333,150 @@ fn exec(exe: &Path, args: &[OsString]) -> std::io::Error {
     cmd.args(args.iter().skip(1)).env_remove(TRIAL_ENV).exec()
 }
 
+/// A new agent's probation after the switch: until it reports the agent campaign's
+/// install (the NMS acknowledged its rolling code, [`Probation::confirm`]) it may be rolled
+/// back: by a thread of its own at the deadline (a thread, so that it fires even if the
+/// event loop hangs), or at its next start when it started [`MAX_PROBATION_STARTS`] times
+/// (crash loop). Rolling back puts `<exe>.prev` back over `<exe>`, keeps the reason as a
+/// failed trial, and re-executes the previous agent, which reports the install failed.
+#[derive(Debug)]
+pub struct Probation {
+    data_dir: PathBuf,
+    root: Hash,
+    exe: PathBuf,
+    args: Vec<OsString>,
+    confirmed: std::sync::Mutex<bool>,
+}
+
+/// What `<data>/agent/pending` says about this agent at start.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// No switch pending, or it was for another build (the previous agent runs again).
+    None,
+    /// This agent is on probation; this is its `n`th start.
+    OnProbation(u32),
+    /// This agent started too often without reporting.
+    CrashLoop(u32),
+}
+
+/// Reads and updates the pending switch for an agent of build `build` starting now.
+pub fn check_pending(data_dir: &Path, build: &Hash) -> Pending {
+    let dir = data_dir.join(AGENT_DIR);
+    let Ok(root) = fs::read_to_string(dir.join(PENDING)) else {
+        return Pending::None;
+    };
+    if root.trim() != hex::encode(build) {
+        let _ = fs::remove_file(dir.join(PENDING));
+        let _ = fs::remove_file(dir.join(STARTS));
+        return Pending::None;
+    }
+    let starts = fs::read_to_string(dir.join(STARTS))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    let _ = fs::write(dir.join(STARTS), starts.to_string());
+    if starts > MAX_PROBATION_STARTS {
+        Pending::CrashLoop(starts)
+    } else {
+        Pending::OnProbation(starts)
+    }
+}
+
+/// The probation deadline ([`CONFIRM_SECS_ENV`] or [`DEFAULT_CONFIRM_DEADLINE`]).
+pub fn confirm_deadline() -> Duration {
+    std::env::var(CONFIRM_SECS_ENV)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86400.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(DEFAULT_CONFIRM_DEADLINE)
+}
+
+impl Probation {
+    /// At start of agent `me`: its probation if it is a new agent just switched to (with
+    /// its deadline thread running); rolls back at once after a crash loop.
+    pub fn start(data_dir: &Path, me: &AgentSelf) -> Option<std::sync::Arc<Probation>> {
+        let starts = match check_pending(data_dir, &me.build) {
+            Pending::None => return None,
+            Pending::OnProbation(n) => n,
+            Pending::CrashLoop(n) => {
+                let p = Probation::new(data_dir, me);
+                p.roll_back(&format!(
+                    "the new agent started {n} times after the switch without reporting its install"
+                ));
+                return None;
+            }
+        };
+        let p = std::sync::Arc::new(Probation::new(data_dir, me));
+        let deadline = confirm_deadline();
+        warn!(
+            start = starts,
+            "this agent was just switched to: it is rolled back unless it reports its install within {} s",
+            deadline.as_secs_f64()
+        );
+        let watch = p.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(deadline);
+            watch.roll_back(&format!(
+                "the new agent did not report its install within {} s after the switch",
+                deadline.as_secs_f64()
+            ));
+        });
+        Some(p)
+    }
+
+    fn new(data_dir: &Path, me: &AgentSelf) -> Probation {
+        Probation {
+            data_dir: data_dir.to_path_buf(),
+            root: me.build,
+            exe: me.exe.clone(),
+            args: me.args.clone(),
+            confirmed: std::sync::Mutex::new(false),
+        }
+    }
+
+    /// The new agent reported (its install step ran after the NMS's acknowledgement): it
+    /// stays.
+    pub fn confirm(&self) {
+        let mut c = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        if !*c {
+            *c = true;
+            let dir = self.data_dir.join(AGENT_DIR);
+            let _ = fs::remove_file(dir.join(PENDING));
+            let _ = fs::remove_file(dir.join(STARTS));
+            info!("the new agent reported its install: its probation is over");
+        }
+    }
+
+    /// Unless confirmed: the previous executable back, the reason kept, and re-executed.
+    fn roll_back(&self, reason: &str) {
+        let c = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        if *c {
+            return;
+        }
+        let dir = self.data_dir.join(AGENT_DIR);
+        let prev = sibling(&self.exe, ".prev");
+        error!("{reason}; restoring the previous agent {}", prev.display());
+        if let Err(e) = fs::rename(&prev, &self.exe) {
+            error!("cannot restore the previous agent: {e}; keeping this one");
+            return;
+        }
+        let why = format!("{reason}; the previous agent was restored");
+        let _ = fs::write(failure_file(&self.data_dir, &self.root), &why);
+        let _ = fs::remove_file(dir.join(PENDING));
+        let _ = fs::remove_file(dir.join(STARTS));
+        let e = exec(&self.exe, &self.args);
+        error!("cannot execute the previous agent again: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Testing only ([`TEST_SILENT_BUILD_ENV`]): this agent never reports an agent install.
+pub fn test_silent(me: &AgentSelf) -> bool {
+    std::env::var(TEST_SILENT_BUILD_ENV).is_ok_and(|b| b == me.build_hex())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +488,7 @@ mod tests {
             build,
             header,
             args: vec![],
+            probation: None,
         }
     }
 
@@ -404,6 +575,26 @@ mod tests {
             t.elapsed() < Duration::from_secs(5),
             "the hanging agent was not stopped"
         );
+    }
+
+    #[test]
+    fn a_pending_switch_counts_the_new_agents_starts_and_ends_for_another_build() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join(AGENT_DIR);
+        fs::create_dir_all(&dir).unwrap();
+        let (new, old) = ([1; 32], [2; 32]);
+        assert_eq!(check_pending(d.path(), &new), Pending::None);
+        fs::write(dir.join(PENDING), hex::encode(new)).unwrap();
+        for n in 1..=MAX_PROBATION_STARTS {
+            assert_eq!(check_pending(d.path(), &new), Pending::OnProbation(n));
+        }
+        assert_eq!(
+            check_pending(d.path(), &new),
+            Pending::CrashLoop(MAX_PROBATION_STARTS + 1)
+        );
+        // the previous agent runs again: nothing pending any more
+        assert_eq!(check_pending(d.path(), &old), Pending::None);
+        assert!(!dir.join(PENDING).exists() && !dir.join(STARTS).exists());
     }
 
     #[test]

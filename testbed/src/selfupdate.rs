@@ -56,16 +56,16 @@ pub fn node_exe(c: &Cluster, i: usize) -> PathBuf {
     c.dir.join(format!("bin-{i}")).join("baton-node")
 }
 
-/// Gives every node a copy of `agent` as its own executable and starts it. Returns the
-/// started processes, by node (index 0 = node 1).
-pub fn start_agents(c: &mut Cluster, agent: &Path) -> Result<Vec<ProcIdx>> {
+/// Gives every node a copy of `agent` as its own executable and starts it with `env`.
+/// Returns the started processes, by node (index 0 = node 1).
+pub fn start_agents(c: &mut Cluster, agent: &Path, env: &[(&str, &str)]) -> Result<Vec<ProcIdx>> {
     let mut procs = Vec::new();
     for i in 1..=c.nodes() {
         let exe = node_exe(c, i);
         fs::create_dir_all(exe.parent().expect("a folder"))?;
         fs::copy(agent, &exe)?;
         fs::set_permissions(&exe, fs::Permissions::from_mode(0o755))?;
-        procs.push(c.start_agent(i, &exe, &[], &[])?);
+        procs.push(c.start_agent(i, &exe, &[], env)?);
     }
     Ok(procs)
 }

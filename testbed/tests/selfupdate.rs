@@ -18,13 +18,34 @@ use baton_testbed::selfupdate::{
 
 const NODES: usize = 3;
 
+/// The 'new' agent: the same code as the running one with bytes appended (another build
+/// id), written into the cluster's staging folder.
+fn new_agent(c: &Cluster) -> (PathBuf, String) {
+    let built = built_agent(&PathBuf::from(env!("CARGO_BIN_EXE_baton-testbed"))).unwrap();
+    let new = c.dir.join("staging").join("baton-node-new");
+    let build = agent_copy(&built, &new, b"\nbaton testbed: another build of the agent\n").unwrap();
+    (new, build)
+}
+
 fn fleet(halt_after: Option<&str>) -> (Cluster, Vec<usize>, String) {
+    fleet_env(halt_after, |_| Vec::new())
+}
+
+/// A fleet of `NODES` nodes running their own copies of the agent, each started with the
+/// environment `env` gives for the new agent's build id.
+fn fleet_env(
+    halt_after: Option<&str>,
+    env: impl Fn(&str) -> Vec<(&'static str, String)>,
+) -> (Cluster, Vec<usize>, String) {
     let testbed = PathBuf::from(env!("CARGO_BIN_EXE_baton-testbed"));
     let built = built_agent(&testbed).expect("the baton-node executable");
     let mut c = Cluster::create(&NetSpec::with_hosts(NODES + 1), testbed).expect("cluster");
     let old = c.dir.join("staging").join("agent-old");
     let old_build = agent_copy(&built, &old, b"").expect("the running agent");
-    let procs = start_agents(&mut c, &old).expect("nodes");
+    let (_, new_build) = new_agent(&c);
+    let env = env(&new_build);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let procs = start_agents(&mut c, &old, &env).expect("nodes");
     let mut args: Vec<String> = [
         "--json",
         "--min-nodes",
@@ -68,9 +89,7 @@ fn a_running_fleet_switches_to_a_new_agent_build_while_relaying_goes_on() {
     }
     let (mut c, procs, old_build) = fleet(None);
     let pids: Vec<Option<u32>> = procs.iter().map(|p| c.pid(*p)).collect();
-    let new = c.dir.join("staging").join("baton-node-new");
-    let built = built_agent(&PathBuf::from(env!("CARGO_BIN_EXE_baton-testbed"))).unwrap();
-    let new_build = agent_copy(&built, &new, b"\nbaton testbed: another build of the agent\n").unwrap();
+    let (new, new_build) = new_agent(&c);
     assert_ne!(new_build, old_build);
     // the agent campaign, and a larger package campaign that is still relaying when the
     // nodes switch: it goes on after their restart, resumed from their disks
@@ -210,5 +229,58 @@ fn a_broken_agent_is_rolled_back_by_every_node_that_tried_it_and_the_campaign_ha
         "the fleet no longer installs packages:\n{}",
         logs(&c)
     );
+    c.teardown();
+}
+
+#[test]
+fn a_new_agent_that_does_not_report_after_the_switch_is_rolled_back() {
+    if !netns::available_for_tests() {
+        return;
+    }
+    // the new build passes its trial, then hangs before it reports its install: its
+    // probation (5 s here) runs out and the previous agent comes back
+    let (mut c, procs, old_build) = fleet_env(None, |new_build| {
+        vec![
+            ("BATON_TEST_AGENT_SILENT_BUILD", new_build.to_string()),
+            ("BATON_AGENT_CONFIRM_SECS", "5".to_string()),
+        ]
+    });
+    let pids: Vec<Option<u32>> = procs.iter().map(|p| c.pid(*p)).collect();
+    let (new, _) = new_agent(&c);
+    c.nms_command(&["publish-agent", new.to_str().unwrap(), "--version", "0.1.3"])
+        .unwrap();
+    assert!(
+        c.wait_until(Duration::from_secs(60), |c| summary_of(c, "baton-node").is_some()),
+        "the agent campaign did not end:\n{}",
+        logs(&c)
+    );
+    let s = summary_of(&c, "baton-node").unwrap();
+    eprintln!("summary: {s}");
+    assert_eq!(s["installed"], 0, "{s}");
+    for (i, p) in (1..=NODES).zip(&procs) {
+        assert!(c.running(*p), "node {i} is not running:\n{}", logs(&c));
+        assert_eq!(c.pid(*p), pids[i - 1], "node {i} was restarted by someone else");
+        assert_eq!(
+            build_id(&node_exe(&c, i)).unwrap(),
+            old_build,
+            "node {i} runs its previous agent"
+        );
+        let id = c.node_ids[i - 1].to_string();
+        let node = s["per_node"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == id)
+            .unwrap();
+        assert_eq!(node["status"], "failed", "node {i}: {node}");
+        assert!(
+            node["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("did not report its install within 5 s after the switch")),
+            "node {i}: {node}"
+        );
+    }
+    let (ok, seen) = wait_for_agents(&c, Duration::from_secs(15), |a| a.build == old_build);
+    assert!(ok, "{seen:?}");
     c.teardown();
 }
