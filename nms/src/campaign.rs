@@ -1112,6 +1112,33 @@ mod inbox_tests {
     }
 
     #[test]
+    fn the_reserved_agent_name_takes_only_an_executable_and_flags_it_self_update() {
+        let s = setup();
+        let ib = inbox(&s.data);
+        let script = s.put("baton-node-0.2.0", b"#!/bin/sh\necho not an agent\n");
+        let e = format!("{:#}", s.take(&ib, &script).unwrap_err());
+        assert!(
+            e.contains("reserved name of the node agent") && e.contains("not an ELF file"),
+            "{e}"
+        );
+        assert_eq!(s.copies(), 0, "the refused file's copy was kept");
+        // the NMS checks the header only (each node checks its platform): a test
+        // executable's first 4 KiB will do
+        let mut exe = vec![0u8; 4096];
+        std::io::Read::read_exact(&mut fs::File::open("/proc/self/exe").unwrap(), &mut exe).unwrap();
+        let agent = s.put("baton-node-0.2.0", &exe);
+        let c = campaign(s.take(&ib, &agent)).unwrap();
+        assert!(c.manifest.self_update);
+        assert_eq!(
+            (c.manifest.name.as_str(), c.manifest.version.as_str()),
+            ("baton-node", "0.2.0")
+        );
+        // any other package is not flagged
+        let frob = s.put("frob-1.0.bin", &exe);
+        assert!(!campaign(s.take(&ib, &frob)).unwrap().manifest.self_update);
+    }
+
+    #[test]
     fn a_file_taken_in_is_not_taken_in_again_after_a_restart() {
         // point 2: the restarted NMS signed every file of the folder again
         let s = setup();

@@ -219,7 +219,7 @@ fn listen_arg(s: &str) -> Result<SocketAddr, String> {
 pub fn options(cli: Cli) -> Result<NmsOptions> {
     let Some(watch) = cli.watch.clone() else {
         bail!(
-            "--watch is required to run the NMS (the folder packages are dropped into); to act on a running NMS, give a command: status, campaigns, show, cancel, resume, rollback (see --help)"
+            "--watch is required to run the NMS (the folder packages are dropped into); to act on a running NMS, give a command: status, nodes, campaigns, show, cancel, resume, rollback, publish-agent (see --help)"
         );
     };
     if cli.fanout == 0 || cli.fanout > MAX_FANOUT {
@@ -592,6 +592,33 @@ mod tests {
         assert_eq!((dir, json), (PathBuf::from("/d"), true));
         let cli = Cli::try_parse_from(["baton-nms", "show", "ab12"]).unwrap();
         assert_eq!(cli.command.unwrap().request().1, default_data_dir());
+        // publish-agent: the path as the daemon must read it (absolute), the version
+        let cli = Cli::try_parse_from(["baton-nms", "publish-agent", "bin/baton-node"]).unwrap();
+        match cli.command.unwrap().request().0 {
+            crate::ops::Request::PublishAgent { path, version } => {
+                assert!(
+                    path.starts_with('/') && path.ends_with("bin/baton-node"),
+                    "{path}"
+                );
+                assert_eq!(version, env!("CARGO_PKG_VERSION"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "baton-nms",
+            "publish-agent",
+            "/x/baton-node",
+            "--version",
+            "0.2.0",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command.unwrap().request().0,
+            crate::ops::Request::PublishAgent {
+                path: "/x/baton-node".into(),
+                version: "0.2.0".into()
+            }
+        );
         let e = format!(
             "{:#}",
             options(Cli::try_parse_from(["baton-nms"]).unwrap()).unwrap_err()
