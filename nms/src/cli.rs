@@ -90,6 +90,12 @@ pub struct Cli {
     /// (idle,22:00-06:00). A node owner's own --relay-policy wins.
     #[arg(long, value_name = "POLICY", value_parser = relay_arg)]
     relay_policy: Option<baton_protocol::gate::Policy>,
+    /// Seconds a relay whose owner's policy gates it may hold its part of the addressee
+    /// list (waiting for its gate to open) before it hands the part back to the NMS, which
+    /// offers it itself.
+    #[arg(long, value_name = "SECONDS", default_value_t = RelayPolicy::default().grace_secs,
+          value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    relay_grace: u32,
     /// Print one JSON object per line on stdout for every event and campaign summary,
     /// instead of progress bars or log lines (fields: docs/operations.md).
     #[arg(long)]
@@ -308,8 +314,8 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
             },
             relay: cli
                 .relay_policy
-                .map(|p| p.to_manifest(RelayPolicy::default().grace_secs))
-                .unwrap_or_default(),
+                .unwrap_or(baton_protocol::gate::Policy::ALWAYS)
+                .to_manifest(cli.relay_grace),
             expiry_secs: cli.expiry_hours.max(1) * 3600,
             offline_install: cli.offline_install,
         },

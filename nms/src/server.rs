@@ -159,6 +159,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             monitor: MonitorConfig::default(),
+            fanout: opts.settings.plan.fanout,
         },
     );
     let mut nms = Nms {
@@ -208,6 +209,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
             version: PROTOCOL_VERSION,
             port,
             tags: Vec::new(),
+            relay: None,
             agent: None,
         };
         let (d, rx) = Discovery::start(&advert, &net::advertised_ips(&opts.listen), &opts.interfaces)
@@ -293,6 +295,7 @@ impl Nms {
                         Role::Nms => PeerRole::Nms,
                     },
                     version: advert.version,
+                    relay: advert.relay,
                 });
             }
             DiscoveryEvent::Lost { peer_id } => {

@@ -108,6 +108,8 @@ pub struct NodeResult {
     pub secs: Option<f64>,
     /// Where its bytes came from, most first.
     pub sources: Vec<SourceBytes>,
+    /// Bytes the other addressees reported fetching from it (what it relayed).
+    pub served: u64,
 }
 
 /// Bytes a node verified while it reported fetching from one source.
@@ -137,6 +139,14 @@ impl Summary {
         };
         let failed = listed(&mut s.failed());
         let unreachable = listed(&mut s.unreachable());
+        let mut served: HashMap<NodeId, u64> = HashMap::new();
+        for t in tracks.values() {
+            for (src, bytes) in &t.from {
+                if let Some(p) = src {
+                    *served.entry(*p).or_default() += *bytes;
+                }
+            }
+        }
         let per_node = s
             .nodes
             .iter()
@@ -162,6 +172,7 @@ impl Summary {
                     reason: o.status.reason().map(str::to_string),
                     secs: o.took.map(|t| t.as_secs_f64()),
                     sources,
+                    served: served.get(&o.node).copied().unwrap_or(0),
                 }
             })
             .collect();
@@ -220,7 +231,11 @@ impl Summary {
             mib(self.nms_bytes_sent),
             self.nms_copies
         );
-        let _ = writeln!(o, "  {:<52}  {:<9}  {:>8}  bytes from", "node", "outcome", "time");
+        let _ = writeln!(
+            o,
+            "  {:<52}  {:<9}  {:>8}  {:>10}  bytes from",
+            "node", "outcome", "time", "served"
+        );
         for n in &self.per_node {
             let secs = n.secs.map_or_else(|| "-".to_string(), |s| format!("{s:.2} s"));
             let from = if n.sources.is_empty() {
@@ -239,7 +254,8 @@ impl Summary {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            let _ = write!(o, "  {:<52}  {:<9}  {secs:>8}  {from}", n.node, n.status);
+            let served = BinaryBytes(n.served).to_string();
+            let _ = write!(o, "  {:<52}  {:<9}  {secs:>8}  {served:>10}  {from}", n.node, n.status);
             if let Some(r) = &n.reason {
                 let _ = write!(o, "\n      reason: {r}");
             }
@@ -1008,6 +1024,7 @@ fn campaign_of(ev: &NmsEvent) -> Option<&CampaignId> {
         | NmsEvent::NodeProbing { campaign, .. }
         | NmsEvent::NodeUnreachable { campaign, .. }
         | NmsEvent::NodeTrustsOtherNms { campaign, .. }
+        | NmsEvent::RelayHandedBack { campaign, .. }
         | NmsEvent::CampaignHalted { campaign, .. } => Some(campaign),
         NmsEvent::CampaignDone { summary } => Some(&summary.campaign),
         NmsEvent::NodeDiscovered { .. }
@@ -1075,6 +1092,10 @@ fn text_event(ev: &NmsEvent, drop: Option<&str>, c: Option<&Campaign>) -> Option
         NmsEvent::NodeTrustsOtherNms { node, detail, .. } => format!(
             "{title}{node} trusts another NMS ({detail}); it is not addressed until it accepts an offer again. \
              To include it, its owner runs: baton-node trust forget <that NMS> and restarts it, or starts it with --trust <this NMS's id>"
+        ),
+        NmsEvent::RelayHandedBack { node, nodes, .. } => format!(
+            "{title}{node} stayed gated by its owner's relay policy past the grace period: \
+             it handed back {nodes} node(s) of its part, now offered by the NMS"
         ),
         NmsEvent::CampaignHalted { reason, .. } => format!("{title}CAMPAIGN HALTED: {reason}"),
     })
@@ -1165,6 +1186,12 @@ pub fn json_event(ev: &NmsEvent, drop: Option<&str>, summary: Option<&Summary>, 
             detail,
         } => json!({"event": "node-trusts-other-nms", "campaign": hexc(campaign),
             "node": node.to_string(), "detail": detail}),
+        NmsEvent::RelayHandedBack {
+            campaign,
+            node,
+            nodes,
+        } => json!({"event": "relay-handed-back",
+            "campaign": hexc(campaign), "node": node.to_string(), "nodes": nodes}),
         NmsEvent::CampaignHalted { campaign, reason } => {
             json!({"event": "campaign-halted", "campaign": hexc(campaign), "reason": reason})
         }

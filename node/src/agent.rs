@@ -45,8 +45,11 @@ pub struct NodeOptions {
     pub mdns: bool,
     pub interfaces: Interfaces,
     pub install: Option<InstallCmd>,
-    /// Exit once a campaign is installed and relayed.
-    pub once: bool,
+    /// `--once`: exit once a campaign is over here and relayed, or after this timeout
+    /// ([`crate::once`]).
+    pub once: Option<Duration>,
+    /// Where `packages/` is, when not in `data_dir` (a one-shot agent's temporary state).
+    pub install_dir: Option<PathBuf>,
     /// Testing only: corrupt every chunk served (a faulty relay).
     pub corrupt_served: bool,
     pub protocol: NodeConfig,
@@ -126,6 +129,8 @@ struct Agent {
     delayed: VecDeque<(Instant, ResponseChannel<ChunkResponse>, ChunkResponse)>,
     /// Peers named with --peer, whose addresses are given back after a failed dial.
     static_peers: Vec<(libp2p::PeerId, Multiaddr)>,
+    /// With `--once`: what decides the end.
+    once: Option<crate::once::Watch>,
     /// An agent package's install step asked to stop and upgrade.
     upgrade: Option<crate::upgrade::Upgrade>,
     /// Install steps running (an upgrade waits for them: an install command is not cut
@@ -140,12 +145,20 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the node until Ctrl-C / SIGTERM (or, with `--once`, until its campaign is done).
+/// Runs the node until Ctrl-C / SIGTERM (or, with `--once`, until its campaign is done:
+/// then an error unless it installed, see [`crate::once::End::result`]).
 pub async fn run(opts: NodeOptions) -> Result<()> {
+    // taken first, so that a signal during start-up also ends the loop below (and a
+    // one-shot agent's temporary state is removed) rather than killing the process
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
     let _lock = baton_shell::identity::lock_data_dir(&opts.data_dir, "baton-node")?;
     let keypair = baton_shell::identity::load_or_create(&opts.data_dir)?;
     let me = NodeId::of(&keypair);
-    let store = Store::open(&opts.data_dir)?;
+    let store = Store::open_split(
+        &opts.data_dir,
+        opts.install_dir.as_ref().unwrap_or(&opts.data_dir),
+    )?;
     let (journal, entries) = Journal::open(&opts.data_dir)?;
     let mut trusted = opts.trust.clone();
     let pinned = read_pinned(&opts.data_dir)?;
@@ -210,6 +223,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         upload: opts.max_upload.map(|r| UploadCap::new(r, UPLOAD_BURST)),
         delayed: VecDeque::new(),
         static_peers: Vec::new(),
+        once: opts.once.map(|_| crate::once::Watch::new()),
         upgrade: None,
         installing: 0,
     };
@@ -237,18 +251,21 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             warn!("cannot dial static peer {p}: {e}");
         }
     }
+    // the advert says whether the owner's policy lets this node relay now (the probe was
+    // read above)
+    let mut advert = Advert {
+        peer_id: me.to_string(),
+        role: Role::Node,
+        version: PROTOCOL_VERSION,
+        port,
+        tags: opts.tags.clone(),
+        relay: agent.endpoint.relay_hint(),
+        agent: opts.agent.as_ref().map(|a| baton_shell::discovery::AgentBuild {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            build: a.build_hex(),
+        }),
+    };
     let (discovery, mut disco_rx) = if opts.mdns {
-        let advert = Advert {
-            peer_id: me.to_string(),
-            role: Role::Node,
-            version: PROTOCOL_VERSION,
-            port,
-            tags: opts.tags.clone(),
-            agent: opts.agent.as_ref().map(|a| baton_shell::discovery::AgentBuild {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                build: a.build_hex(),
-            }),
-        };
         let (d, rx) = Discovery::start(&advert, &net::advertised_ips(&opts.listen), &opts.interfaces)
             .context("starting mDNS discovery")?;
         (Some(d), rx)
@@ -256,8 +273,8 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         (None, mpsc::channel(1).1)
     };
     agent.drive();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
+    let once_at = Instant::now() + opts.once.unwrap_or_default();
+    let end = loop {
         let deadline = agent.next_deadline();
         let (delayed_at, any_delayed) = (agent.next_delayed(), !agent.delayed.is_empty());
         tokio::select! {
@@ -273,29 +290,51 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
                 let now = agent.now();
                 agent.endpoint.handle_timeout(now);
             }
-            _ = tokio::signal::ctrl_c() => { info!("interrupted; stopping"); break; }
-            _ = term.recv() => { info!("terminated; stopping"); break; }
+            _ = tokio::time::sleep_until(once_at.into()), if opts.once.is_some() => {
+                break agent.once.as_ref().zip(opts.once).map(|(w, t)| w.timed_out(t));
+            }
+            _ = int.recv() => {
+                info!("interrupted; stopping");
+                break Some(crate::once::End::Interrupted { signal: "SIGINT" });
+            }
+            _ = term.recv() => {
+                info!("terminated; stopping");
+                break Some(crate::once::End::Interrupted { signal: "SIGTERM" });
+            }
         }
         agent.drive();
         if agent.upgrade.is_some() && agent.installing == 0 {
             info!("stopping to switch to the new agent");
-            break;
+            break None;
         }
-        if opts.once && agent.endpoint.finished_any() && !agent.endpoint.busy() {
-            info!("--once: campaign installed and relayed; exiting");
-            break;
+        let relay = agent.endpoint.relay_hint();
+        if relay != advert.relay {
+            advert.relay = relay;
+            if let Some(d) = &discovery
+                && let Err(e) = d.update(&advert)
+            {
+                warn!("cannot advertise the new relay state: {e}");
+            }
         }
-    }
+        if let Some(e) = agent.once.as_ref().and_then(|w| w.end(agent.endpoint.busy())) {
+            info!("--once: the campaign is over here and relayed; exiting");
+            break Some(e);
+        }
+    };
     if let Some(d) = discovery {
         d.shutdown_async().await;
     }
     if let (Some(up), Some(me)) = (agent.upgrade.take(), opts.agent.clone()) {
-        // the swarm and every file closed; the journal is on disk (appends are synced)
+        // the swarm and every file closed; the journal is on disk (appends are synced);
+        // with --once, the re-executed agent goes on with the same arguments
         drop(agent);
         drop(_control);
         return Err(crate::upgrade::carry_out(&opts.data_dir, &me, &up));
     }
-    Ok(())
+    match end {
+        Some(e) if opts.once.is_some() => e.result(),
+        _ => Ok(()),
+    }
 }
 
 /// The NMS ids pinned by trust on first use, from `dir/trusted-nms.txt` (one per line;
@@ -774,6 +813,9 @@ impl Agent {
     }
 
     fn log_event(&mut self, e: Event) {
+        if let Some(w) = &mut self.once {
+            w.observe(&e);
+        }
         match e {
             Event::Accepted {
                 campaign,
@@ -898,6 +940,9 @@ fn log_note(n: &Note) {
         Note::Verified => info!("package verified (root hash matches the signed manifest)"),
         Note::Authenticated => info!("the NMS acknowledged the package"),
         Note::ReceiptMismatch { parent } => warn!("parent {parent} reports a different root hash"),
+        Note::HandedBack { nodes } => warn!(
+            "relaying stayed gated past the campaign's grace period: handed {nodes} node(s) of this node's part back to the NMS"
+        ),
     }
 }
 

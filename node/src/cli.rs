@@ -64,9 +64,20 @@ pub struct Cli {
     /// Seconds the install command may run.
     #[arg(long)]
     install_timeout: Option<u64>,
-    /// Exit after a campaign is installed and relayed.
+    /// One-shot agent, for a machine without a Baton daemon: receive, install and relay
+    /// one campaign, then exit (status 0 only if it installed). Its identity key, journal
+    /// and partial downloads live in a temporary directory inside the data directory,
+    /// removed at exit (also on failure, Ctrl-C or SIGTERM): only `packages/` remains.
     #[arg(long)]
     once: bool,
+    /// With --once: give up, with a non-zero status, if no campaign is over by then:
+    /// seconds, or 90s, 30m, 2h.
+    #[arg(long, value_name = "DURATION", requires = "once", value_parser = crate::once::parse_timeout, default_value = "1h")]
+    once_timeout: Duration,
+    /// With --once: keep the state in the data directory as a daemon does, so that the
+    /// machine keeps its peer id (e.g. for a `baton-node` service started afterwards).
+    #[arg(long, requires = "once")]
+    keep_identity: bool,
     /// Chunk requests in flight.
     #[arg(long, default_value_t = 3)]
     window: usize,
@@ -353,7 +364,8 @@ pub fn options(cli: Cli) -> Result<NodeOptions> {
         mdns: !cli.no_mdns,
         interfaces,
         install,
-        once: cli.once,
+        once: cli.once.then_some(cli.once_timeout),
+        install_dir: None,
         corrupt_served: cli.test_corrupt_served,
         protocol: NodeConfig {
             window: cli.window,
@@ -379,11 +391,30 @@ where
         Some(Command::Status { json }) => return status_command(&cli, json),
         None => {}
     }
-    let opts = options(cli)?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(opts))
+    let keep_identity = cli.keep_identity;
+    let mut opts = options(cli)?;
+    // with --once: the state directory (temporary unless --keep-identity), removed when
+    // `dirs` is dropped, after the runtime (and the jobs it ran) ended
+    let dirs = match opts.once {
+        Some(_) => Some(crate::once::OnceDirs::new(&opts.data_dir, keep_identity)?),
+        None => None,
+    };
+    if let Some(d) = &dirs {
+        if d.temp.is_some() {
+            tracing::info!(
+                state = %d.state_dir.display(),
+                "--once: temporary identity and state (removed at exit); packages install into {}",
+                d.install_dir.join("packages").display()
+            );
+        }
+        opts.data_dir = d.state_dir.clone();
+        opts.install_dir = Some(d.install_dir.clone());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(run(opts));
+    drop(runtime);
+    drop(dirs);
+    result
 }
 
 /// The `baton-node` executable's entry point: [`main_from`], as an agent that knows its own
@@ -600,6 +631,23 @@ mod tests {
             e.contains("config `relay_policy`") && e.contains("bad time `25:00`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn once_takes_a_timeout_and_keep_identity_only_with_once() {
+        assert_eq!(with(&[]).unwrap().once, None, "a daemon by default");
+        assert_eq!(with(&["--once"]).unwrap().once, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            with(&["--once", "--once-timeout", "30m"]).unwrap().once,
+            Some(Duration::from_secs(1800))
+        );
+        assert!(with(&["--once", "--keep-identity"]).is_ok());
+        for alone in [&["--once-timeout", "30m"][..], &["--keep-identity"][..]] {
+            let e = format!("{:#}", with(alone).unwrap_err());
+            assert!(e.contains("--once"), "{alone:?}: {e}");
+        }
+        let e = format!("{:#}", with(&["--once", "--once-timeout", "soon"]).unwrap_err());
+        assert!(e.contains("not a duration"), "{e}");
     }
 
     #[test]

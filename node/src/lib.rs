@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cli;
 pub mod journal;
+pub mod once;
 pub mod probe;
 pub mod status;
 pub mod store;

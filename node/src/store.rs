@@ -31,6 +31,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Where `packages/` is: the data directory, or with `--once` the data directory while
+    /// `root` is the one-shot agent's temporary state directory.
+    install_root: PathBuf,
     /// One lock per package name: installs of one package run one at a time.
     installs: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
@@ -68,13 +71,21 @@ fn hex(bytes: &[u8]) -> String {
 
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Store> {
+        Store::open_split(data_dir, data_dir)
+    }
+
+    /// A store whose working files (`partial/`) are under `state_dir` and whose installed
+    /// versions (`packages/`) are under `install_dir` (the one-shot agent's temporary state
+    /// and the machine's data directory). Installing hard-links the received file when both
+    /// are on one file system, else copies it.
+    pub fn open_split(state_dir: &Path, install_dir: &Path) -> Result<Store> {
         let s = Store {
-            root: data_dir.to_path_buf(),
+            root: state_dir.to_path_buf(),
+            install_root: install_dir.to_path_buf(),
             installs: Arc::default(),
         };
-        for d in ["partial", "packages"] {
-            fs::create_dir_all(s.root.join(d))
-                .with_context(|| format!("cannot create {}", s.root.join(d).display()))?;
+        for d in [s.root.join("partial"), s.install_root.join("packages")] {
+            fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
         }
         Ok(s)
     }
@@ -89,7 +100,7 @@ impl Store {
     }
 
     fn package_dir(&self, name: &str) -> Result<PathBuf> {
-        Ok(self.root.join("packages").join(component(name)?))
+        Ok(self.install_root.join("packages").join(component(name)?))
     }
 
     /// The installed (sequence, root hash) of a package, if any.
@@ -204,7 +215,7 @@ impl Store {
 
     /// Every installed package: its current version and the sequences on disk.
     pub fn installed_packages(&self) -> Vec<InstalledPackage> {
-        let Ok(rd) = fs::read_dir(self.root.join("packages")) else {
+        let Ok(rd) = fs::read_dir(self.install_root.join("packages")) else {
             return Vec::new();
         };
         let mut out = Vec::new();

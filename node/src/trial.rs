@@ -61,6 +61,8 @@ pub async fn run(opts: NodeOptions, me: Arc<AgentSelf>, healthy: &Path) -> Resul
             version: PROTOCOL_VERSION,
             port,
             tags: opts.tags.clone(),
+            // a trial relays nothing and says nothing about it
+            relay: None,
             agent: Some(AgentBuild {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 build: me.build_hex(),

@@ -25,6 +25,62 @@ use thiserror::Error;
 
 use crate::manifest::{RelayPolicy, RelayWhen};
 
+/// What a node says about its relaying, in its advert and its progress reports: the NMS
+/// plans nodes that may not serve at the leaves. Ordered from the best relay to the worst.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelayHint {
+    /// Relays now, and its policy is `always` (or it did not say).
+    #[default]
+    Open,
+    /// Relays now, under a policy that may close (idle, AC, a window).
+    Restricted,
+    /// Does not relay now.
+    Gated,
+}
+
+impl RelayHint {
+    /// The hint of a node whose gate under `policy` is `open`.
+    pub fn of(policy: &Policy, open: bool) -> Self {
+        if !open {
+            RelayHint::Gated
+        } else if *policy == Policy::ALWAYS {
+            RelayHint::Open
+        } else {
+            RelayHint::Restricted
+        }
+    }
+
+    /// The word in adverts and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayHint::Open => "open",
+            RelayHint::Restricted => "restricted",
+            RelayHint::Gated => "gated",
+        }
+    }
+}
+
+impl fmt::Display for RelayHint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RelayHint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "open" => Ok(RelayHint::Open),
+            "restricted" => Ok(RelayHint::Restricted),
+            "gated" => Ok(RelayHint::Gated),
+            other => Err(format!(
+                "unknown relay state `{other}` (open, restricted or gated)"
+            )),
+        }
+    }
+}
+
 /// Minutes in a day.
 pub const DAY_MINUTES: u16 = 24 * 60;
 

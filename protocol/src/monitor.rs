@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use crate::chunk::ChunkSet;
 use crate::endpoint::timer::Timers;
+use crate::gate::RelayHint;
 use crate::id::NodeId;
 use crate::keys::{AuthClaim, CampaignSecret, HopToken, verify_auth};
 use crate::manifest::{CampaignId, Manifest, SignedManifest};
-use crate::plan::{Assignment, assignments, children_of};
+use crate::plan::{Assignment, assignments, children_of, order_for_relays};
 use crate::serve::{RequestId, ServeAction, Server};
 use crate::wire::{
     ChunkRequest, Control, ControlKind, Holding, InstallOutcome, Offer, Phase, RefuseReason, Verdict,
@@ -86,6 +87,9 @@ pub struct NodeView {
     pub last_heard: Option<Duration>,
     /// When it reached its final state (or was found unreachable).
     pub finished_at: Option<Duration>,
+    /// What it said last about its relaying (its advert before the campaign, then its
+    /// progress reports); `None`: nothing.
+    pub relay: Option<RelayHint>,
 }
 
 /// Something for the operator's view; changes nothing.
@@ -101,6 +105,9 @@ pub enum MonitorNote {
     Unreachable(NodeId, String),
     /// The node refused the offer as untrusted: it trusts another NMS.
     TrustsOther(NodeId, String),
+    /// The relay stayed gated past the grace period and handed back this many nodes of
+    /// its part, which the NMS offered itself.
+    HandedBack(NodeId, usize),
     /// The campaign was halted for every node not yet installed (or installing).
     Halted(String),
     /// Every addressee is settled (installed, failed, halted, refusing, or unreachable).
@@ -345,6 +352,7 @@ impl CampaignMonitor {
                         parent: None,
                         last_heard: None,
                         finished_at: None,
+                        relay: None,
                     },
                 )
             })
@@ -642,13 +650,32 @@ impl CampaignMonitor {
                 verified,
                 source,
                 parent,
+                relay,
                 ..
             } => {
                 let verified = (*verified).min(self.manifest.size);
+                let mut gate_moved = false;
                 if let Some(v) = self.nodes.get_mut(&from) {
                     v.verified = verified;
                     v.source = *source;
                     v.parent = *parent;
+                    if relay.is_some() {
+                        let gated = |h: Option<RelayHint>| h == Some(RelayHint::Gated);
+                        gate_moved = gated(v.relay) != gated(*relay);
+                        v.relay = *relay;
+                    }
+                }
+                if gate_moved {
+                    // the nodes waiting below it wait a grace period more, or no longer
+                    let waiting: Vec<NodeId> = self
+                        .watches
+                        .iter()
+                        .filter(|(n, w)| w.check == Check::Deadline && *self.status(n) == NodeStatus::Waiting)
+                        .map(|(n, _)| *n)
+                        .collect();
+                    for n in waiting {
+                        self.rearm(n);
+                    }
                 }
                 self.observe(now, from, verified);
                 self.refresh_rate(now);
@@ -677,6 +704,10 @@ impl CampaignMonitor {
             }
             Control::Trouble { node, reason, .. } => {
                 self.trouble(now, from, *node, reason);
+                Control::Ack
+            }
+            Control::HandBack { nodes, .. } => {
+                self.hand_back(now, from, nodes);
                 Control::Ack
             }
             other => Control::Error {
@@ -715,6 +746,65 @@ impl CampaignMonitor {
                 clip_reason(format!("reported by {from}: {reason}")),
                 true,
             );
+        }
+    }
+
+    /// What the NMS knows of `node`'s relaying before it reports (its advert): used when
+    /// the NMS re-plans a part.
+    pub fn set_relay_hint(&mut self, node: NodeId, hint: RelayHint) {
+        if let Some(v) = self.nodes.get_mut(&node)
+            && v.relay.is_none()
+        {
+            v.relay = Some(hint);
+        }
+    }
+
+    /// A relay stayed gated past the grace period and hands back `nodes`, which it never
+    /// offered. The NMS offers those of them that are in the relay's part and still
+    /// waiting itself, re-planned so that nodes known to relay head the new parts.
+    fn hand_back(&mut self, now: Duration, from: NodeId, nodes: &[NodeId]) {
+        let Some(w) = self.watches.get(&from) else {
+            return;
+        };
+        let mut seen = HashSet::new();
+        let back: Vec<NodeId> = nodes
+            .iter()
+            .filter(|n| {
+                **n != from
+                    && w.slot.part.contains(n)
+                    && *self.status(n) == NodeStatus::Waiting
+                    && !self.offered.contains_key(n)
+                    && seen.insert(**n)
+            })
+            .copied()
+            .collect();
+        if back.is_empty() {
+            return;
+        }
+        if let Some(w) = self.watches.get_mut(&from) {
+            w.slot.part.retain(|n| !seen.contains(n));
+        }
+        self.actions
+            .push_back(MonitorAction::Note(MonitorNote::HandedBack(from, back.len())));
+        let fanout = self.manifest.plan.fanout;
+        let ordered = order_for_relays(&back, fanout, |n| self.nodes[n].relay.unwrap_or_default());
+        for a in assignments(&ordered, fanout) {
+            if self.halted.is_some() {
+                // offered by a resume, from its first waiting node
+                self.assign(&a, None, 1);
+                self.offered.insert(a.head, a);
+            } else {
+                self.offer_from_nms(now, a);
+            }
+        }
+        // their wait starts again now, under the new plan
+        for n in back {
+            if let Some(w) = self.watches.get_mut(&n) {
+                w.since = now;
+            }
+            if self.halted.is_none() && !self.status(&n).is_settled() {
+                self.rearm(n);
+            }
         }
     }
 
@@ -1221,7 +1311,33 @@ impl CampaignMonitor {
         };
         let nanos = work * u128::from(self.cfg.slack) * 1_000_000_000 / u128::from(rate);
         let need = Duration::from_nanos(nanos.min(MAX_WAIT.as_nanos()) as u64);
-        base + need.max(self.cfg.min_wait)
+        // a gated relay above it may hold its part for the grace period, then hand it back
+        let held = if v.status == NodeStatus::Waiting && self.below_gated(node) {
+            Duration::from_secs(u64::from(self.manifest.relay.grace_secs))
+        } else {
+            Duration::ZERO
+        };
+        base + need.max(self.cfg.min_wait) + held
+    }
+
+    /// Whether a node that offers `node` its part, or one above it, said it is gated.
+    fn below_gated(&self, node: NodeId) -> bool {
+        let mut at = node;
+        for _ in 0..crate::limits::MAX_PATH {
+            match self.watches.get(&at).and_then(|w| w.slot.parent) {
+                Some(p)
+                    if self
+                        .nodes
+                        .get(&p)
+                        .is_some_and(|v| v.relay == Some(RelayHint::Gated)) =>
+                {
+                    return true;
+                }
+                Some(p) => at = p,
+                None => return false,
+            }
+        }
+        false
     }
 
     /// The rate deadlines assume: the larger of the floor and the observed rate.

@@ -18,7 +18,7 @@ pub struct Assignment {
 
 /// Splits `list` into at most `fanout` contiguous, non-empty parts whose sizes differ by
 /// at most one (earlier parts are the larger).
-pub fn split(list: &[NodeId], fanout: u8) -> Vec<&[NodeId]> {
+pub fn split<T>(list: &[T], fanout: u8) -> Vec<&[T]> {
     let f = usize::from(fanout.max(1)).min(list.len());
     if f == 0 {
         return Vec::new();
@@ -49,6 +49,44 @@ pub fn assignments(rest: &[NodeId], fanout: u8) -> Vec<Assignment> {
 /// The offers a node makes when it received `part` (itself first).
 pub fn children_of(part: &[NodeId], fanout: u8) -> Vec<Assignment> {
     assignments(part.get(1..).unwrap_or(&[]), fanout)
+}
+
+/// Which positions of a list of `n` addressees relay under `fanout`: those that head a
+/// part of more than one node (the others are leaves).
+pub fn relay_positions(n: usize, fanout: u8) -> Vec<bool> {
+    let positions: Vec<usize> = (0..n).collect();
+    let mut relay = vec![false; n];
+    let mut stack = split(&positions, fanout);
+    while let Some(part) = stack.pop() {
+        if part.len() > 1 {
+            relay[part[0]] = true;
+            stack.extend(split(&part[1..], fanout));
+        }
+    }
+    relay
+}
+
+/// `list` reordered so that the plan under `fanout` puts the best relays (lowest `rank`)
+/// at the positions that relay and the worst at the leaves: nodes whose owners gate or
+/// restrict relaying then serve no one as long as there are enough others. Only the nodes
+/// that must move are swapped, so a list of equal ranks is returned as it was.
+pub fn order_for_relays<K: Ord>(list: &[NodeId], fanout: u8, rank: impl Fn(&NodeId) -> K) -> Vec<NodeId> {
+    let relay = relay_positions(list.len(), fanout);
+    let relays = relay.iter().filter(|r| **r).count();
+    // the nodes that should relay: the best ranks, those already relaying first on a tie
+    let mut by_rank: Vec<usize> = (0..list.len()).collect();
+    by_rank.sort_by_key(|&i| (rank(&list[i]), !relay[i], i));
+    let mut chosen = vec![false; list.len()];
+    for &i in &by_rank[..relays] {
+        chosen[i] = true;
+    }
+    let up: Vec<usize> = (0..list.len()).filter(|&i| chosen[i] && !relay[i]).collect();
+    let down: Vec<usize> = (0..list.len()).filter(|&i| !chosen[i] && relay[i]).collect();
+    let mut out = list.to_vec();
+    for (a, b) in up.into_iter().zip(down) {
+        out.swap(a, b);
+    }
+    out
 }
 
 /// The whole tree a plan gives, for the NMS's picture and for simulation.
@@ -170,6 +208,45 @@ mod tests {
             if let (Some(max), Some(min)) = (parts.iter().map(|p| p.len()).max(), parts.iter().map(|p| p.len()).min()) {
                 prop_assert!(max - min <= 1 && min >= 1);
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn relays_are_the_best_ranked(ranks in proptest::collection::vec(0u8..3, 0..200), fanout in 1u8..5) {
+            let list = ids(ranks.len());
+            let rank_of: std::collections::HashMap<NodeId, u8> =
+                list.iter().copied().zip(ranks.iter().copied()).collect();
+            let ordered = order_for_relays(&list, fanout, |n| rank_of[n]);
+            let mut a = ordered.clone();
+            a.sort();
+            let mut b = list.clone();
+            b.sort();
+            prop_assert_eq!(a, b, "not a permutation");
+            let relay = relay_positions(list.len(), fanout);
+            let tree = Tree::plan(&ordered, fanout);
+            let parents: HashSet<NodeId> = tree.parent.values().flatten().copied().collect();
+            for (i, n) in ordered.iter().enumerate() {
+                prop_assert_eq!(relay[i], parents.contains(n), "position {} relays iff it has children", i);
+            }
+            let worst_relay = ordered.iter().zip(&relay).filter(|(_, r)| **r).map(|(n, _)| rank_of[n]).max();
+            let best_leaf = ordered.iter().zip(&relay).filter(|(_, r)| !**r).map(|(n, _)| rank_of[n]).min();
+            if let (Some(w), Some(b)) = (worst_relay, best_leaf) {
+                prop_assert!(w <= b, "a relay ranked {} while a leaf ranked {}", w, b);
+            }
+            let same = order_for_relays(&list, fanout, |_| 0);
+            prop_assert_eq!(same, list);
+        }
+    }
+
+    #[test]
+    fn two_gated_of_eight_become_leaves() {
+        let list = ids(8);
+        let gated = [list[0], list[4]]; // the first-tier heads of the plain plan
+        let ordered = order_for_relays(&list, 2, |n| gated.contains(n));
+        let tree = Tree::plan(&ordered, 2);
+        for g in gated {
+            assert!(!tree.parent.values().any(|p| *p == Some(g)), "{g} still relays");
         }
     }
 

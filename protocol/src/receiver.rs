@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::admission::{AdmissionContext, admit, open_offer};
 use crate::chunk::{ChunkSet, Layout, hash_chunk};
+use crate::gate::RelayHint;
 use crate::id::NodeId;
 use crate::keys::{ChunkKey, HopToken};
 use crate::manifest::{CampaignId, Manifest, ManifestError, SignedManifest, Transfer, VerifyContext};
@@ -101,6 +102,11 @@ pub enum Note {
     ReceiptMismatch {
         parent: NodeId,
     },
+    /// Relaying stayed gated past the campaign's grace period: these nodes of the part,
+    /// never offered, were handed back to the NMS.
+    HandedBack {
+        nodes: usize,
+    },
 }
 
 /// What the shell must do.
@@ -147,6 +153,8 @@ enum ChildState {
     Accepted,
     Receipted,
     Failed,
+    /// Handed back to the NMS, unoffered, because this node stayed gated.
+    HandedBack,
 }
 
 #[derive(Debug)]
@@ -261,6 +269,13 @@ pub struct NodeCampaign {
     relay_done_sent: bool,
     /// The package is current on this node already (see [`NodeCampaign::already_installed`]).
     installed_before: bool,
+    /// Since when the owner's policy gates relaying (children are not offered meanwhile).
+    gated_since: Option<Duration>,
+    /// The policy followed may gate relaying (not `always`): said in progress reports.
+    restricted: bool,
+    /// A node below its children asked this node for chunks (it moved up its path past a
+    /// gated or failed relay): its children's receipts do not end the relaying then.
+    served_below: bool,
     /// An agent package ([`crate::selfupdate`]) is authenticated and waits to install
     /// until the children hold it (or were given up): installing it restarts the node.
     install_waits: bool,
@@ -268,7 +283,9 @@ pub struct NodeCampaign {
 
 impl NodeCampaign {
     /// Starts a campaign from an offer that passed [`check_offer`]. `have` holds the chunks
-    /// already verified on disk (resume after a restart).
+    /// already verified on disk (resume after a restart). `relay` is the state of the relay
+    /// gate the campaign follows: a gated node holds its children's offers (see
+    /// [`Self::set_gated`]).
     pub fn accept(
         now: Duration,
         me: NodeId,
@@ -276,8 +293,13 @@ impl NodeCampaign {
         manifest: Manifest,
         cfg: NodeConfig,
         have: ChunkSet,
+        relay: RelayHint,
     ) -> Self {
         let mut c = Self::build(now, me, offer, manifest, cfg, have);
+        c.restricted = relay != RelayHint::Open;
+        if relay == RelayHint::Gated {
+            c.set_gated(now, true);
+        }
         c.offer_children();
         c.send_progress(now);
         c.after_chunk(now);
@@ -403,6 +425,9 @@ impl NodeCampaign {
             progress_fails: 0,
             relay_done_sent: false,
             installed_before: false,
+            gated_since: None,
+            restricted: false,
+            served_below: false,
             install_waits: false,
             manifest,
         }
@@ -466,19 +491,11 @@ impl NodeCampaign {
     }
     /// True once installed (or failed) and every child has its package or was re-planned,
     /// or, for a child that went silent without a receipt, once nobody asked this node
-    /// for a chunk during [`RELAY_LINGER`] since the package was complete here.
+    /// for a chunk during [`RELAY_LINGER`] since the package was complete here. A node
+    /// that nodes further down asked (they moved up their path past a gated or failed
+    /// relay) ends only that way: their receipts go to their own parents, not here.
     pub fn relay_done(&self, now: Duration) -> bool {
-        let children_done = self
-            .children
-            .iter()
-            .all(|c| matches!(c.state, ChildState::Receipted | ChildState::Failed));
-        let idle = self.linger_end().is_none_or(|t| now >= t);
-        matches!(self.phase, Phase::Installed | Phase::Failed)
-            && self.server.held_count() == 0
-            // an offer still unanswered may come back refused: the rest of that part is
-            // then offered to its next node, which only this node can do
-            && !self.children.iter().any(|c| c.state == ChildState::Offered)
-            && (children_done || idle)
+        matches!(self.phase, Phase::Installed | Phase::Failed) && self.children_settled(now)
     }
 
     /// When a silent child stops holding this node: [`RELAY_LINGER`] after the later of
@@ -500,17 +517,27 @@ impl NodeCampaign {
         }
     }
 
-    /// True once no child still needs this node: every child has its package or was given
-    /// up, no request is held and no offer unanswered, or (a silent child) nobody asked for
-    /// a chunk during [`RELAY_LINGER`] since the package was complete here.
+    /// True once no child still needs this node: every child has its package, was given
+    /// up or handed back, no request is held, no offer unanswered and no part held while
+    /// gated, or (a silent child, or nodes further down that asked here) nobody asked for
+    /// a chunk during [`RELAY_LINGER`] since the package was complete here. The end of
+    /// relaying once installed ([`Self::relay_done`]), and what an agent's install step
+    /// waits for.
     pub fn children_settled(&self, now: Duration) -> bool {
-        let children_done = self
-            .children
-            .iter()
-            .all(|c| matches!(c.state, ChildState::Receipted | ChildState::Failed));
+        let children_done = self.children.iter().all(|c| {
+            matches!(
+                c.state,
+                ChildState::Receipted | ChildState::Failed | ChildState::HandedBack
+            )
+        });
+        let idle = self.linger_end().is_none_or(|t| now >= t);
         self.server.held_count() == 0
+            // an offer still unanswered may come back refused: the rest of that part is
+            // then offered to its next node, which only this node can do
             && !self.children.iter().any(|c| c.state == ChildState::Offered)
-            && (children_done || self.linger_end().is_none_or(|t| now >= t))
+            // a part held while gated is offered or handed back first
+            && !self.children.iter().any(|c| c.state == ChildState::Pending)
+            && ((children_done && !self.served_below) || idle)
     }
 
     /// True while an agent package waits for its children before its install step.
@@ -562,16 +589,23 @@ impl NodeCampaign {
             (finished
                 && !self.relay_done_sent
                 && self.server.held_count() == 0
-                && !self.children.iter().any(|c| c.state == ChildState::Offered))
+                && !self
+                    .children
+                    .iter()
+                    .any(|c| matches!(c.state, ChildState::Offered | ChildState::Pending)))
             .then(|| self.linger_end())
             .flatten(),
             // an agent's install waiting for a silent child's linger
             (self.install_waits
                 && self.phase == Phase::Installing
                 && self.server.held_count() == 0
-                && !self.children.iter().any(|c| c.state == ChildState::Offered))
+                && !self
+                    .children
+                    .iter()
+                    .any(|c| matches!(c.state, ChildState::Offered | ChildState::Pending)))
             .then(|| self.linger_end())
             .flatten(),
+            self.hand_back_at(),
         ];
         t.sort();
         t.into_iter().flatten().next()
@@ -598,12 +632,18 @@ impl NodeCampaign {
         if now >= self.next_progress && !matches!(self.phase, Phase::Installed | Phase::Failed) {
             self.send_progress(now);
         }
+        if self.hand_back_at().is_some_and(|t| now >= t) {
+            self.hand_back();
+        }
         self.request_more(now);
         self.check_relay_done(now);
     }
 
     /// A chunk request from `from` (authenticated by the transport).
     pub fn chunk_request(&mut self, now: Duration, req: RequestId, from: NodeId, r: &ChunkRequest) {
+        if self.gated_since.is_none() && !self.children.iter().any(|c| c.a.head == from) {
+            self.served_below = true;
+        }
         let mut out = Vec::new();
         let addressees = &self.addressees;
         self.server.request(
@@ -619,12 +659,70 @@ impl NodeCampaign {
         self.check_relay_done(now);
     }
 
-    /// The owner's policy opened or closed relaying.
+    /// The owner's policy opened or closed relaying. While gated the node serves no chunk
+    /// (requests are answered `Gated`, so children move up their path at once) and offers
+    /// no child: it holds its part, for the gate may open soon. Once the gate opens it
+    /// offers them; if it stays gated for the campaign's grace period it hands the part
+    /// it did not offer back to the NMS ([`Control::HandBack`]), which offers it itself.
     pub fn set_gated(&mut self, now: Duration, gated: bool) {
+        if gated {
+            self.gated_since.get_or_insert(now);
+        } else if self.gated_since.take().is_some() {
+            self.offer_children();
+        }
         let mut out = Vec::new();
         self.server.set_gated(now, gated, &mut out);
         self.push_serve(out);
         self.check_relay_done(now);
+    }
+
+    /// Whether the policy this campaign follows is not `always` (said in progress reports).
+    pub fn set_restricted(&mut self, restricted: bool) {
+        self.restricted = restricted;
+    }
+
+    /// What this node says about its relaying in this campaign.
+    pub fn relay_hint(&self) -> RelayHint {
+        if self.gated_since.is_some() {
+            RelayHint::Gated
+        } else if self.restricted {
+            RelayHint::Restricted
+        } else {
+            RelayHint::Open
+        }
+    }
+
+    /// When the part held while gated goes back to the NMS: the grace period after the
+    /// gate closed, if a child is still unoffered.
+    fn hand_back_at(&self) -> Option<Duration> {
+        let since = self.gated_since?;
+        self.children
+            .iter()
+            .any(|c| c.state == ChildState::Pending)
+            .then(|| since + Duration::from_secs(u64::from(self.manifest.relay.grace_secs)))
+    }
+
+    /// Hands every child part not offered back to the NMS (the grace period passed).
+    fn hand_back(&mut self) {
+        let mut nodes = Vec::new();
+        for c in &mut self.children {
+            if c.state == ChildState::Pending {
+                c.state = ChildState::HandedBack;
+                nodes.extend_from_slice(&c.a.part);
+            }
+        }
+        if nodes.is_empty() {
+            return;
+        }
+        self.actions
+            .push_back(NodeAction::Note(Note::HandedBack { nodes: nodes.len() }));
+        self.send(
+            self.manifest.nms,
+            Control::HandBack {
+                campaign: self.manifest.campaign,
+                nodes,
+            },
+        );
     }
 
     /// The answer to a chunk request this node made.
@@ -1005,6 +1103,7 @@ impl NodeCampaign {
             verified: self.verified_bytes(),
             source: Some(self.current_source()),
             parent: self.parent,
+            relay: Some(self.relay_hint()),
         };
         self.send(self.manifest.nms, msg);
     }
@@ -1096,18 +1195,21 @@ impl NodeCampaign {
 
     fn set_child(&mut self, head: NodeId, state: ChildState) {
         for c in &mut self.children {
-            if c.a.head == head && c.state != ChildState::Failed && c.state != ChildState::Receipted {
+            if c.a.head == head
+                && !matches!(
+                    c.state,
+                    ChildState::Failed | ChildState::Receipted | ChildState::HandedBack
+                )
+            {
                 c.state = state;
             }
         }
     }
 
     fn child_failed(&mut self, _now: Duration, head: NodeId, reason: String) {
-        let Some(pos) = self
-            .children
-            .iter()
-            .position(|c| c.a.head == head && c.state != ChildState::Failed)
-        else {
+        let Some(pos) = self.children.iter().position(|c| {
+            c.a.head == head && !matches!(c.state, ChildState::Failed | ChildState::HandedBack)
+        }) else {
             return;
         };
         self.children[pos].state = ChildState::Failed;
@@ -1138,8 +1240,8 @@ impl NodeCampaign {
     }
 
     fn offer_children(&mut self) {
-        if !self.offering {
-            return;
+        if !self.offering || self.gated_since.is_some() {
+            return; // not yet, or held while gated
         }
         for idx in 0..self.children.len() {
             if self.children[idx].state != ChildState::Pending {

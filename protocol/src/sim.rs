@@ -40,10 +40,12 @@ use crate::endpoint::node::{
     Action, Config as EndpointConfig, Event, Input, InstalledPackage, JournalEntry, NodeEndpoint, OutId,
     ReplyId, SavedCampaign, Start, fold_journal,
 };
-use crate::id::{NodeId, fake_id, keypair_from_seed};
+use crate::gate::{Policy, Readings};
+use crate::id::{Keypair, NodeId, fake_id, keypair_from_seed};
 use crate::keys::CampaignSecret;
 use crate::manifest::{
-    HashList, InstallCheck, MANIFEST_FORMAT, Manifest, PlanParams, RelayPolicy, SignedManifest, Transfer,
+    HashList, InstallCheck, MANIFEST_FORMAT, Manifest, PlanParams, RelayPolicy, RelayWhen, SignedManifest,
+    Transfer,
 };
 use crate::monitor::{CampaignMonitor, MonitorConfig, NodeStatus};
 use crate::receiver::{NodeConfig, Note};
@@ -106,6 +108,13 @@ pub struct SimConfig {
     pub max_time: Duration,
     /// Keep a trace of every event in the report.
     pub trace: bool,
+    /// Addressees whose owner lets them relay only on AC power (`--relay-policy ac`),
+    /// running on a low battery until the time given (`None`: all run long): their gate
+    /// is closed until then. The NMS does not know (the simulated manifests are signed
+    /// before any advert), so some are planned as relays.
+    pub gated: Vec<(usize, Option<Duration>)>,
+    /// The manifests' grace period: how long a gated relay holds its part.
+    pub grace_secs: u32,
 }
 
 impl Default for SimConfig {
@@ -129,6 +138,8 @@ impl Default for SimConfig {
             },
             max_time: Duration::from_secs(600),
             trace: false,
+            gated: Vec::new(),
+            grace_secs: RelayPolicy::default().grace_secs,
         }
     }
 }
@@ -209,14 +220,27 @@ impl SimConfig {
         } else {
             Vec::new()
         };
+        // drawn last, so that the draws above stay those of earlier versions
+        let fanout = r.u8(1..=3);
+        let transfer = if r.bool() {
+            Transfer::CutThrough
+        } else {
+            Transfer::StoreAndForward
+        };
+        let mut gated = Vec::new();
+        if r.u8(..3) == 0 {
+            for _ in 0..r.usize(1..=3) {
+                if let Some(i) = pick(&mut r) {
+                    let until = r.bool().then(|| at(&mut r) * 2);
+                    gated.push((i, until));
+                }
+            }
+        }
+        let grace_secs = [2, 10, 60][r.usize(..3)];
         SimConfig {
             nodes,
-            fanout: r.u8(1..=3),
-            transfer: if r.bool() {
-                Transfer::CutThrough
-            } else {
-                Transfer::StoreAndForward
-            },
+            fanout,
+            transfer,
             size,
             chunk_size,
             link_bps,
@@ -232,6 +256,8 @@ impl SimConfig {
             },
             max_time: Duration::from_secs(3600),
             trace: false,
+            gated,
+            grace_secs,
         }
     }
 
@@ -240,7 +266,8 @@ impl SimConfig {
         let f = &self.faults;
         format!(
             "{} nodes, fanout {}, {:?}, {} bytes in {}-byte chunks, {} Mbit/s, {:?} latency; {} campaign(s); \
-             loss on {} links, jitter on {}, crashes {:?}, NMS crash {:?}, install failures {:?}, disk room {:?}, dead {:?}, corrupt {:?}",
+             loss on {} links, jitter on {}, crashes {:?}, NMS crash {:?}, install failures {:?}, disk room {:?}, dead {:?}, corrupt {:?}, \
+             gated (until) {:?} with grace {} s",
             self.nodes,
             self.fanout,
             self.transfer,
@@ -260,6 +287,8 @@ impl SimConfig {
             f.disk_room,
             self.dead,
             self.corrupt,
+            self.gated,
+            self.grace_secs,
         )
     }
 }
@@ -291,6 +320,12 @@ pub struct SimReport {
     pub outcomes: Vec<(usize, usize, usize)>,
     /// Broken invariants; the run stops at the first one (empty: all held).
     pub violations: Vec<String>,
+    /// Per addressee: chunks it served to others (all campaigns).
+    pub served: Vec<u64>,
+    /// Hand-backs of gated relays the NMS took.
+    pub handed_back: usize,
+    /// Whether the last drop the NMS planned put every gated addressee at a leaf.
+    pub leaves_gated_in_last_plan: Option<bool>,
     /// The event trace, if [`SimConfig::trace`].
     pub trace: Vec<String>,
 }
@@ -385,6 +420,10 @@ enum Ev {
     Start {
         k: usize,
     },
+    /// A gated addressee's mains power comes back (its relay gate opens).
+    Power {
+        e: usize,
+    },
 }
 
 /// One campaign of the package: what the NMS's shell prepares from the dropped file.
@@ -431,6 +470,8 @@ struct Entity {
     faults_seen: u32,
     /// The first campaign's package, as installed, equals the package.
     exact: bool,
+    /// Chunks it served (all campaigns).
+    served: u64,
 }
 
 /// A request an entity holds until its endpoint answers it.
@@ -454,6 +495,12 @@ struct AskedChunk {
 }
 
 struct Sim {
+    /// The NMS's signing key (a drop is signed again in the order the NMS planned).
+    nms_key: Keypair,
+    /// Hand-backs the NMS reported.
+    handed_back: usize,
+    /// See [`SimReport::leaves_gated_in_last_plan`].
+    leaves_gated: Option<bool>,
     cfg: SimConfig,
     rng: fastrand::Rng,
     now: Duration,
@@ -529,7 +576,10 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             root,
             created_at: 1_000,
             expires_at: 1_000_000,
-            relay: RelayPolicy::default(),
+            relay: RelayPolicy {
+                grace_secs: cfg.grace_secs,
+                ..RelayPolicy::default()
+            },
             plan: PlanParams {
                 fanout: crate::plan::fanout_for(cfg.nodes, cfg.fanout),
                 transfer: cfg.transfer,
@@ -592,6 +642,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             switches: 0,
             faults_seen: 0,
             exact: false,
+            served: 0,
         });
     }
     let index = ents.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
@@ -612,6 +663,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             monitor: MonitorConfig::default(),
             halt_after: None,
             unix_origin: UNIX_ORIGIN,
+            fanout: cfg.fanout,
         },
     );
     for id in &addressees {
@@ -635,6 +687,9 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         held_chunk: HashMap::new(),
         nms_bytes: 0,
         processed: 0,
+        handed_back: 0,
+        leaves_gated: None,
+        nms_key,
         started: vec![false; nc],
         acked: HashSet::new(),
         auth_good: HashMap::new(),
@@ -653,6 +708,11 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     }
     for (k, at) in starts.iter().enumerate() {
         sim.push(*at, Ev::Start { k });
+    }
+    for (a, until) in &cfg.gated {
+        if let (true, Some(t)) = (*a < cfg.nodes, until) {
+            sim.push(*t, Ev::Power { e: a + 1 });
+        }
     }
     for c in &cfg.faults.crashes {
         if c.node < cfg.nodes {
@@ -793,6 +853,7 @@ impl Sim {
             Ev::Crash { e, down_for } => format!("{}: CRASH for {down_for:?}", n(e)),
             Ev::Restart { e } => format!("{}: RESTART", n(e)),
             Ev::Start { k } => format!("campaign {k} (sequence {}) dropped at the NMS", k + 1),
+            Ev::Power { e } => format!("{}: AC power back", n(e)),
         }
     }
 
@@ -1225,6 +1286,13 @@ impl Sim {
             }
             Ev::Crash { e, down_for } => self.crash(e, down_for),
             Ev::Restart { e } => self.restart(e),
+            Ev::Power { e } => {
+                if !self.ents[e].down {
+                    let r = self.readings(e);
+                    self.feed(e, Input::Readings(r));
+                    self.after(e);
+                }
+            }
             Ev::Start { k } => {
                 if self.ents[0].down {
                     return; // dropped at the restart
@@ -1367,13 +1435,21 @@ impl Sim {
             journal: d.journal.clone(),
             saved,
         };
+        let gated = self.gated_until(e).is_some();
         let cfg = EndpointConfig {
             campaign: self.cfg.node.clone(),
             unix_origin: UNIX_ORIGIN,
+            relay_policy: gated.then_some(Policy {
+                when: RelayWhen::Ac,
+                window: None,
+            }),
             ..EndpointConfig::default()
         };
         let me = self.ents[e].id;
         let mut ep = NodeEndpoint::new(now, me, cfg, start);
+        if gated {
+            ep.handle(now, Input::Readings(self.readings(e)));
+        }
         for (i, peer) in self.ents.iter().enumerate() {
             if i != e {
                 ep.handle(now, Input::PeerAddressKnown(peer.id));
@@ -1381,6 +1457,23 @@ impl Sim {
         }
         self.ents[e].ep = Some(ep);
         self.after(e);
+    }
+
+    /// When gated entity `e`'s power comes back (`Some(None)`: never), `None` if it is not
+    /// gated.
+    fn gated_until(&self, e: usize) -> Option<Option<Duration>> {
+        let a = e.checked_sub(1)?;
+        self.cfg.gated.iter().find(|(i, _)| *i == a).map(|(_, t)| *t)
+    }
+
+    /// What gated entity `e`'s probe reads now: a low battery, or mains power once back.
+    fn readings(&self, e: usize) -> Readings {
+        let on_ac = self.gated_until(e).flatten().is_some_and(|t| self.now >= t);
+        Readings {
+            ac_online: Some(on_ac),
+            battery_percent: Some(10.0),
+            ..Readings::default()
+        }
     }
 
     /// The rolling code of node `e` for campaign `k`, derived here from the secret along
@@ -1406,6 +1499,9 @@ impl Sim {
                 if let Some(a) = self.nms.poll_action() {
                     self.act_nms(a);
                 } else if let Some(ev) = self.nms.poll_event() {
+                    if matches!(ev, NmsEvent::RelayHandedBack { .. }) {
+                        self.handed_back += 1;
+                    }
                     if self.cfg.trace && !matches!(ev, NmsEvent::NodeProgress { .. }) {
                         self.note(format!("nms: {ev:?}"));
                     }
@@ -1453,7 +1549,25 @@ impl Sim {
                 let k = drop_id.0 as usize;
                 let mut planned = self.camps[k].manifest.addressees.clone();
                 planned.sort();
-                if addressees != planned {
+                let mut picked = addressees.clone();
+                picked.sort();
+                if picked == planned {
+                    // signed in the NMS's order (nodes that do not relay at the leaves)
+                    let fanout = self.camps[k].manifest.plan.fanout;
+                    let tree = crate::plan::Tree::plan(&addressees, fanout);
+                    let relaying: HashSet<NodeId> = tree.parent.values().flatten().copied().collect();
+                    let gated_leaves = self
+                        .cfg
+                        .gated
+                        .iter()
+                        .filter_map(|(a, _)| self.ents.get(a + 1))
+                        .all(|e| !relaying.contains(&e.id));
+                    self.leaves_gated = Some(gated_leaves);
+                    let c = &mut self.camps[k];
+                    c.manifest.addressees = addressees;
+                    c.signed = SignedManifest::sign(&c.manifest, &self.nms_key)
+                        .expect("simulated manifest is valid");
+                } else {
                     self.violation(format!(
                         "the NMS picked {} addressees for campaign {k}, not the fleet of {}",
                         addressees.len(),
@@ -1609,6 +1723,17 @@ impl Sim {
                 ..
             } => {
                 let Some(k) = k_of(self, &campaign) else { return };
+                if let Some(ep) = &self.ents[e].ep
+                    && let Some(p) = ep.gating().local()
+                    && !ep.gating().gates().iter().any(|g| g.policy == p && g.open)
+                {
+                    let what = format!(
+                        "{} serves chunk {index} of campaign {k} while its owner's policy gates relaying",
+                        self.name(e)
+                    );
+                    return self.violation(what);
+                }
+                self.ents[e].served += 1;
                 let stored = self.ents[e].disk.chunks[k].get(index as usize).cloned().flatten();
                 let Some(mut data) = stored else {
                     let what = format!(
@@ -1902,6 +2027,9 @@ impl Sim {
                 .map(|k| self.monitor(k).map_or((0, 0, self.cfg.nodes), |m| m.counts()))
                 .collect(),
             violations: self.violations.clone(),
+            served: self.ents[1..].iter().map(|e| e.served).collect(),
+            handed_back: self.handed_back,
+            leaves_gated_in_last_plan: self.leaves_gated,
             trace: self.trace.clone(),
         }
     }

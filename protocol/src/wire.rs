@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::chunk::Hash;
+use crate::gate::RelayHint;
 use crate::id::NodeId;
 use crate::keys::{HopToken, TAG_LEN};
 use crate::limits::{
@@ -148,6 +149,10 @@ pub enum Control {
         verified: u64,
         source: Option<NodeId>,
         parent: Option<NodeId>,
+        /// Whether the node relays now (absent on the wire when `None`, as older nodes
+        /// send it); the NMS plans nodes that do not at the leaves.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay: Option<RelayHint>,
     },
     InstallReport {
         #[serde(with = "serde_bytes")]
@@ -160,6 +165,15 @@ pub enum Control {
         campaign: CampaignId,
         node: NodeId,
         reason: String,
+    },
+    /// Relay to NMS: its relaying stayed gated past the campaign's grace period, so it
+    /// hands back these nodes of its part, which it never offered; the NMS offers them
+    /// itself (re-planned).
+    HandBack {
+        #[serde(with = "serde_bytes")]
+        campaign: CampaignId,
+        #[serde(deserialize_with = "crate::id::ids_at_most::<_, MAX_ADDRESSEES>")]
+        nodes: Vec<NodeId>,
     },
     /// Anyone to anyone: are you there? With `campaign`, the NMS also asks where the
     /// node stands in that campaign (absent on the wire when `None`; an older peer
@@ -195,6 +209,7 @@ pub enum ControlKind {
     Progress,
     InstallReport,
     Trouble,
+    HandBack,
     Probe,
     ProbeReply,
     Ack,
@@ -213,6 +228,7 @@ impl Control {
             Control::Progress { .. } => ControlKind::Progress,
             Control::InstallReport { .. } => ControlKind::InstallReport,
             Control::Trouble { .. } => ControlKind::Trouble,
+            Control::HandBack { .. } => ControlKind::HandBack,
             Control::Probe { .. } => ControlKind::Probe,
             Control::ProbeReply { .. } => ControlKind::ProbeReply,
             Control::Ack => ControlKind::Ack,
@@ -231,7 +247,8 @@ impl Control {
             | Control::AuthReply { campaign, .. }
             | Control::Progress { campaign, .. }
             | Control::InstallReport { campaign, .. }
-            | Control::Trouble { campaign, .. } => Some(campaign),
+            | Control::Trouble { campaign, .. }
+            | Control::HandBack { campaign, .. } => Some(campaign),
             _ => None,
         }
     }

@@ -394,6 +394,7 @@ fn controls() -> Seeds {
                 verified: 4096,
                 source: Some(fake_id(1)),
                 parent: None,
+                relay: None,
             },
         ),
         (
@@ -451,6 +452,7 @@ fn controls() -> Seeds {
                 verified: 1 << 40,
                 source: None,
                 parent: Some(id),
+                relay: None,
             },
         ));
     }

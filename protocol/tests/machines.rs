@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use baton_protocol::chunk::{ChunkSet, PackageHasher};
+use baton_protocol::gate::RelayHint;
 use baton_protocol::id::{NodeId, fake_id, keypair_from_seed};
 use baton_protocol::keys::{CampaignSecret, HopToken};
 use baton_protocol::manifest::{
@@ -160,7 +161,15 @@ fn node_n(w: &World) -> NodeCampaign {
     let offer = w.offer(&[A, B, N], &[N, P, Q]);
     let m = check_offer(&offer, &id(B), &w.ctx(N)).expect("a good offer");
     let count = m.layout().unwrap().count();
-    NodeCampaign::accept(t(0), id(N), offer, m, cfg(), ChunkSet::new(count))
+    NodeCampaign::accept(
+        t(0),
+        id(N),
+        offer,
+        m,
+        cfg(),
+        ChunkSet::new(count),
+        RelayHint::Open,
+    )
 }
 
 fn drain(c: &mut NodeCampaign) -> Vec<NodeAction> {
@@ -270,6 +279,7 @@ fn accept_offers_children_reports_and_fills_the_window() {
                     verified: 0,
                     source: Some(id(B)),
                     parent: Some(id(B)),
+                    relay: Some(RelayHint::Open),
                 }
             ),
             ask(&w, B, 0),
@@ -450,6 +460,7 @@ fn store_and_forward_offers_children_only_once_the_file_is_hashed() {
                     verified: SIZE as u64,
                     source: Some(id(B)),
                     parent: Some(id(B)),
+                    relay: Some(RelayHint::Open),
                 }
             ),
             send(
@@ -510,7 +521,7 @@ fn node_p(w: &World) -> NodeCampaign {
     let m = check_offer(&offer, &id(N), &w.ctx(P)).expect("a good offer");
     let mut have = ChunkSet::new(m.layout().unwrap().count());
     have.insert(0);
-    NodeCampaign::accept(t(0), id(P), offer, m, cfg(), have)
+    NodeCampaign::accept(t(0), id(P), offer, m, cfg(), have, RelayHint::Open)
 }
 
 fn chunk_requests(actions: &[NodeAction]) -> Vec<(NodeId, ChunkRequest)> {
@@ -923,6 +934,148 @@ fn relaying_is_done_on_receipts_or_after_a_silent_child_lingered() {
     assert!(c.relay_done(t(6) + RELAY_LINGER));
 }
 
+fn offers_sent(actions: &[NodeAction]) -> Vec<NodeId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            NodeAction::Send {
+                to,
+                msg: Control::Offer(_),
+            } => Some(*to),
+            _ => None,
+        })
+        .collect()
+}
+
+fn gated_n(w: &World) -> NodeCampaign {
+    let offer = w.offer(&[A, B, N], &[N, P, Q]);
+    let m = check_offer(&offer, &id(B), &w.ctx(N)).expect("a good offer");
+    let count = m.layout().unwrap().count();
+    NodeCampaign::accept(
+        t(0),
+        id(N),
+        offer,
+        m,
+        cfg(),
+        ChunkSet::new(count),
+        RelayHint::Gated,
+    )
+}
+
+#[test]
+fn a_gated_relay_holds_its_part_and_offers_it_once_its_gate_opens() {
+    let w = node_world();
+    let mut c = gated_n(&w);
+    let first = drain(&mut c);
+    assert!(offers_sent(&first).is_empty(), "no offer while gated: {first:?}");
+    assert!(first.iter().any(|a| matches!(
+        a,
+        NodeAction::Send {
+            msg: Control::Progress {
+                relay: Some(RelayHint::Gated),
+                ..
+            },
+            ..
+        }
+    )));
+    assert_eq!(c.relay_hint(), RelayHint::Gated);
+    c.set_gated(t(10), false);
+    assert_eq!(offers_sent(&drain(&mut c)), vec![id(P), id(Q)]);
+    assert_eq!(c.relay_hint(), RelayHint::Restricted);
+}
+
+#[test]
+fn a_relay_gated_past_the_grace_period_hands_its_part_back_to_the_nms() {
+    let w = node_world();
+    let grace = Duration::from_secs(u64::from(w.manifest.relay.grace_secs));
+    let mut c = gated_n(&w);
+    drain(&mut c);
+    assert!(c.poll_timeout().is_some_and(|at| at <= t(0) + grace));
+    c.timeout(t(0) + grace - Duration::from_millis(1));
+    assert!(!drain(&mut c).iter().any(|a| matches!(
+        a,
+        NodeAction::Send {
+            msg: Control::HandBack { .. },
+            ..
+        }
+    )));
+    c.timeout(t(0) + grace);
+    let a = drain(&mut c);
+    let back: Vec<_> = a
+        .iter()
+        .filter_map(|a| match a {
+            NodeAction::Send {
+                to,
+                msg: Control::HandBack { nodes, .. },
+            } => Some((*to, nodes.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(back, vec![(w.nms, vec![id(P), id(Q)])]);
+    assert!(a.contains(&NodeAction::Note(Note::HandedBack { nodes: 2 })));
+    // the gate opening later offers nothing: the part is the NMS's now
+    c.set_gated(t(0) + grace * 2, false);
+    assert!(offers_sent(&drain(&mut c)).is_empty());
+}
+
+#[test]
+fn a_relay_asked_by_a_grandchild_lingers_after_its_children_s_receipts() {
+    // N's part is N, P, Q, R (fanout 2): its children are P (with Q below) and R. Q moved up
+    // its path to N (P gated or failed) and is still fetching: P's and R's receipts must
+    // not end N's relaying, or Q falls back to the NMS.
+    use baton_protocol::receiver::RELAY_LINGER;
+    const R: u64 = 6;
+    let w = world(&[A, B, N, P, Q, R], Transfer::CutThrough, false);
+    let offer = w.offer(&[A, B, N], &[N, P, Q, R]);
+    let m = check_offer(&offer, &id(B), &w.ctx(N)).expect("a good offer");
+    let count = m.layout().unwrap().count();
+    let mut c = NodeCampaign::accept(
+        t(0),
+        id(N),
+        offer,
+        m,
+        cfg(),
+        ChunkSet::new(count),
+        RelayHint::Open,
+    );
+    receive_and_hash(&w, &mut c);
+    c.response(
+        t(3),
+        w.nms,
+        Control::AuthReply {
+            campaign: w.campaign(),
+            ok: true,
+            reason: String::new(),
+        },
+    );
+    c.install_done(t(4), InstallOutcome::Installed);
+    drain(&mut c);
+    settle(&w, &mut c, t(4));
+    c.chunk_request(t(5), RequestId(1), id(Q), &w.request(&[A, B, N, P, Q], 0));
+    drain(&mut c);
+    for child in [P, R] {
+        c.response(
+            t(5),
+            id(child),
+            Control::OfferReply {
+                campaign: w.campaign(),
+                verdict: baton_protocol::wire::Verdict::Accept,
+            },
+        );
+        c.request(
+            t(5),
+            id(child),
+            &Control::Receipt {
+                campaign: w.campaign(),
+                root: w.manifest.root,
+            },
+        );
+    }
+    assert!(!c.relay_done(t(5)), "Q still fetches from N");
+    assert!(!c.relay_done(t(5) + RELAY_LINGER / 2));
+    assert!(c.relay_done(t(5) + RELAY_LINGER), "done once Q went quiet");
+}
+
 #[test]
 fn relaying_is_not_done_while_an_offer_to_a_child_is_unanswered() {
     // found by the fault explorer: a relay whose disk filled up was "done" with its offer
@@ -1085,7 +1238,15 @@ fn a_resumed_campaign_already_installed_ends_installed_without_the_nms() {
     let offer = w.offer(&[A, B, N], &[N, P, Q]);
     let m = check_offer(&offer, &id(B), &w.ctx(N)).unwrap();
     let count = m.layout().unwrap().count();
-    let mut c = NodeCampaign::accept(t(0), id(N), offer, m, cfg(), ChunkSet::full(count));
+    let mut c = NodeCampaign::accept(
+        t(0),
+        id(N),
+        offer,
+        m,
+        cfg(),
+        ChunkSet::full(count),
+        RelayHint::Open,
+    );
     c.already_installed();
     let actions = drain(&mut c);
     assert_eq!(actions.last(), Some(&NodeAction::HashFile), "{actions:?}");
@@ -1385,6 +1546,7 @@ fn the_campaign_is_done_when_every_addressee_is_final() {
         verified: 10,
         source: Some(w.nms),
         parent: None,
+        relay: None,
     };
     assert_eq!(m.request(t(1), id(B), &progress), Control::Ack);
     assert_eq!(m.nodes()[&id(B)].status, NodeStatus::Receiving);
@@ -1419,7 +1581,15 @@ fn node_a(w: &World) -> NodeCampaign {
     let offer = w.offer(&[A], &[A, B, N, P, Q]);
     let m = check_offer(&offer, &w.nms, &w.ctx(A)).expect("a good offer");
     let count = m.layout().unwrap().count();
-    NodeCampaign::accept(t(0), id(A), offer, m, cfg(), ChunkSet::new(count))
+    NodeCampaign::accept(
+        t(0),
+        id(A),
+        offer,
+        m,
+        cfg(),
+        ChunkSet::new(count),
+        RelayHint::Open,
+    )
 }
 
 #[derive(Clone, Copy, Debug)]

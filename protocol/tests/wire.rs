@@ -2,6 +2,7 @@
 //! oversize or over a limit, without a panic.
 
 use baton_protocol::chunk::{Hash, PackageHasher};
+use baton_protocol::gate::RelayHint;
 use baton_protocol::id::{NodeId, fake_id, keypair_from_seed};
 use baton_protocol::keys::HopToken;
 use baton_protocol::limits::{
@@ -181,15 +182,23 @@ fn control() -> impl Strategy<Value = Control> {
             phase(),
             any::<u64>(),
             proptest::option::of(node_id()),
-            proptest::option::of(node_id())
+            proptest::option::of(node_id()),
+            proptest::option::of(prop_oneof![
+                Just(RelayHint::Open),
+                Just(RelayHint::Restricted),
+                Just(RelayHint::Gated)
+            ])
         )
-            .prop_map(|(campaign, phase, verified, source, parent)| Control::Progress {
-                campaign,
-                phase,
-                verified,
-                source,
-                parent
-            }),
+            .prop_map(
+                |(campaign, phase, verified, source, parent, relay)| Control::Progress {
+                    campaign,
+                    phase,
+                    verified,
+                    source,
+                    parent,
+                    relay,
+                }
+            ),
         (
             any::<[u8; 16]>(),
             prop_oneof![
@@ -758,6 +767,7 @@ fn control_encodings_are_pinned() {
                 verified: 4096,
                 source: Some(fake_id(1)),
                 parent: None,
+                relay: None,
             },
             "a16850726f6772657373a56863616d706169676e50a0a1a2a3a4a5a6a7a8a9aaabacadaeaf6570686173656972\
              6563656976696e6768766572696669656419100066736f757263654a0008010000000000000066706172656e74f6",
@@ -852,6 +862,7 @@ fn decoders_accept_fields_in_any_order_and_ignore_unknown_ones() {
             verified: 1,
             source: None,
             parent: None,
+            relay: None,
         })
     );
     // an unknown variant or a missing required field is refused

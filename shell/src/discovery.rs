@@ -42,6 +42,7 @@ use std::str::FromStr;
 use std::thread;
 use std::time::Duration;
 
+use baton_protocol::gate::RelayHint;
 use mdns_sd::{DaemonEvent, IfKind, RecvTimeoutError, ServiceDaemon, ServiceEvent, ServiceInfo};
 use tokio::sync::mpsc;
 
@@ -58,6 +59,9 @@ pub const TXT_VERSION: &str = "v";
 pub const TXT_PORT: &str = "port";
 /// TXT key of the optional comma-separated tags.
 pub const TXT_TAGS: &str = "tags";
+/// TXT key of a node's relay state (`open`, `restricted`, `gated`), present when its
+/// owner set a relay policy: the NMS plans nodes that do not relay now at the leaves.
+pub const TXT_RELAY: &str = "relay";
 /// TXT key of the optional agent version (a node's `baton-node` version).
 pub const TXT_AGENT: &str = "agent";
 /// TXT key of the optional agent build id (BLAKE3 of the node's own executable, hex).
@@ -133,6 +137,8 @@ pub struct Advert {
     /// libp2p TCP listen port.
     pub port: u16,
     pub tags: Vec<String>,
+    /// Whether the node relays now under its owner's policy (`None`: it does not say).
+    pub relay: Option<RelayHint>,
     /// The agent's version and build id (nodes; optional, older agents have none).
     pub agent: Option<AgentBuild>,
 }
@@ -280,6 +286,9 @@ pub fn txt_properties(a: &Advert) -> Vec<(String, String)> {
     if !a.tags.is_empty() {
         props.push((TXT_TAGS.to_owned(), a.tags.join(",")));
     }
+    if let Some(r) = a.relay {
+        props.push((TXT_RELAY.to_owned(), r.as_str().to_owned()));
+    }
     if let Some(agent) = &a.agent {
         props.push((TXT_AGENT.to_owned(), agent.version.clone()));
         props.push((TXT_BUILD.to_owned(), agent.build.clone()));
@@ -307,6 +316,8 @@ pub fn parse_advert(props: &HashMap<String, String>) -> Result<Advert, AdvertErr
         Some(s) => s.split(',').map(str::to_owned).collect(),
     };
 
+    // an unknown relay word (a newer node) says nothing rather than hiding the node
+    let relay = props.get(TXT_RELAY).and_then(|r| r.parse().ok());
     let agent = match (props.get(TXT_AGENT), props.get(TXT_BUILD)) {
         (Some(v), Some(b)) => AgentBuild::parse(v, b),
         _ => None,
@@ -317,6 +328,7 @@ pub fn parse_advert(props: &HashMap<String, String>) -> Result<Advert, AdvertErr
         version,
         port,
         tags,
+        relay,
         agent,
     };
     advert.validate()?;
@@ -501,6 +513,9 @@ pub struct Discovery {
     daemon: Option<ServiceDaemon>,
     fullname: String,
     peer_id: String,
+    /// What [`Discovery::update`] publishes again with a new advert.
+    addrs: Vec<IpAddr>,
+    interfaces: Interfaces,
 }
 
 impl fmt::Debug for Discovery {
@@ -535,6 +550,8 @@ impl Discovery {
             daemon: Some(daemon.clone()),
             fullname: info.get_fullname().to_owned(),
             peer_id: me.peer_id.clone(),
+            addrs: addrs.to_vec(),
+            interfaces: interfaces.clone(),
         };
 
         // Commands run in order on the daemon thread, so the selection is in
@@ -558,6 +575,16 @@ impl Discovery {
 
         tracing::info!(instance = %disco.fullname, "mDNS discovery started");
         Ok((disco, rx))
+    }
+
+    /// Publishes `me` again (same instance, new TXT properties, e.g. the relay state):
+    /// peers browsing see the change in the announcements that follow.
+    pub fn update(&self, me: &Advert) -> Result<(), DiscoveryError> {
+        let (info, _) = prepare(me, &self.addrs, &self.interfaces)?;
+        if let Some(d) = &self.daemon {
+            d.register(info)?;
+        }
+        Ok(())
     }
 
     /// Full DNS-SD name of our own service instance.
@@ -752,6 +779,7 @@ mod tests {
             version: 1,
             port: 4001,
             tags: vec!["lab".to_owned(), "rack-2".to_owned(), "v1.2_x".to_owned()],
+            relay: Some(RelayHint::Gated),
             agent: None,
         }
     }
@@ -797,14 +825,16 @@ mod tests {
     fn txt_properties_layout() {
         let props = txt_properties(&advert(PEER));
         let keys: Vec<&str> = props.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["id", "role", "v", "port", "tags"]);
+        assert_eq!(keys, ["id", "role", "v", "port", "tags", "relay"]);
         assert_eq!(props[1].1, "node");
         assert_eq!(props[2].1, "1");
         assert_eq!(props[3].1, "4001");
         assert_eq!(props[4].1, "lab,rack-2,v1.2_x");
+        assert_eq!(props[5].1, "gated");
 
         let mut bare = advert(PEER);
         bare.tags.clear();
+        bare.relay = None;
         bare.role = Role::Nms;
         let props = txt_properties(&bare);
         assert_eq!(props.len(), 4, "no tags key without tags");
@@ -822,6 +852,16 @@ mod tests {
         assert_eq!(parse_advert(&map(&a)).unwrap(), a);
         a.tags = (0..MAX_TAGS).map(|i| format!("t{i}")).collect();
         assert_eq!(parse_advert(&map(&a)).unwrap(), a);
+        for r in [None, Some(RelayHint::Open), Some(RelayHint::Restricted)] {
+            a.relay = r;
+            assert_eq!(parse_advert(&map(&a)).unwrap(), a);
+        }
+    }
+
+    #[test]
+    fn an_unknown_relay_word_says_nothing_and_keeps_the_node() {
+        let m = with(&advert(PEER), "relay", "sleeping");
+        assert_eq!(parse_advert(&m).unwrap().relay, None);
     }
 
     #[test]

@@ -2852,6 +2852,7 @@ async fn replays(ctx: Arc<Ctx>, end: Instant) {
                 verified: m.size,
                 source: None,
                 parent: None,
+                relay: None,
             },
             Control::InstallReport {
                 campaign: m.campaign,

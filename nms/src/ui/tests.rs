@@ -477,6 +477,9 @@ fn the_summary_says_where_each_nodes_bytes_came_from() {
     // 300 from a, then 400 and the last 300 (reported with the install) from the NMS
     assert_eq!(s.per_node[1].sources, vec![src(nms, 700), src(a, 300)]);
     assert_eq!(s.per_node[2].sources, vec![src(b, 200)]);
+    // what each relayed: a served b 300 bytes, b served c 200, c no one
+    let served: Vec<u64> = s.per_node.iter().map(|n| n.served).collect();
+    assert_eq!(served, vec![300, 200, 0]);
     assert_eq!(s.per_node[2].reason.as_deref(), Some("no space left on device"));
     assert_eq!(s.per_node[2].status, "failed");
     assert_eq!(s.per_node[0].secs, Some(1.5));

@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::endpoint::timer::Timers;
+use crate::gate::RelayHint;
 use crate::id::NodeId;
 use crate::keys::{CampaignSecret, ChunkKey, TAG_LEN};
 use crate::manifest::{CampaignId, Manifest, SignedManifest};
@@ -94,6 +95,10 @@ pub struct NmsConfig {
     /// Unix seconds at the shell's time origin (`now = 0`): wall-clock time is this plus
     /// `now`. Used to offer a returning node only campaigns that have not expired.
     pub unix_origin: u64,
+    /// The fanout the shell asks for in manifests (fitted to the path limit with
+    /// [`crate::plan::fanout_for`], as the shell does): the addressee list is ordered for
+    /// it, so that nodes that do not relay now are planned at the leaves.
+    pub fanout: u8,
 }
 
 /// When a campaign halts: a count or a percentage of its addressees that failed or are
@@ -164,6 +169,7 @@ impl Default for NmsConfig {
             monitor: MonitorConfig::default(),
             halt_after: None,
             unix_origin: 0,
+            fanout: 2,
         }
     }
 }
@@ -183,6 +189,9 @@ pub enum NmsInput {
         role: PeerRole,
         /// Its advertised protocol version.
         version: u32,
+        /// What it advertises about its relaying (`None`: nothing, e.g. its owner set no
+        /// policy).
+        relay: Option<RelayHint>,
     },
     /// Discovery lost a peer.
     NodeLost {
@@ -429,6 +438,16 @@ pub enum NmsEvent {
         /// Its refusal.
         detail: String,
     },
+    /// A relay stayed gated past the campaign's grace period and handed back `nodes`
+    /// nodes of its part, which the NMS offered itself.
+    RelayHandedBack {
+        /// The campaign.
+        campaign: CampaignId,
+        /// The gated relay.
+        node: NodeId,
+        /// How many nodes it handed back.
+        nodes: usize,
+    },
     /// The campaign reached the failure threshold and was halted for every node not yet
     /// installed (or installing).
     CampaignHalted {
@@ -582,6 +601,8 @@ struct Peer {
     role: PeerRole,
     version: u32,
     present: bool,
+    /// What it said last about its relaying (advert or progress report).
+    relay: Option<RelayHint>,
 }
 
 #[derive(Debug, Clone)]
@@ -678,8 +699,9 @@ impl NmsEndpoint {
                 tags,
                 role,
                 version,
+                relay,
             } => {
-                self.node_seen(now, id, tags, role, version);
+                self.node_seen(now, id, tags, role, version, relay);
                 None
             }
             NmsInput::NodeLost { id } => {
@@ -697,7 +719,7 @@ impl NmsEndpoint {
             }
             NmsInput::StaticPeer { id } => {
                 let version = self.cfg.protocol_version;
-                self.node_seen(now, id, Vec::new(), PeerRole::Node, version);
+                self.node_seen(now, id, Vec::new(), PeerRole::Node, version, None);
                 None
             }
             NmsInput::DropReady { drop_id, name } => {
@@ -837,6 +859,31 @@ impl NmsEndpoint {
             .collect()
     }
 
+    /// What the NMS knows of `node`'s relaying (advert or progress report).
+    pub fn relay_hint(&self, node: &NodeId) -> Option<RelayHint> {
+        self.fleet.get(node).and_then(|p| p.relay)
+    }
+
+    /// `nodes` ordered so that the plan puts the nodes known not to relay now (gated),
+    /// then those whose relaying may stop (restricted), at its leaves.
+    fn ordered_for_relays(&self, nodes: Vec<NodeId>) -> Vec<NodeId> {
+        let fanout = crate::plan::fanout_for(nodes.len(), self.cfg.fanout);
+        crate::plan::order_for_relays(&nodes, fanout, |n| self.relay_hint(n).unwrap_or_default())
+    }
+
+    /// Tells a new campaign's monitor what is known of its addressees' relaying.
+    fn seed_relay_hints(&self, monitor: &mut CampaignMonitor) {
+        let known: Vec<(NodeId, RelayHint)> = monitor
+            .manifest()
+            .addressees
+            .iter()
+            .filter_map(|n| Some((*n, self.relay_hint(n)?)))
+            .collect();
+        for (n, h) in known {
+            monitor.set_relay_hint(n, h);
+        }
+    }
+
     /// The monitor of a campaign this endpoint holds (running or finished).
     pub fn campaign(&self, c: &CampaignId) -> Option<&CampaignMonitor> {
         self.campaigns.get(c).map(|k| &k.monitor)
@@ -865,7 +912,9 @@ impl NmsEndpoint {
             manifest: Box::new(manifest.clone()),
         });
         self.note_campaign(&manifest, false);
-        let monitor = CampaignMonitor::resume(now, manifest, signed, secret, self.cfg.monitor.clone(), saved);
+        let mut monitor =
+            CampaignMonitor::resume(now, manifest, signed, secret, self.cfg.monitor.clone(), saved);
+        self.seed_relay_hints(&mut monitor);
         self.campaigns.insert(
             c,
             Campaign {
@@ -1053,7 +1102,15 @@ impl NmsEndpoint {
             && self.cfg.tags.iter().all(|t| p.tags.contains(t))
     }
 
-    fn node_seen(&mut self, now: Duration, id: NodeId, tags: Vec<String>, role: PeerRole, version: u32) {
+    fn node_seen(
+        &mut self,
+        now: Duration,
+        id: NodeId,
+        tags: Vec<String>,
+        role: PeerRole,
+        version: u32,
+        relay: Option<RelayHint>,
+    ) {
         let compatible = role == PeerRole::Node && version == self.cfg.protocol_version;
         let before = self.fleet.get(&id).cloned();
         let was_compatible_present = before
@@ -1066,6 +1123,7 @@ impl NmsEndpoint {
                 role,
                 version,
                 present: true,
+                relay,
             },
         );
         if role == PeerRole::Node && !compatible {
@@ -1180,6 +1238,7 @@ impl NmsEndpoint {
             return;
         }
         for (package, of, addressees) in self.late_joiners(now) {
+            let addressees = self.ordered_for_relays(addressees);
             self.next_follow_up += 1;
             let drop_id = DropId(DropId::FOLLOW_UP | self.next_follow_up);
             self.following.insert(drop_id, (package, addressees.clone()));
@@ -1242,6 +1301,7 @@ impl NmsEndpoint {
             let front = self.pending.front_mut().expect("not empty");
             if enough && settled {
                 let d = self.pending.pop_front().expect("not empty");
+                let nodes = self.ordered_for_relays(nodes);
                 self.actions.push_back(NmsAction::Prepare {
                     drop_id: d.id,
                     addressees: nodes,
@@ -1319,7 +1379,8 @@ impl NmsEndpoint {
             manifest: Box::new(manifest.clone()),
         });
         self.note_campaign(&manifest, false);
-        let monitor = CampaignMonitor::start(now, manifest, signed, secret, self.cfg.monitor.clone());
+        let mut monitor = CampaignMonitor::start(now, manifest, signed, secret, self.cfg.monitor.clone());
+        self.seed_relay_hints(&mut monitor);
         self.campaigns.insert(
             c,
             Campaign {
@@ -1378,9 +1439,12 @@ impl NmsEndpoint {
             },
             other => match other.campaign().copied() {
                 Some(c) if self.campaigns.contains_key(&c) => {
-                    if matches!(other, Control::Progress { .. }) {
+                    if let Control::Progress { relay, .. } = other {
                         // running a campaign of ours: it took an offer, so it trusts us
                         self.trusts_other.remove(&from);
+                        if let (Some(h), Some(p)) = (relay, self.fleet.get_mut(&from)) {
+                            p.relay = Some(*h);
+                        }
                     }
                     let k = self.campaigns.get_mut(&c).expect("checked");
                     let a = k.monitor.request(now, from, other);
@@ -1545,6 +1609,13 @@ impl NmsEndpoint {
                             node,
                             detail,
                         });
+                    }
+                    MonitorNote::HandedBack(node, nodes) => {
+                        self.events.push_back(NmsEvent::RelayHandedBack {
+                            campaign: c,
+                            node,
+                            nodes,
+                        })
                     }
                     MonitorNote::Halted(reason) => self
                         .events

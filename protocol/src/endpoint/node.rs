@@ -32,7 +32,7 @@ use std::time::Duration;
 use crate::admission::{AdmissionContext, Admitted, OpenedOffer, admit};
 use crate::chunk::{ChunkSet, Hash};
 use crate::endpoint::timer::Timers;
-use crate::gate::{Gating, Policy, Readings, Thresholds};
+use crate::gate::{Gating, Policy, Readings, RelayHint, Thresholds};
 use crate::id::NodeId;
 use crate::keys::ChunkKey;
 use crate::manifest::{CampaignId, Manifest};
@@ -668,7 +668,20 @@ struct Package {
 fn one_shot(kind: ControlKind) -> bool {
     matches!(
         kind,
-        ControlKind::Offer | ControlKind::Receipt | ControlKind::Trouble | ControlKind::InstallReport
+        ControlKind::Offer
+            | ControlKind::Receipt
+            | ControlKind::Trouble
+            | ControlKind::HandBack
+            | ControlKind::InstallReport
+    )
+}
+
+/// Reports to the NMS: retried for longer than other messages (the NMS may be restarting),
+/// and a campaign is not retired while one is out.
+fn is_report(kind: ControlKind) -> bool {
+    matches!(
+        kind,
+        ControlKind::InstallReport | ControlKind::Trouble | ControlKind::HandBack
     )
 }
 
@@ -993,6 +1006,19 @@ impl NodeEndpoint {
         v
     }
 
+    /// What this node advertises about its relaying: from the owner's policy and its gate,
+    /// `None` when the owner set no policy (each campaign's manifest decides).
+    pub fn relay_hint(&self) -> Option<RelayHint> {
+        let p = self.gating.local()?;
+        let open = self
+            .gating
+            .gates()
+            .iter()
+            .find(|g| g.policy == p)
+            .is_some_and(|g| g.open);
+        Some(RelayHint::of(&p, open))
+    }
+
     /// The relay policy campaign `c` follows (the owner's, else its manifest's).
     pub fn relay_policy(&self, c: &CampaignId) -> Option<Policy> {
         let h = self.campaigns.get(c)?;
@@ -1120,7 +1146,7 @@ impl NodeEndpoint {
         if !self.campaigns.contains_key(&campaign) {
             return;
         }
-        let attempts = if matches!(kind, ControlKind::InstallReport | ControlKind::Trouble) {
+        let attempts = if is_report(kind) {
             self.cfg.report_attempts
         } else {
             self.cfg.send_attempts
@@ -1405,7 +1431,17 @@ impl NodeEndpoint {
                 },
             });
         }
-        let machine = NodeCampaign::accept(now, self.me, offer, manifest, self.cfg.campaign.clone(), have);
+        let p = self.gating.effective(&manifest.relay);
+        let relay = RelayHint::of(&p, self.gating.gate(now, p).open);
+        let machine = NodeCampaign::accept(
+            now,
+            self.me,
+            offer,
+            manifest,
+            self.cfg.campaign.clone(),
+            have,
+            relay,
+        );
         self.hold(now, c, machine);
     }
 
@@ -1479,6 +1515,7 @@ impl NodeEndpoint {
     /// starts gated if its relay gate is closed.
     fn hold_as(&mut self, now: Duration, c: CampaignId, mut machine: NodeCampaign, journaled: JournalPhase) {
         let p = self.gating.effective(&machine.manifest().relay);
+        machine.set_restricted(p != Policy::ALWAYS);
         let g = self.gating.gate(now, p);
         if !g.open {
             machine.set_gated(now, true);
@@ -1652,7 +1689,7 @@ impl NodeEndpoint {
     /// True while an install report or a trouble report of campaign `c` is out, waiting
     /// for its peer's address, or waiting to be sent again.
     fn reports_pending(&self, c: CampaignId) -> bool {
-        let report = |k: ControlKind| matches!(k, ControlKind::InstallReport | ControlKind::Trouble);
+        let report = is_report;
         self.out
             .values()
             .any(|o| matches!(o, Out::Control { campaign, kind, .. } if *campaign == c && report(*kind)))

@@ -35,6 +35,7 @@ fn cfg() -> NmsConfig {
         monitor: MonitorConfig::default(),
         halt_after: None,
         unix_origin: 0,
+        fanout: 2,
     }
 }
 
@@ -44,6 +45,7 @@ fn seen(n: u64, tags: &[&str]) -> NmsInput {
         tags: tags.iter().map(|t| t.to_string()).collect(),
         role: PeerRole::Node,
         version: PROTOCOL_VERSION,
+        relay: None,
     }
 }
 
@@ -272,6 +274,7 @@ fn tags_version_and_role_filter_the_addressees() {
             tags: vec!["edge".into()],
             role: PeerRole::Node,
             version: PROTOCOL_VERSION + 1,
+            relay: None,
         },
     );
     e.handle(
@@ -281,6 +284,7 @@ fn tags_version_and_role_filter_the_addressees() {
             tags: vec!["edge".into()],
             role: PeerRole::Nms,
             version: PROTOCOL_VERSION,
+            relay: None,
         },
     );
     assert!(events(&mut e).contains(&NmsEvent::NodeIncompatible {
@@ -478,6 +482,7 @@ fn requests_responses_and_failures_reach_the_right_campaign() {
                     verified: 4096,
                     source: Some(id(B)),
                     parent: None,
+                    relay: None,
                 },
             },
         )
@@ -883,6 +888,7 @@ fn cancel_halts_stops_offers_and_chunks_and_ends_the_campaign() {
                 verified: 10,
                 source: None,
                 parent: None,
+                relay: None,
             },
         },
     );
@@ -1096,6 +1102,7 @@ mod oversight {
             verified,
             source: parent,
             parent,
+            relay: None,
         }
     }
 
@@ -1658,6 +1665,7 @@ mod oversight {
             tags: Vec::new(),
             role: PeerRole::Node,
             version: PROTOCOL_VERSION,
+            relay: None,
         }
     }
 
@@ -1968,4 +1976,197 @@ mod late {
                 .any(|v| matches!(v, NmsEvent::NodeFailed { .. }))
         );
     }
+}
+
+// ---------- relay gating (issue 10) ----------
+
+fn seen_relay(n: u64, relay: RelayHint) -> NmsInput {
+    NmsInput::NodeSeen {
+        id: id(n),
+        tags: Vec::new(),
+        role: PeerRole::Node,
+        version: PROTOCOL_VERSION,
+        relay: Some(relay),
+    }
+}
+
+fn relaying(list: &[NodeId], fanout: u8) -> Vec<NodeId> {
+    let tree = crate::plan::Tree::plan(list, fanout);
+    let mut v: Vec<NodeId> = tree.parent.values().flatten().copied().collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn nodes_that_advertise_gated_or_restricted_relaying_are_planned_at_the_leaves() {
+    let nodes: Vec<u64> = (1..=8).collect();
+    let mut e = NmsEndpoint::new(s(0), cfg());
+    for n in &nodes {
+        e.handle(s(0), seen(*n, &[]));
+    }
+    e.handle(s(0), drop_ready(1));
+    let (_, plain) = prepares(&run_until(&mut e, s(2))).remove(0);
+    let plain_relays = relaying(&plain, 2);
+    assert_eq!(plain_relays.len(), 4, "8 nodes, fanout 2: 4 relays");
+    // two of the plain plan's relays now say they are gated, one restricted
+    let mut e = NmsEndpoint::new(s(0), cfg());
+    let gated = [plain_relays[0], plain_relays[1]];
+    let restricted = plain_relays[2];
+    for n in &nodes {
+        let hint = if gated.contains(&id(*n)) {
+            RelayHint::Gated
+        } else if id(*n) == restricted {
+            RelayHint::Restricted
+        } else {
+            RelayHint::Open
+        };
+        e.handle(s(0), seen_relay(*n, hint));
+    }
+    e.handle(s(0), drop_ready(1));
+    let (_, ordered) = prepares(&run_until(&mut e, s(2))).remove(0);
+    let mut sorted = ordered.clone();
+    sorted.sort();
+    assert_eq!(sorted, plain, "the same addressees");
+    let relays = relaying(&ordered, 2);
+    for g in gated.iter().chain([&restricted]) {
+        assert!(!relays.contains(g), "{g} relays in {ordered:?}");
+    }
+}
+
+#[test]
+fn a_progress_report_teaches_the_nms_a_node_s_relay_state_for_later_plans() {
+    let (mut e, _) = running(&[A, B, C, D], 1);
+    assert_eq!(e.relay_hint(&id(A)), None);
+    e.handle(
+        s(4),
+        NmsInput::ControlRequest {
+            from: id(A),
+            msg: Control::Progress {
+                campaign: [1; 16],
+                phase: Phase::Receiving,
+                verified: 0,
+                source: None,
+                parent: None,
+                relay: Some(RelayHint::Gated),
+            },
+        },
+    );
+    assert_eq!(e.relay_hint(&id(A)), Some(RelayHint::Gated));
+    assert_eq!(
+        e.campaign(&[1; 16]).unwrap().nodes()[&id(A)].relay,
+        Some(RelayHint::Gated)
+    );
+}
+
+#[test]
+fn a_hand_back_is_offered_by_the_nms_and_only_for_the_relay_s_own_waiting_nodes() {
+    // fanout 1 (a chain A -> B -> C -> D): A hands back B, C, D
+    let mut e = NmsEndpoint::new(s(0), cfg());
+    for n in [A, B, C, D, E] {
+        e.handle(s(0), seen(n, &[]));
+    }
+    e.handle(s(0), drop_ready(1));
+    let (d, _) = prepares(&run_until(&mut e, s(2))).remove(0);
+    let chain = vec![id(A), id(B), id(C), id(D)];
+    e.handle(s(3), prepared_with(d.0, 1, &chain, 1));
+    let first = offers(&actions(&mut e));
+    assert_eq!(first.iter().map(|o| o.1).collect::<Vec<_>>(), vec![id(A)]);
+    // A says it is gated; then hands back its part (E is no addressee, B twice)
+    e.handle(
+        s(4),
+        NmsInput::ControlRequest {
+            from: id(A),
+            msg: Control::Progress {
+                campaign: [1; 16],
+                phase: Phase::Receiving,
+                verified: 0,
+                source: None,
+                parent: None,
+                relay: Some(RelayHint::Gated),
+            },
+        },
+    );
+    actions(&mut e);
+    e.handle(
+        s(64),
+        NmsInput::ControlRequest {
+            from: id(A),
+            msg: Control::HandBack {
+                campaign: [1; 16],
+                nodes: vec![id(B), id(C), id(D), id(E), id(B), id(A)],
+            },
+        },
+    );
+    let a = actions(&mut e);
+    let to: Vec<NodeId> = offers(&a).iter().map(|o| o.1).collect();
+    assert_eq!(to, vec![id(B)], "the NMS offers the chain's rest from its head");
+    let part = a.iter().find_map(|a| match a {
+        NmsAction::SendControl {
+            msg: Control::Offer(o),
+            ..
+        } => Some(o.part.clone()),
+        _ => None,
+    });
+    assert_eq!(part, Some(vec![id(B), id(C), id(D)]));
+    assert!(events(&mut e).iter().any(|v| matches!(
+        v,
+        NmsEvent::RelayHandedBack { node, nodes: 3, .. } if *node == id(A)
+    )));
+    // a second hand-back of the same nodes changes nothing: they were offered
+    e.handle(
+        s(65),
+        NmsInput::ControlRequest {
+            from: id(A),
+            msg: Control::HandBack {
+                campaign: [1; 16],
+                nodes: vec![id(B), id(C), id(D)],
+            },
+        },
+    );
+    assert!(offers(&actions(&mut e)).is_empty());
+    // B cannot hand back nodes of a part that is not its own
+    e.handle(
+        s(66),
+        NmsInput::ControlRequest {
+            from: id(C),
+            msg: Control::HandBack {
+                campaign: [1; 16],
+                nodes: vec![id(B)],
+            },
+        },
+    );
+    assert!(offers(&actions(&mut e)).is_empty());
+}
+
+#[test]
+fn nodes_held_by_a_gated_relay_get_the_grace_period_before_they_are_probed() {
+    let mut e = NmsEndpoint::new(s(0), cfg());
+    for n in [A, B, C] {
+        e.handle(s(0), seen(n, &[]));
+    }
+    e.handle(s(0), drop_ready(1));
+    let (d, _) = prepares(&run_until(&mut e, s(2))).remove(0);
+    e.handle(s(3), prepared_with(d.0, 1, &[id(A), id(B), id(C)], 1));
+    actions(&mut e);
+    let before = e.campaign(&[1; 16]).unwrap().watch_timer(&id(B)).unwrap();
+    e.handle(
+        s(3),
+        NmsInput::ControlRequest {
+            from: id(A),
+            msg: Control::Progress {
+                campaign: [1; 16],
+                phase: Phase::Receiving,
+                verified: 0,
+                source: None,
+                parent: None,
+                relay: Some(RelayHint::Gated),
+            },
+        },
+    );
+    let after = e.campaign(&[1; 16]).unwrap().watch_timer(&id(B)).unwrap();
+    let grace = Duration::from_secs(u64::from(RelayPolicy::default().grace_secs));
+    assert_eq!(after, before + grace, "B waits the grace period more");
+    let c = e.campaign(&[1; 16]).unwrap().watch_timer(&id(C)).unwrap();
+    assert!(c >= before + grace, "and so does C, below B");
 }
