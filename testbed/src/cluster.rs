@@ -219,6 +219,26 @@ impl Cluster {
         serde_json::from_slice(&out.stdout).context("baton-nms did not answer JSON")
     }
 
+    /// Runs an operator command of the cluster's NMS (`baton-nms <args> --data-dir <dir>`)
+    /// and returns what it prints (a table).
+    pub fn nms_command_text(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.exe)
+            .arg("nms")
+            .args(args)
+            .args(["--data-dir", &self.nms_dir().display().to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run baton-nms")?;
+        if !out.status.success() {
+            bail!(
+                "baton-nms {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Starts node `i` with exactly these arguments after `node --data-dir <dir>`.
     pub fn start_node_raw(&mut self, i: usize, extra: &[String]) -> Result<ProcIdx> {
         let mut args = vec![

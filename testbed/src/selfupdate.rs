@@ -1,7 +1,7 @@
 //! The agent-update scenario's pieces (issue 11): a fleet whose nodes run their own
 //! `baton-node` executables (each a copy it may replace), distinct agent builds to
 //! publish, and the NMS's inventory as the operator reads it (`baton-nms nodes --json`).
-//! Used by `tests/selfupdate.rs`.
+//! Used by `tests/selfupdate.rs` and `baton-testbed demo --self-update` ([`demo`]).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cluster::{Cluster, ProcIdx};
+use crate::cluster::{Cluster, ProcIdx, prepare_host};
+use crate::netns::NetSpec;
 
 /// The `baton-node` executable built next to `testbed_exe` (`target/<profile>/`), or why
 /// there is none.
@@ -115,4 +116,123 @@ pub fn wait_for_agents(
 /// The summary of the NMS's campaign of `package`, newest first, if one ended.
 pub fn summary_of(c: &Cluster, package: &str) -> Option<serde_json::Value> {
     c.summaries().into_iter().rev().find(|s| s["package"] == package)
+}
+
+/// `baton-testbed demo --self-update`: a fleet of `nodes` nodes upgrades its agent while a
+/// `size`-byte package campaign relays, then rolls back a broken agent; the inventory
+/// before, between and after.
+pub fn demo(nodes: usize, size: u64) -> Result<()> {
+    prepare_host("the demo", "demo")?;
+    let testbed = std::env::current_exe()?;
+    let built = built_agent(&testbed)?;
+    println!(
+        "Creating a private network: 1 NMS + {nodes} nodes in network namespaces; each node runs its own copy of {}",
+        built.display()
+    );
+    let mut c = Cluster::create(&NetSpec::with_hosts(nodes + 1), testbed)?;
+    let old = c.dir.join("staging").join("agent-old");
+    let old_build = agent_copy(&built, &old, b"")?;
+    let new = c.dir.join("staging").join("baton-node-new");
+    let new_build = agent_copy(&built, &new, b"\nbaton testbed: another build of the agent\n")?;
+    start_agents(&mut c, &old, &[])?;
+    let nms_args: Vec<String> = [
+        "--min-nodes",
+        &nodes.to_string(),
+        "--settle",
+        "1",
+        "--halt-after",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    c.start_nms(&nms_args, true, &[])?;
+    println!(
+        "NMS {} (log: {}/nms.log; --halt-after 1)",
+        c.nms_id,
+        c.dir.display()
+    );
+    let (ok, _) = wait_for_agents(&c, Duration::from_secs(30), |a| a.build == old_build);
+    if !ok {
+        bail!("the nodes did not all appear in the NMS's inventory within 30 s");
+    }
+    println!(
+        "\n$ baton-nms nodes   # before: every node runs build {}",
+        &old_build[..16]
+    );
+    print!("{}", c.nms_command_text(&["nodes"])?);
+
+    println!(
+        "\n$ baton-nms publish-agent {} --version 0.1.1   # another build, {}..., while frob-1.0 ({} bytes) relays",
+        new.display(),
+        &new_build[..16],
+        size
+    );
+    print!(
+        "{}",
+        c.nms_command_text(&[
+            "publish-agent",
+            new.to_str().unwrap_or_default(),
+            "--version",
+            "0.1.1"
+        ])?
+    );
+    let frob = c.drop_package("frob-1.0.tar.gz", size, 2026)?;
+    let (ok, _) = wait_for_agents(&c, Duration::from_secs(120), |a| a.build == new_build);
+    let installed = c.wait_until(Duration::from_secs(120), |c| {
+        (1..=c.nodes()).all(|i| c.installed_hash(i, "frob") == Some(frob))
+    });
+    println!(
+        "\n$ baton-nms nodes   # after: each node switched in place (same PID) and kept the previous build"
+    );
+    print!("{}", c.nms_command_text(&["nodes"])?);
+    if !ok || !installed {
+        bail!(
+            "the upgrade did not complete on every node (new build everywhere: {ok}, frob installed everywhere: {installed}); logs in {}",
+            c.dir.display()
+        );
+    }
+
+    let broken = c.dir.join("staging").join("broken");
+    fs::copy("/bin/false", &broken)?;
+    println!(
+        "\n$ baton-nms publish-agent {} --version 0.1.2   # a broken agent: /bin/false",
+        broken.display()
+    );
+    print!(
+        "{}",
+        c.nms_command_text(&[
+            "publish-agent",
+            broken.to_str().unwrap_or_default(),
+            "--version",
+            "0.1.2"
+        ])?
+    );
+    let ended = c.wait_until(Duration::from_secs(120), |c| {
+        c.summaries()
+            .iter()
+            .any(|s| s["package"] == "baton-node" && s["version"] == "0.1.2")
+    });
+    if !ended {
+        bail!(
+            "the broken agent's campaign did not end; logs in {}",
+            c.dir.display()
+        );
+    }
+    let (_, _) = wait_for_agents(&c, Duration::from_secs(15), |a| a.build == new_build);
+    println!("\n$ baton-nms campaigns");
+    print!("{}", c.nms_command_text(&["campaigns"])?);
+    if let Some(s) = c.summaries().into_iter().rev().find(|s| s["version"] == "0.1.2") {
+        println!("\nthe broken agent's campaign: halted: {}", s["halted"]);
+        for f in s["failed"].as_array().into_iter().flatten() {
+            println!(
+                "  {}: {}",
+                f["node"].as_str().unwrap_or("?"),
+                f["reason"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    println!("\n$ baton-nms nodes   # every node still runs the build it had");
+    print!("{}", c.nms_command_text(&["nodes"])?);
+    c.teardown();
+    Ok(())
 }
