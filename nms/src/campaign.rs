@@ -463,7 +463,13 @@ pub fn prepare(
 /// sequence and expiry as `of` (nothing is hashed again), a new campaign id and secret,
 /// and the plan's fanout fitted to the new list. Records it as running; refused if `of` was
 /// superseded or cancelled, expired, or if no copy of its version is kept.
-pub fn follow_up(inbox: &Inbox, of: &CampaignId, nms: &Keypair, addressees: Vec<NodeId>) -> Result<Intook> {
+pub fn follow_up(
+    inbox: &Inbox,
+    of: &CampaignId,
+    nms: &Keypair,
+    addressees: Vec<NodeId>,
+    leaves: u32,
+) -> Result<Intook> {
     let shown = hex::encode(of);
     if addressees.is_empty() {
         bail!("no nodes to send a follow-up of campaign {shown} to");
@@ -531,6 +537,7 @@ pub fn follow_up(inbox: &Inbox, of: &CampaignId, nms: &Keypair, addressees: Vec<
     manifest.campaign = campaign;
     manifest.plan.fanout = baton_protocol::plan::fanout_for(addressees.len(), manifest.plan.fanout);
     manifest.addressees = addressees;
+    manifest.plan.leaves = leaves;
     let (signed, secret) = sign_and_save(&manifest, nms, &dir, &discard)?;
     let recorded = lock(&inbox.db).record_follow_up(
         of,
@@ -1309,7 +1316,7 @@ mod inbox_tests {
         let path = s.put("frob-1.0.bin", &[7; 10_000]);
         let p1 = campaign(s.take(&inbox, &path)).unwrap();
         let late = NodeId::of(&Keypair::generate_ed25519());
-        let f = campaign(follow_up(&inbox, &p1.manifest.campaign, &s.kp, vec![late])).unwrap();
+        let f = campaign(follow_up(&inbox, &p1.manifest.campaign, &s.kp, vec![late], 0)).unwrap();
         let (a, b) = (&p1.manifest, &f.manifest);
         assert_ne!(a.campaign, b.campaign);
         assert_ne!(p1.secret.0, f.secret.0);
@@ -1357,12 +1364,12 @@ mod inbox_tests {
         // a follow-up of the follow-up works too, from either copy
         fs::remove_file(&p1.file).unwrap();
         let late2 = NodeId::of(&Keypair::generate_ed25519());
-        let g = campaign(follow_up(&inbox, &b.campaign, &s.kp, vec![late2])).unwrap();
+        let g = campaign(follow_up(&inbox, &b.campaign, &s.kp, vec![late2], 0)).unwrap();
         assert_eq!(fs::read(&g.file).unwrap(), vec![7; 10_000]);
         // a newer version: no follow-up of the old one
         let path = s.put("frob-2.0.bin", &[8; 10_000]);
         campaign(s.take(&inbox, &path)).unwrap();
-        let e = follow_up(&inbox, &a.campaign, &s.kp, vec![late]).unwrap_err();
+        let e = follow_up(&inbox, &a.campaign, &s.kp, vec![late], 0).unwrap_err();
         assert!(format!("{e:#}").contains("superseded by sequence 2"), "{e:#}");
     }
 

@@ -305,6 +305,7 @@ pub fn options(cli: Cli) -> Result<NmsOptions> {
         settings: CampaignSettings {
             chunk_size: cli.chunk_size,
             plan: PlanParams {
+                leaves: 0,
                 fanout: cli.fanout,
                 transfer: if cli.store_and_forward {
                     Transfer::StoreAndForward

@@ -638,6 +638,7 @@ mod tests {
             plan: PlanParams {
                 fanout: 1,
                 transfer: Transfer::CutThrough,
+                leaves: 0,
             },
             offline_install: false,
             self_update: false,

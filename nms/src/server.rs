@@ -328,7 +328,9 @@ impl Nms {
     }
 
     /// Copies, hashes and signs a drop off the event loop.
-    fn prepare(&mut self, drop_id: DropId, addressees: Vec<NodeId>) {
+    /// Prepares a drop off the event loop for `addressees`, whose last `leaves` are
+    /// leaf-only (the endpoint's order for the plan).
+    fn prepare(&mut self, drop_id: DropId, addressees: Vec<NodeId>, leaves: u32) {
         let Some(path) = self.drops.get(&drop_id).cloned() else {
             return;
         };
@@ -336,7 +338,13 @@ impl Nms {
         let (inbox, kp, settings, tx) = (
             self.inbox.clone(),
             self.keypair.clone(),
-            self.opts.settings.clone(),
+            crate::campaign::CampaignSettings {
+                plan: baton_protocol::manifest::PlanParams {
+                    leaves,
+                    ..self.opts.settings.plan
+                },
+                ..self.opts.settings.clone()
+            },
             self.internal.clone(),
         );
         tokio::task::spawn_blocking(move || {
@@ -357,7 +365,7 @@ impl Nms {
 
     /// Signs a follow-up campaign for late joiners off the event loop (no hashing: the
     /// version's chunk hashes are reused).
-    fn follow_up(&mut self, drop_id: DropId, of: CampaignId, addressees: Vec<NodeId>) {
+    fn follow_up(&mut self, drop_id: DropId, of: CampaignId, addressees: Vec<NodeId>, leaves: u32) {
         let name = format!(
             "follow-up of campaign {} for {} late node(s)",
             &hex::encode(of)[..12],
@@ -374,7 +382,7 @@ impl Nms {
         self.drops.insert(drop_id, PathBuf::from(name));
         let (inbox, kp, tx) = (self.inbox.clone(), self.keypair.clone(), self.internal.clone());
         tokio::task::spawn_blocking(move || {
-            let r = follow_up(&inbox, &of, &kp, addressees);
+            let r = follow_up(&inbox, &of, &kp, addressees, leaves);
             let _ = tx.send(Internal::Prepared(drop_id, Box::new(r)));
         });
     }
@@ -499,12 +507,17 @@ impl Nms {
 
     fn on_action(&mut self, a: NmsAction) {
         match a {
-            NmsAction::Prepare { drop_id, addressees } => self.prepare(drop_id, addressees),
+            NmsAction::Prepare {
+                drop_id,
+                addressees,
+                leaves,
+            } => self.prepare(drop_id, addressees, leaves),
             NmsAction::FollowUp {
                 drop_id,
                 of,
                 addressees,
-            } => self.follow_up(drop_id, of, addressees),
+                leaves,
+            } => self.follow_up(drop_id, of, addressees, leaves),
             NmsAction::SendControl { id, to, msg } => {
                 let kind = msg.kind();
                 let rid = self

@@ -255,7 +255,11 @@ impl Summary {
                     .join(", ")
             };
             let served = BinaryBytes(n.served).to_string();
-            let _ = write!(o, "  {:<52}  {:<9}  {secs:>8}  {served:>10}  {from}", n.node, n.status);
+            let _ = write!(
+                o,
+                "  {:<52}  {:<9}  {secs:>8}  {served:>10}  {from}",
+                n.node, n.status
+            );
             if let Some(r) = &n.reason {
                 let _ = write!(o, "\n      reason: {r}");
             }

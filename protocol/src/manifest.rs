@@ -65,6 +65,15 @@ pub struct PlanParams {
     /// How many parts each sender splits its list into (1 = the seed's chain, 2 = its binary tree).
     pub fanout: u8,
     pub transfer: Transfer,
+    /// How many of the addressee list's last entries are *leaf-only*: nodes that said
+    /// their relaying is gated, offered one by one and relaying for no one
+    /// ([`crate::plan::assignments`]). Absent on the wire when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub leaves: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Default for PlanParams {
@@ -72,6 +81,7 @@ impl Default for PlanParams {
         PlanParams {
             fanout: 2,
             transfer: Transfer::CutThrough,
+            leaves: 0,
         }
     }
 }
@@ -278,7 +288,21 @@ impl Manifest {
                 "expires before it was created".into(),
             ));
         }
+        if self.plan.leaves as usize > self.addressees.len() {
+            return Err(ManifestError::Inconsistent(format!(
+                "{} leaf-only addressees of {}",
+                self.plan.leaves,
+                self.addressees.len()
+            )));
+        }
         Ok(layout)
+    }
+
+    /// The leaf-only addressees: the list's last `plan.leaves` entries.
+    pub fn leaf_only(&self) -> HashSet<NodeId> {
+        let n = self.addressees.len();
+        let k = (self.plan.leaves as usize).min(n);
+        self.addressees[n - k..].iter().copied().collect()
     }
 
     /// Is `id` an addressee? (Linear; state machines keep a set.)

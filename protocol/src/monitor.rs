@@ -313,6 +313,8 @@ pub struct CampaignMonitor {
     rearm_all: bool,
     /// The observed rate, and when it was computed (at most once a second).
     rate_cache: Option<(Duration, Option<u64>)>,
+    /// The manifest's leaf-only addressees (they relay for no one).
+    leaf_only: HashSet<NodeId>,
 }
 
 /// The reason given to the nodes of a campaign the operator cancelled.
@@ -380,9 +382,13 @@ impl CampaignMonitor {
             halted: None,
             rearm_all: false,
             rate_cache: None,
+            leaf_only: HashSet::new(),
             manifest,
         };
-        let first = assignments(&m.manifest.addressees, m.manifest.plan.fanout);
+        m.leaf_only = m.manifest.leaf_only();
+        let first = assignments(&m.manifest.addressees, m.manifest.plan.fanout, &|n| {
+            m.leaf_only.contains(n)
+        });
         for a in &first {
             m.assign(a, None, 1);
         }
@@ -401,7 +407,7 @@ impl CampaignMonitor {
         let fanout = self.manifest.plan.fanout;
         let mut stack = vec![(a.clone(), parent, depth)];
         while let Some((a, parent, depth)) = stack.pop() {
-            for c in children_of(&a.part, fanout) {
+            for c in children_of(&a.part, fanout, &|n| self.leaf_only.contains(n)) {
                 stack.push((c, Some(a.head), depth + 1));
             }
             let slot = Slot {
@@ -786,9 +792,18 @@ impl CampaignMonitor {
         }
         self.actions
             .push_back(MonitorAction::Note(MonitorNote::HandedBack(from, back.len())));
+        // the nodes known to be gated get a part of their own; the others are planned
         let fanout = self.manifest.plan.fanout;
-        let ordered = order_for_relays(&back, fanout, |n| self.nodes[n].relay.unwrap_or_default());
-        for a in assignments(&ordered, fanout) {
+        let (gated, relaying): (Vec<NodeId>, Vec<NodeId>) = back
+            .iter()
+            .partition(|n| self.nodes[*n].relay == Some(RelayHint::Gated));
+        let ordered = order_for_relays(&relaying, fanout, |n| self.nodes[n].relay.unwrap_or_default());
+        let mut parts = assignments(&ordered, fanout, &|n| self.leaf_only.contains(n));
+        parts.extend(gated.iter().map(|g| Assignment {
+            head: *g,
+            part: vec![*g],
+        }));
+        for a in parts {
             if self.halted.is_some() {
                 // offered by a resume, from its first waiting node
                 self.assign(&a, None, 1);

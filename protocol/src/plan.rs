@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use crate::gate::RelayHint;
 use crate::id::NodeId;
 
 /// One offer to make: `head` receives `part` (with itself first).
@@ -35,30 +36,51 @@ pub fn split<T>(list: &[T], fanout: u8) -> Vec<&[T]> {
     parts
 }
 
+/// Whether an addressee is *leaf-only*: one of the manifest's last `plan.leaves` entries,
+/// which relay for no one (their owners' policies gate relaying now).
+pub type LeafOnly<'a> = &'a dyn Fn(&NodeId) -> bool;
+
+/// No addressee is leaf-only.
+pub fn no_leaves(_: &NodeId) -> bool {
+    false
+}
+
 /// The offers a sender makes for the nodes in `rest` (the sender itself not included).
-pub fn assignments(rest: &[NodeId], fanout: u8) -> Vec<Assignment> {
-    split(rest, fanout)
-        .into_iter()
-        .map(|p| Assignment {
-            head: p[0],
-            part: p.to_vec(),
-        })
-        .collect()
+/// A part whose head is leaf-only (then so is the rest of it: leaf-only nodes end the
+/// list) is offered node by node, each a part of its own, by the same sender.
+pub fn assignments(rest: &[NodeId], fanout: u8, leaf: LeafOnly<'_>) -> Vec<Assignment> {
+    let mut out = Vec::new();
+    for p in split(rest, fanout) {
+        if leaf(&p[0]) {
+            out.extend(p.iter().map(|n| Assignment {
+                head: *n,
+                part: vec![*n],
+            }));
+        } else {
+            out.push(Assignment {
+                head: p[0],
+                part: p.to_vec(),
+            });
+        }
+    }
+    out
 }
 
 /// The offers a node makes when it received `part` (itself first).
-pub fn children_of(part: &[NodeId], fanout: u8) -> Vec<Assignment> {
-    assignments(part.get(1..).unwrap_or(&[]), fanout)
+pub fn children_of(part: &[NodeId], fanout: u8, leaf: LeafOnly<'_>) -> Vec<Assignment> {
+    assignments(part.get(1..).unwrap_or(&[]), fanout, leaf)
 }
 
-/// Which positions of a list of `n` addressees relay under `fanout`: those that head a
-/// part of more than one node (the others are leaves).
-pub fn relay_positions(n: usize, fanout: u8) -> Vec<bool> {
+/// Which positions of a list of `n` addressees relay under `fanout` when its last
+/// `leaves` entries are leaf-only: those that head a part of more than one node (the
+/// others are leaves).
+pub fn relay_positions(n: usize, fanout: u8, leaves: usize) -> Vec<bool> {
     let positions: Vec<usize> = (0..n).collect();
+    let first_leaf = n.saturating_sub(leaves);
     let mut relay = vec![false; n];
     let mut stack = split(&positions, fanout);
     while let Some(part) = stack.pop() {
-        if part.len() > 1 {
+        if part[0] < first_leaf && part.len() > 1 {
             relay[part[0]] = true;
             stack.extend(split(&part[1..], fanout));
         }
@@ -67,11 +89,33 @@ pub fn relay_positions(n: usize, fanout: u8) -> Vec<bool> {
 }
 
 /// `list` reordered so that the plan under `fanout` puts the best relays (lowest `rank`)
-/// at the positions that relay and the worst at the leaves: nodes whose owners gate or
-/// restrict relaying then serve no one as long as there are enough others. Only the nodes
-/// that must move are swapped, so a list of equal ranks is returned as it was.
+/// at the positions that relay and the worst at the leaves. Only the nodes that must move
+/// are swapped, so a list of equal ranks is returned as it was.
 pub fn order_for_relays<K: Ord>(list: &[NodeId], fanout: u8, rank: impl Fn(&NodeId) -> K) -> Vec<NodeId> {
-    let relay = relay_positions(list.len(), fanout);
+    place_best(list, &relay_positions(list.len(), fanout, 0), rank)
+}
+
+/// The NMS's order of a campaign's addressees, and how many of its last entries are
+/// leaf-only (`PlanParams::leaves`): the nodes that said they are gated go last and relay
+/// for no one; of the others, those that relay unconditionally take the relay positions
+/// before those whose policy may stop them ([`order_for_relays`]).
+pub fn plan_order(list: &[NodeId], fanout: u8, hint: impl Fn(&NodeId) -> RelayHint) -> (Vec<NodeId>, usize) {
+    let (relaying, gated): (Vec<NodeId>, Vec<NodeId>) =
+        list.iter().partition(|n| hint(n) != RelayHint::Gated);
+    let mut order = relaying;
+    order.extend(gated.iter().copied());
+    let relay = relay_positions(order.len(), fanout, gated.len());
+    let head = place_best(&order[..order.len() - gated.len()], &relay, &hint);
+    (
+        head.into_iter().chain(gated.iter().copied()).collect(),
+        gated.len(),
+    )
+}
+
+/// `list` with the best-ranked nodes moved to the positions `relay` marks (a prefix of
+/// `relay` may be given: positions beyond `list` are ignored), swapping as few as needed.
+fn place_best<K: Ord>(list: &[NodeId], relay: &[bool], rank: impl Fn(&NodeId) -> K) -> Vec<NodeId> {
+    let relay = &relay[..list.len()];
     let relays = relay.iter().filter(|r| **r).count();
     // the nodes that should relay: the best ranks, those already relaying first on a tie
     let mut by_rank: Vec<usize> = (0..list.len()).collect();
@@ -99,17 +143,17 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// The tree for `addressees` and `fanout`.
-    pub fn plan(addressees: &[NodeId], fanout: u8) -> Tree {
+    /// The tree for `addressees`, `fanout` and the leaf-only nodes.
+    pub fn plan(addressees: &[NodeId], fanout: u8, leaf: LeafOnly<'_>) -> Tree {
         let mut tree = Tree::default();
-        let mut stack: Vec<(Option<NodeId>, usize, Assignment)> = assignments(addressees, fanout)
+        let mut stack: Vec<(Option<NodeId>, usize, Assignment)> = assignments(addressees, fanout, leaf)
             .into_iter()
             .map(|a| (None, 1, a))
             .collect();
         while let Some((parent, depth, a)) = stack.pop() {
             tree.parent.insert(a.head, parent);
             tree.depth.insert(a.head, depth);
-            for c in children_of(&a.part, fanout) {
+            for c in children_of(&a.part, fanout, leaf) {
                 stack.push((Some(a.head), depth + 1, c));
             }
         }
@@ -176,7 +220,7 @@ mod tests {
             let members: HashSet<_> = list.iter().copied().collect();
             let mut reached = HashSet::new();
             let mut stack: Vec<(Option<NodeId>, Assignment)> =
-                assignments(&list, fanout).into_iter().map(|a| (None, a)).collect();
+                assignments(&list, fanout, &no_leaves).into_iter().map(|a| (None, a)).collect();
             let mut max_depth = 0;
             let mut depth_of = std::collections::HashMap::new();
             while let Some((from, a)) = stack.pop() {
@@ -187,7 +231,7 @@ mod tests {
                 let d = from.map_or(1, |f| depth_of[&f] + 1);
                 depth_of.insert(a.head, d);
                 max_depth = max_depth.max(d);
-                let kids = children_of(&a.part, fanout);
+                let kids = children_of(&a.part, fanout, &no_leaves);
                 prop_assert!(kids.len() <= usize::from(fanout));
                 for k in kids {
                     prop_assert!(a.part.contains(&k.head));
@@ -196,7 +240,7 @@ mod tests {
             }
             prop_assert_eq!(reached.len(), n);
             prop_assert_eq!(max_depth, expected_depth(n, fanout));
-            let tree = Tree::plan(&list, fanout);
+            let tree = Tree::plan(&list, fanout, &no_leaves);
             prop_assert_eq!(tree.max_depth(), max_depth);
         }
 
@@ -223,8 +267,8 @@ mod tests {
             let mut b = list.clone();
             b.sort();
             prop_assert_eq!(a, b, "not a permutation");
-            let relay = relay_positions(list.len(), fanout);
-            let tree = Tree::plan(&ordered, fanout);
+            let relay = relay_positions(list.len(), fanout, 0);
+            let tree = Tree::plan(&ordered, fanout, &no_leaves);
             let parents: HashSet<NodeId> = tree.parent.values().flatten().copied().collect();
             for (i, n) in ordered.iter().enumerate() {
                 prop_assert_eq!(relay[i], parents.contains(n), "position {} relays iff it has children", i);
@@ -244,10 +288,67 @@ mod tests {
         let list = ids(8);
         let gated = [list[0], list[4]]; // the first-tier heads of the plain plan
         let ordered = order_for_relays(&list, 2, |n| gated.contains(n));
-        let tree = Tree::plan(&ordered, 2);
+        let tree = Tree::plan(&ordered, 2, &no_leaves);
         for g in gated {
             assert!(!tree.parent.values().any(|p| *p == Some(g)), "{g} still relays");
         }
+    }
+
+    proptest! {
+        #[test]
+        fn gated_nodes_relay_for_no_one_and_everyone_is_reached(
+            hints in proptest::collection::vec(0u8..3, 0..120), fanout in 1u8..4
+        ) {
+            let list = ids(hints.len());
+            let hint_of: std::collections::HashMap<NodeId, RelayHint> = list
+                .iter()
+                .copied()
+                .zip(hints.iter().map(|h| [RelayHint::Open, RelayHint::Restricted, RelayHint::Gated][*h as usize]))
+                .collect();
+            let (order, leaves) = plan_order(&list, fanout, |n| hint_of[n]);
+            let gated: HashSet<NodeId> =
+                list.iter().filter(|n| hint_of[*n] == RelayHint::Gated).copied().collect();
+            prop_assert_eq!(leaves, gated.len());
+            let tail: HashSet<NodeId> = order[order.len() - leaves..].iter().copied().collect();
+            prop_assert_eq!(&tail, &gated);
+            let leaf = |n: &NodeId| tail.contains(n);
+            let tree = Tree::plan(&order, fanout, &leaf);
+            prop_assert_eq!(tree.parent.len(), list.len(), "every addressee reached once");
+            let parents: HashSet<NodeId> = tree.parent.values().flatten().copied().collect();
+            for g in &gated {
+                prop_assert!(!parents.contains(g), "gated {} relays", g);
+            }
+            // no deeper than the plain plan, so within the path limit
+            prop_assert!(tree.max_depth() <= expected_depth(list.len(), fanout).max(1));
+            // open nodes take relay places before restricted ones
+            let relays: Vec<RelayHint> = parents.iter().map(|n| hint_of[n]).collect();
+            let leaves_open = order.iter().any(|n| !parents.contains(n) && hint_of[n] == RelayHint::Open);
+            if leaves_open {
+                prop_assert!(!relays.contains(&RelayHint::Restricted), "a restricted relay while an open node is a leaf");
+            }
+        }
+    }
+
+    #[test]
+    fn a_chain_with_two_gated_nodes_hangs_both_off_its_last_relay() {
+        let list = ids(8);
+        let gated = [list[2], list[5]];
+        let hint = |n: &NodeId| {
+            if gated.contains(n) {
+                RelayHint::Gated
+            } else {
+                RelayHint::Open
+            }
+        };
+        let (order, leaves) = plan_order(&list, 1, hint);
+        assert_eq!(leaves, 2);
+        let leaf = |n: &NodeId| gated.contains(n);
+        let tree = Tree::plan(&order, 1, &leaf);
+        let last_relay = order[5];
+        for g in gated {
+            assert_eq!(tree.parent[&g], Some(last_relay));
+        }
+        assert_eq!(tree.max_depth(), 7);
     }
 
     #[test]
@@ -269,7 +370,7 @@ mod tests {
         assert_eq!(expected_depth(7, 1), 7);
         assert_eq!(expected_depth(6, 2), 2); // the seed's figure 1: two tiers of 2 and 4
         let list = ids(6);
-        let tree = Tree::plan(&list, 2);
+        let tree = Tree::plan(&list, 2, &no_leaves);
         assert_eq!(tree.path(&list[5]).len(), tree.depth[&list[5]]);
         assert_eq!(tree.parent[&list[0]], None);
     }

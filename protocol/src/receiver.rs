@@ -377,7 +377,8 @@ impl NodeCampaign {
         let key = token.chunk_key();
         let transfer = manifest.plan.transfer;
         let server = Server::new(manifest.campaign, path.clone(), token.clone(), transfer, cfg.hold);
-        let children = children_of(&offer.part, manifest.plan.fanout)
+        let leaf = manifest.leaf_only();
+        let children = children_of(&offer.part, manifest.plan.fanout, &|n| leaf.contains(n))
             .into_iter()
             .map(|a| Child {
                 a,

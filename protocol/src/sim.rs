@@ -27,7 +27,13 @@
 //!    NMS only if it is;
 //! 6. virtual time moves on: at most 100,000 events happen at one instant (a livelock
 //!    otherwise hangs the run);
-//! 7. each node endpoint's own `check_invariants` holds after each of its inputs.
+//! 7. each node endpoint's own `check_invariants` holds after each of its inputs;
+//! 8. a node whose owner's policy gates relaying serves no chunk while its gate is closed.
+//!
+//! Some seeds gate a few nodes ([`SimConfig::gated`]: policy `ac` on a low battery, some
+//! with mains power back later): the NMS does not know at the first drop, so they are
+//! planned as relays, hold their parts and hand them back; later drops are planned with
+//! what their progress reports said.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
@@ -583,6 +589,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             plan: PlanParams {
                 fanout: crate::plan::fanout_for(cfg.nodes, cfg.fanout),
                 transfer: cfg.transfer,
+                leaves: 0,
             },
             offline_install: false,
             self_update: false,
@@ -1545,7 +1552,11 @@ impl Sim {
     /// The NMS's shell: prepares dropped files, sends, answers, serves the package.
     fn act_nms(&mut self, a: NmsAction) {
         match a {
-            NmsAction::Prepare { drop_id, addressees } => {
+            NmsAction::Prepare {
+                drop_id,
+                addressees,
+                leaves,
+            } => {
                 let k = drop_id.0 as usize;
                 let mut planned = self.camps[k].manifest.addressees.clone();
                 planned.sort();
@@ -1554,7 +1565,12 @@ impl Sim {
                 if picked == planned {
                     // signed in the NMS's order (nodes that do not relay at the leaves)
                     let fanout = self.camps[k].manifest.plan.fanout;
-                    let tree = crate::plan::Tree::plan(&addressees, fanout);
+                    let n = addressees.len();
+                    let leaf: HashSet<NodeId> = addressees[n - (leaves as usize).min(n)..]
+                        .iter()
+                        .copied()
+                        .collect();
+                    let tree = crate::plan::Tree::plan(&addressees, fanout, &|x| leaf.contains(x));
                     let relaying: HashSet<NodeId> = tree.parent.values().flatten().copied().collect();
                     let gated_leaves = self
                         .cfg
@@ -1565,6 +1581,7 @@ impl Sim {
                     self.leaves_gated = Some(gated_leaves);
                     let c = &mut self.camps[k];
                     c.manifest.addressees = addressees;
+                    c.manifest.plan.leaves = leaves;
                     c.signed = SignedManifest::sign(&c.manifest, &self.nms_key)
                         .expect("simulated manifest is valid");
                 } else {

@@ -186,6 +186,7 @@ fn manifests() -> Vec<(&'static str, Manifest)> {
                 m.plan = PlanParams {
                     fanout: 16,
                     transfer: Transfer::StoreAndForward,
+                    leaves: 1,
                 };
                 m.offline_install = true;
                 m.self_update = true;

@@ -31,7 +31,7 @@ fn config(gated: Vec<(usize, Option<Duration>)>, grace_secs: u32) -> SimConfig {
 /// The relays of the plan of `n` addressees in the fleet's order (as the first manifest).
 fn relays(n: usize, fanout: u8) -> Vec<usize> {
     let ids: Vec<_> = (0..n as u64).map(baton_protocol::id::fake_id).collect();
-    let tree = Tree::plan(&ids, fanout);
+    let tree = Tree::plan(&ids, fanout, &baton_protocol::plan::no_leaves);
     (0..n)
         .filter(|i| tree.parent.values().any(|p| *p == Some(ids[*i])))
         .collect()

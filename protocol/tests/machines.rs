@@ -68,7 +68,11 @@ fn world(addressees: &[u64], transfer: Transfer, offline_install: bool) -> World
         created_at: 1000,
         expires_at: 2000,
         relay: RelayPolicy::default(),
-        plan: PlanParams { fanout: 2, transfer },
+        plan: PlanParams {
+            fanout: 2,
+            transfer,
+            leaves: 0,
+        },
         offline_install,
         self_update: false,
         addressees: addressees.iter().copied().map(id).collect(),

@@ -218,6 +218,7 @@ fn manifest_signature() {
         plan: PlanParams {
             fanout: 2,
             transfer: Transfer::CutThrough,
+            leaves: 0,
         },
         offline_install: false,
         self_update: false,

@@ -129,6 +129,7 @@ fn signed_manifest() -> impl Strategy<Value = (Manifest, SignedManifest)> {
                         } else {
                             Transfer::CutThrough
                         },
+                        leaves: 0,
                     },
                     offline_install: offline,
                     self_update: selfup,

@@ -49,7 +49,7 @@ fn never() -> bool {
 fn tree(c: &Cluster) -> (Vec<NodeId>, Tree) {
     let mut ids = c.node_ids.clone();
     ids.sort();
-    let t = Tree::plan(&ids, 1); // the NMS default: a chain
+    let t = Tree::plan(&ids, 1, &baton_protocol::plan::no_leaves); // the NMS default: a chain, no gated nodes
     (ids, t)
 }
 

@@ -191,6 +191,7 @@ fn manifest(tag: u32, nodes: usize, size: u64) -> Manifest {
         plan: PlanParams {
             fanout: 1,
             transfer: Transfer::CutThrough,
+            leaves: 0,
         },
         offline_install: false,
         self_update: false,

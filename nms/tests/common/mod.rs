@@ -54,6 +54,7 @@ pub fn nms_options(
             plan: PlanParams {
                 fanout: 1,
                 transfer: Transfer::CutThrough,
+                leaves: 0,
             },
             relay: RelayPolicy::default(),
             expiry_secs: 3600,

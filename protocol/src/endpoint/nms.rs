@@ -269,8 +269,10 @@ pub enum NmsAction {
     Prepare {
         /// The drop.
         drop_id: DropId,
-        /// The eligible nodes, sorted.
+        /// The eligible nodes, ordered for the plan (see [`crate::plan::plan_order`]).
         addressees: Vec<NodeId>,
+        /// How many of the last addressees are leaf-only (`PlanParams::leaves`).
+        leaves: u32,
     },
     /// Sign a follow-up of campaign `of` for `addressees` (nodes that appeared late, none
     /// of its addressees): the same package version (content, chunk hashes, sequence and
@@ -281,8 +283,10 @@ pub enum NmsAction {
         drop_id: DropId,
         /// The package's latest campaign (or one of its follow-ups).
         of: CampaignId,
-        /// The late nodes, sorted.
+        /// The late nodes, ordered for the plan (as [`NmsAction::Prepare`]).
         addressees: Vec<NodeId>,
+        /// How many of the last addressees are leaf-only.
+        leaves: u32,
     },
     /// Send `msg` as a request to `to`; report its response or failure with `id`.
     SendControl {
@@ -864,11 +868,14 @@ impl NmsEndpoint {
         self.fleet.get(node).and_then(|p| p.relay)
     }
 
-    /// `nodes` ordered so that the plan puts the nodes known not to relay now (gated),
-    /// then those whose relaying may stop (restricted), at its leaves.
-    fn ordered_for_relays(&self, nodes: Vec<NodeId>) -> Vec<NodeId> {
+    /// `nodes` ordered for the plan, and how many of the last are leaf-only: the nodes
+    /// known not to relay now (gated) relay for no one, and those whose relaying may stop
+    /// (restricted) take relay places only after the others.
+    fn ordered_for_relays(&self, nodes: Vec<NodeId>) -> (Vec<NodeId>, u32) {
         let fanout = crate::plan::fanout_for(nodes.len(), self.cfg.fanout);
-        crate::plan::order_for_relays(&nodes, fanout, |n| self.relay_hint(n).unwrap_or_default())
+        let (order, leaves) =
+            crate::plan::plan_order(&nodes, fanout, |n| self.relay_hint(n).unwrap_or_default());
+        (order, leaves as u32)
     }
 
     /// Tells a new campaign's monitor what is known of its addressees' relaying.
@@ -1238,7 +1245,7 @@ impl NmsEndpoint {
             return;
         }
         for (package, of, addressees) in self.late_joiners(now) {
-            let addressees = self.ordered_for_relays(addressees);
+            let (addressees, leaves) = self.ordered_for_relays(addressees);
             self.next_follow_up += 1;
             let drop_id = DropId(DropId::FOLLOW_UP | self.next_follow_up);
             self.following.insert(drop_id, (package, addressees.clone()));
@@ -1246,6 +1253,7 @@ impl NmsEndpoint {
                 drop_id,
                 of,
                 addressees,
+                leaves,
             });
         }
         self.arm_late_join(now);
@@ -1301,10 +1309,11 @@ impl NmsEndpoint {
             let front = self.pending.front_mut().expect("not empty");
             if enough && settled {
                 let d = self.pending.pop_front().expect("not empty");
-                let nodes = self.ordered_for_relays(nodes);
+                let (nodes, leaves) = self.ordered_for_relays(nodes);
                 self.actions.push_back(NmsAction::Prepare {
                     drop_id: d.id,
                     addressees: nodes,
+                    leaves,
                 });
                 self.preparing = Some(d);
                 continue;

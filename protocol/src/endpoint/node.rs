@@ -725,7 +725,6 @@ pub struct NodeEndpoint {
     timers: Timers<TimerName>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
-    finished_any: bool,
     /// The latest time seen (wall-clock time is [`Config::unix_origin`] plus this).
     last_now: Duration,
     /// Relay gates (the owner's policy and those of running campaigns).
@@ -759,7 +758,6 @@ impl NodeEndpoint {
             timers: Timers::default(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
-            finished_any: false,
             last_now: now,
             gating,
         };
@@ -855,11 +853,6 @@ impl NodeEndpoint {
                 .opening
                 .values()
                 .any(|o| matches!(o, Origin::Resume | Origin::Ended { .. }))
-    }
-
-    /// True once some campaign ended here and was dropped (for `--once`).
-    pub fn finished_any(&self) -> bool {
-        self.finished_any
     }
 
     /// The machine of a running campaign.
@@ -1750,7 +1743,6 @@ impl NodeEndpoint {
             fetched_chunks: h.machine.fetched_chunks(),
             faults: h.machine.total_faults(),
         });
-        self.finished_any = true;
         self.remember_finished(c);
         let in_use: Vec<Policy> = self
             .campaigns

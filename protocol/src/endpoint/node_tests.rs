@@ -56,6 +56,7 @@ fn world_seq(seq: u64, fanout: u8) -> World {
         plan: PlanParams {
             fanout,
             transfer: Transfer::CutThrough,
+            leaves: 0,
         },
         offline_install: false,
         self_update: false,

@@ -91,6 +91,7 @@ fn prepared_package(d: u64, tag: u8, addressees: &[NodeId], fanout: u8, name: &s
         plan: PlanParams {
             fanout,
             transfer: Transfer::CutThrough,
+            leaves: 0,
         },
         offline_install: false,
         self_update: false,
@@ -116,7 +117,9 @@ fn events(e: &mut NmsEndpoint) -> Vec<NmsEvent> {
 fn prepares(a: &[NmsAction]) -> Vec<(DropId, Vec<NodeId>)> {
     a.iter()
         .filter_map(|a| match a {
-            NmsAction::Prepare { drop_id, addressees } => Some((*drop_id, addressees.clone())),
+            NmsAction::Prepare {
+                drop_id, addressees, ..
+            } => Some((*drop_id, addressees.clone())),
             _ => None,
         })
         .collect()
@@ -1726,6 +1729,7 @@ mod late {
             .filter_map(|a| match a {
                 NmsAction::FollowUp {
                     drop_id,
+                    leaves: _,
                     of,
                     addressees,
                 } => Some((*drop_id, *of, addressees.clone())),
@@ -1990,8 +1994,9 @@ fn seen_relay(n: u64, relay: RelayHint) -> NmsInput {
     }
 }
 
-fn relaying(list: &[NodeId], fanout: u8) -> Vec<NodeId> {
-    let tree = crate::plan::Tree::plan(list, fanout);
+fn relaying(list: &[NodeId], fanout: u8, leaves: u32) -> Vec<NodeId> {
+    let leaf: Vec<NodeId> = list[list.len() - leaves as usize..].to_vec();
+    let tree = crate::plan::Tree::plan(list, fanout, &|n| leaf.contains(n));
     let mut v: Vec<NodeId> = tree.parent.values().flatten().copied().collect();
     v.sort();
     v.dedup();
@@ -2007,7 +2012,7 @@ fn nodes_that_advertise_gated_or_restricted_relaying_are_planned_at_the_leaves()
     }
     e.handle(s(0), drop_ready(1));
     let (_, plain) = prepares(&run_until(&mut e, s(2))).remove(0);
-    let plain_relays = relaying(&plain, 2);
+    let plain_relays = relaying(&plain, 2, 0);
     assert_eq!(plain_relays.len(), 4, "8 nodes, fanout 2: 4 relays");
     // two of the plain plan's relays now say they are gated, one restricted
     let mut e = NmsEndpoint::new(s(0), cfg());
@@ -2024,11 +2029,25 @@ fn nodes_that_advertise_gated_or_restricted_relaying_are_planned_at_the_leaves()
         e.handle(s(0), seen_relay(*n, hint));
     }
     e.handle(s(0), drop_ready(1));
-    let (_, ordered) = prepares(&run_until(&mut e, s(2))).remove(0);
+    let a = run_until(&mut e, s(2));
+    let (_, ordered) = prepares(&a).remove(0);
+    let leaves = a
+        .iter()
+        .find_map(|a| match a {
+            NmsAction::Prepare { leaves, .. } => Some(*leaves),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(leaves, 2, "the two gated nodes are leaf-only");
+    let mut tail = ordered[6..].to_vec();
+    tail.sort();
+    let mut g = gated.to_vec();
+    g.sort();
+    assert_eq!(tail, g, "at the end of the list");
     let mut sorted = ordered.clone();
     sorted.sort();
     assert_eq!(sorted, plain, "the same addressees");
-    let relays = relaying(&ordered, 2);
+    let relays = relaying(&ordered, 2, leaves);
     for g in gated.iter().chain([&restricted]) {
         assert!(!relays.contains(g), "{g} relays in {ordered:?}");
     }
