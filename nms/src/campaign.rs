@@ -229,6 +229,18 @@ pub fn stamp_of(meta: &fs::Metadata) -> DropStamp {
     }
 }
 
+/// Checks that a copy taken in under the agent's reserved name is an ELF executable.
+/// (Each node checks it is one for its own platform.)
+fn agent_header(copy: &Path) -> Result<baton_protocol::selfupdate::ElfTarget, String> {
+    use baton_protocol::selfupdate::{ELF_HEADER_LEN, elf_target};
+    use std::io::Read;
+    let mut header = Vec::with_capacity(ELF_HEADER_LEN);
+    fs::File::open(copy)
+        .and_then(|f| f.take(ELF_HEADER_LEN as u64).read_to_end(&mut header))
+        .map_err(|e| format!("its copy cannot be read: {e}"))?;
+    elf_target(&header).map_err(|e| e.to_string())
+}
+
 /// The refusal of a drop too large for one campaign, or `None`.
 pub fn oversize(path: &Path, size: u64, chunk_size: u32) -> Option<String> {
     let max = max_package_size(chunk_size);
@@ -346,6 +358,14 @@ pub fn prepare(
             return Err(e);
         }
     };
+    let agent = name == baton_protocol::selfupdate::AGENT_PACKAGE;
+    if agent && let Err(why) = agent_header(&file) {
+        discard();
+        remember(Some(&root), "refused: not an executable")?;
+        bail!(
+            "{shown}: `{name}` is the reserved name of the node agent, but {why}; nothing distributed (publish a baton-node executable with baton-nms publish-agent)"
+        );
+    }
     let mut db = lock(&inbox.db);
     let this = InboxDrop {
         file: &file_name,
@@ -393,7 +413,7 @@ pub fn prepare(
         relay: settings.relay,
         plan,
         offline_install: settings.offline_install,
-        self_update: false,
+        self_update: agent,
         addressees,
     };
     let (signed, secret) = sign_and_save(&manifest, nms, &dir, &discard)?;
@@ -1096,6 +1116,33 @@ mod inbox_tests {
         fn copies(&self) -> usize {
             fs::read_dir(self.data.join("campaigns")).map_or(0, |d| d.count())
         }
+    }
+
+    #[test]
+    fn the_reserved_agent_name_takes_only_an_executable_and_flags_it_self_update() {
+        let s = setup();
+        let ib = inbox(&s.data);
+        let script = s.put("baton-node-0.2.0", b"#!/bin/sh\necho not an agent\n");
+        let e = format!("{:#}", s.take(&ib, &script).unwrap_err());
+        assert!(
+            e.contains("reserved name of the node agent") && e.contains("not an ELF file"),
+            "{e}"
+        );
+        assert_eq!(s.copies(), 0, "the refused file's copy was kept");
+        // the NMS checks the header only (each node checks its platform): a test
+        // executable's first 4 KiB will do
+        let mut exe = vec![0u8; 4096];
+        std::io::Read::read_exact(&mut fs::File::open("/proc/self/exe").unwrap(), &mut exe).unwrap();
+        let agent = s.put("baton-node-0.2.0", &exe);
+        let c = campaign(s.take(&ib, &agent)).unwrap();
+        assert!(c.manifest.self_update);
+        assert_eq!(
+            (c.manifest.name.as_str(), c.manifest.version.as_str()),
+            ("baton-node", "0.2.0")
+        );
+        // any other package is not flagged
+        let frob = s.put("frob-1.0.bin", &exe);
+        assert!(!campaign(s.take(&ib, &frob)).unwrap().manifest.self_update);
     }
 
     #[test]

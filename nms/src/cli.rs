@@ -156,6 +156,20 @@ pub enum Command {
         #[command(flatten)]
         op: OpArgs,
     },
+    /// Distributes a new baton-node executable to the fleet (an agent campaign): checks
+    /// that it is an ELF executable and drops it into the watched folder as
+    /// `baton-node-VERSION`. Each node checks it runs on its platform, lets its children
+    /// get it, tries it, and switches to it or rolls back (docs/operations.md).
+    PublishAgent {
+        /// The new baton-node executable.
+        path: PathBuf,
+        /// Its version, as nodes and the inventory show it. Default: this baton-nms's
+        /// version.
+        #[arg(long, value_name = "VERSION")]
+        version: Option<String>,
+        #[command(flatten)]
+        op: OpArgs,
+    },
 }
 
 /// What every operator command takes.
@@ -181,6 +195,14 @@ impl Command {
             Command::Cancel { id, op } => (Request::Cancel { id }, op),
             Command::Resume { id, op } => (Request::Resume { id }, op),
             Command::Rollback { package, to, op } => (Request::Rollback { package, to }, op),
+            Command::PublishAgent { path, version, op } => (
+                Request::PublishAgent {
+                    // the NMS reads it: name it from the root, as this shell sees it
+                    path: std::path::absolute(&path).unwrap_or(path).display().to_string(),
+                    version: version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
+                },
+                op,
+            ),
         };
         (req, op.data_dir.unwrap_or_else(default_data_dir), op.json)
     }
@@ -203,7 +225,7 @@ fn listen_arg(s: &str) -> Result<SocketAddr, String> {
 pub fn options(cli: Cli) -> Result<NmsOptions> {
     let Some(watch) = cli.watch.clone() else {
         bail!(
-            "--watch is required to run the NMS (the folder packages are dropped into); to act on a running NMS, give a command: status, campaigns, show, cancel, resume, rollback (see --help)"
+            "--watch is required to run the NMS (the folder packages are dropped into); to act on a running NMS, give a command: status, nodes, campaigns, show, cancel, resume, rollback, publish-agent (see --help)"
         );
     };
     if cli.fanout == 0 || cli.fanout > MAX_FANOUT {
@@ -577,6 +599,33 @@ mod tests {
         assert_eq!((dir, json), (PathBuf::from("/d"), true));
         let cli = Cli::try_parse_from(["baton-nms", "show", "ab12"]).unwrap();
         assert_eq!(cli.command.unwrap().request().1, default_data_dir());
+        // publish-agent: the path as the daemon must read it (absolute), the version
+        let cli = Cli::try_parse_from(["baton-nms", "publish-agent", "bin/baton-node"]).unwrap();
+        match cli.command.unwrap().request().0 {
+            crate::ops::Request::PublishAgent { path, version } => {
+                assert!(
+                    path.starts_with('/') && path.ends_with("bin/baton-node"),
+                    "{path}"
+                );
+                assert_eq!(version, env!("CARGO_PKG_VERSION"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "baton-nms",
+            "publish-agent",
+            "/x/baton-node",
+            "--version",
+            "0.2.0",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command.unwrap().request().0,
+            crate::ops::Request::PublishAgent {
+                path: "/x/baton-node".into(),
+                version: "0.2.0".into()
+            }
+        );
         let e = format!(
             "{:#}",
             options(Cli::try_parse_from(["baton-nms"]).unwrap()).unwrap_err()

@@ -90,6 +90,12 @@ pub const MIGRATIONS: &[&str] = &[
     // NMS (NULL: as far as known; otherwise the detail of its refusal of our offer)
     "ALTER TABLE inventory ADD COLUMN tags TEXT NOT NULL DEFAULT '';
     ALTER TABLE inventory ADD COLUMN trust TEXT;",
+    // 3: the agent each node runs (from its adverts): version, build id (BLAKE3 of its
+    // executable, hex), the build it ran before the last change, and when it changed
+    "ALTER TABLE inventory ADD COLUMN agent_version TEXT;
+    ALTER TABLE inventory ADD COLUMN agent_build TEXT;
+    ALTER TABLE inventory ADD COLUMN agent_previous TEXT;
+    ALTER TABLE inventory ADD COLUMN agent_since INTEGER;",
 ];
 
 /// Why the database cannot be used.
@@ -124,6 +130,21 @@ pub struct InventoryNode {
     pub last_seen: u64,
     /// (package, version) installed, by package.
     pub installed: Vec<(String, String)>,
+    /// The agent it advertises, if any (older agents advertise none).
+    pub agent: Option<AgentSeen>,
+}
+
+/// The agent a node runs, as its adverts say.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentSeen {
+    /// Its `baton-node` version.
+    pub version: String,
+    /// Its build id: BLAKE3 of its executable, hex.
+    pub build: String,
+    /// The build it advertised before this one, if it changed while this NMS watched.
+    pub previous: Option<String>,
+    /// Unix seconds when this build was first seen.
+    pub since: u64,
 }
 
 /// A campaign's state in the database.
@@ -785,6 +806,27 @@ impl Db {
         Ok(())
     }
 
+    /// A node advertises the agent `version` with build id `build`: recorded, and when the
+    /// build changed, the one before is kept as `agent_previous`.
+    pub fn node_agent(&self, node: &NodeId, version: &str, build: &str, at: u64) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "INSERT INTO inventory (node, addresses, first_seen, last_seen, agent_version, agent_build, agent_since)
+                 VALUES (?1, '', ?4, ?4, ?2, ?3, ?4)
+                 ON CONFLICT(node) DO UPDATE SET
+                   agent_previous = CASE WHEN inventory.agent_build IS NOT NULL
+                       AND inventory.agent_build != excluded.agent_build
+                     THEN inventory.agent_build ELSE inventory.agent_previous END,
+                   agent_since = CASE WHEN inventory.agent_build IS excluded.agent_build
+                     THEN inventory.agent_since ELSE excluded.agent_since END,
+                   agent_version = excluded.agent_version,
+                   agent_build = excluded.agent_build",
+                params![node.to_string(), version, build, i(at)],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
     /// A node refused our offer because it trusts another NMS (`detail`: its refusal).
     pub fn node_trusts_other(&self, node: &NodeId, detail: &str, at: u64) -> Result<(), DbError> {
         self.conn
@@ -842,7 +884,9 @@ impl Db {
         let mut st = self
             .conn
             .prepare(
-                "SELECT node, addresses, tags, trust, first_seen, last_seen FROM inventory ORDER BY node",
+                "SELECT node, addresses, tags, trust, first_seen, last_seen,
+                   agent_version, agent_build, agent_previous, agent_since
+                 FROM inventory ORDER BY node",
             )
             .map_err(|e| self.sql(e))?;
         let nodes = st
@@ -863,6 +907,15 @@ impl Db {
                     first_seen: u(r.get(4)?),
                     last_seen: u(r.get(5)?),
                     installed: Vec::new(),
+                    agent: match (r.get::<_, Option<String>>(6)?, r.get::<_, Option<String>>(7)?) {
+                        (Some(version), Some(build)) => Some(AgentSeen {
+                            version,
+                            build,
+                            previous: r.get(8)?,
+                            since: u(r.get::<_, Option<i64>>(9)?.unwrap_or(0)),
+                        }),
+                        _ => None,
+                    },
                 })
             })
             .map_err(|e| self.sql(e))?
@@ -987,7 +1040,7 @@ mod tests {
             .unwrap();
         }
         let db = Db::open(d.path()).unwrap();
-        assert_eq!(db.schema_version().unwrap(), 2);
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
         assert_eq!(
             db.inventory().unwrap(),
             vec![InventoryNode {
@@ -998,8 +1051,47 @@ mod tests {
                 first_seen: 5,
                 last_seen: 9,
                 installed: vec![("frob".into(), "1.0".into())],
+                agent: None,
             }]
         );
+    }
+
+    #[test]
+    fn the_agent_build_is_recorded_with_the_one_before_it() {
+        let d = tempfile::tempdir().unwrap();
+        let a = node();
+        let db = Db::open(d.path()).unwrap();
+        db.node_seen(&a, &["/ip4/198.18.0.2/tcp/1".into()], None, 10)
+            .unwrap();
+        assert_eq!(db.inventory().unwrap()[0].agent, None);
+        let (old, new) = ("a".repeat(64), "b".repeat(64));
+        db.node_agent(&a, "0.1.0", &old, 11).unwrap();
+        db.node_agent(&a, "0.1.0", &old, 12).unwrap();
+        let seen = |db: &Db| db.inventory().unwrap()[0].agent.clone().unwrap();
+        assert_eq!(
+            seen(&db),
+            AgentSeen {
+                version: "0.1.0".into(),
+                build: old.clone(),
+                previous: None,
+                since: 11
+            }
+        );
+        db.node_agent(&a, "0.2.0", &new, 20).unwrap();
+        db.node_agent(&a, "0.2.0", &new, 21).unwrap();
+        assert_eq!(
+            seen(&db),
+            AgentSeen {
+                version: "0.2.0".into(),
+                build: new.clone(),
+                previous: Some(old.clone()),
+                since: 20
+            }
+        );
+        // a node first heard of through its agent advert is in the inventory too
+        let b = node();
+        db.node_agent(&b, "0.1.0", &old, 30).unwrap();
+        assert_eq!(db.inventory().unwrap().len(), 2);
     }
 
     #[test]

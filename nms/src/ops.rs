@@ -11,7 +11,7 @@ use baton_protocol::monitor::CampaignMonitor;
 use baton_protocol::{CampaignId, Manifest, NodeStatus, SignedManifest};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{CampaignState, InventoryNode, SavedCampaign, SavedNode};
+use crate::db::{AgentSeen, CampaignState, InventoryNode, SavedCampaign, SavedNode};
 
 /// Where the NMS with this data directory listens for the operator.
 pub use baton_shell::control::socket_path;
@@ -23,10 +23,24 @@ pub enum Request {
     Status,
     Nodes,
     Campaigns,
-    Show { id: String },
-    Cancel { id: String },
-    Resume { id: String },
-    Rollback { package: String, to: Option<String> },
+    Show {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Rollback {
+        package: String,
+        to: Option<String>,
+    },
+    /// Distribute a new `baton-node` executable (an agent campaign, docs/operations.md).
+    PublishAgent {
+        path: String,
+        version: String,
+    },
 }
 
 /// The daemon's answer.
@@ -79,6 +93,10 @@ pub struct InventoryRow {
     pub first_seen: u64,
     pub last_seen: u64,
     pub installed: Vec<InstalledRow>,
+    /// The agent it advertises: version, build id (BLAKE3 of its executable) and the build
+    /// it ran before. `None` for an agent too old to say.
+    #[serde(default)]
+    pub agent: Option<AgentSeen>,
 }
 
 /// A package version a node installed.
@@ -105,6 +123,7 @@ pub fn node_rows(inventory: Vec<InventoryNode>) -> Vec<InventoryRow> {
                 .into_iter()
                 .map(|(package, version)| InstalledRow { package, version })
                 .collect(),
+            agent: n.agent,
         })
         .collect()
 }
@@ -126,6 +145,16 @@ fn node_table(nodes: &[InventoryRow], now: u64) -> String {
                     None => "this NMS".into(),
                     Some(d) => format!("another NMS: {d}"),
                 },
+                match &n.agent {
+                    None => "-".into(),
+                    Some(a) => {
+                        let short = |b: &str| b.get(..16).unwrap_or(b).to_string();
+                        match &a.previous {
+                            Some(p) => format!("{} {} (was {})", a.version, short(&a.build), short(p)),
+                            None => format!("{} {}", a.version, short(&a.build)),
+                        }
+                    }
+                },
                 or_dash(
                     n.installed
                         .iter()
@@ -137,7 +166,15 @@ fn node_table(nodes: &[InventoryRow], now: u64) -> String {
         })
         .collect();
     table(
-        &["NODE", "LAST SEEN", "ADDRESSES", "TAGS", "TRUSTS", "INSTALLED"],
+        &[
+            "NODE",
+            "LAST SEEN",
+            "ADDRESSES",
+            "TAGS",
+            "TRUSTS",
+            "AGENT",
+            "INSTALLED",
+        ],
         &rows,
     )
 }
@@ -664,6 +701,12 @@ mod tests {
                 first_seen: 100,
                 last_seen: 940,
                 installed: vec![("frob".into(), "1.0".into()), ("knob".into(), "2.1".into())],
+                agent: Some(AgentSeen {
+                    version: "0.2.0".into(),
+                    build: "b".repeat(64),
+                    previous: Some("a".repeat(64)),
+                    since: 900,
+                }),
             },
             InventoryNode {
                 node: "12D3KooB".into(),
@@ -673,6 +716,7 @@ mod tests {
                 first_seen: 100,
                 last_seen: 400,
                 installed: vec![],
+                agent: None,
             },
         ];
         let rows = node_rows(inv);
@@ -697,11 +741,14 @@ mod tests {
             lines[1].contains("1m ago")
                 && lines[1].contains("lab,rack-2")
                 && lines[1].contains("this NMS")
+                && lines[1].contains(&format!("0.2.0 {} (was {})", "b".repeat(16), "a".repeat(16)))
                 && lines[1].ends_with("frob 1.0, knob 2.1"),
             "{out}"
         );
         assert!(
-            lines[2].contains("10m ago") && lines[2].ends_with("another NMS: trusts NMS 12D3KooX  -"),
+            lines[2].contains("10m ago")
+                && lines[2].contains("another NMS: trusts NMS 12D3KooX  -")
+                && lines[2].ends_with("  -"),
             "{out}"
         );
         // --json: the same answer, parsed back

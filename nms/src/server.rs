@@ -210,6 +210,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
             port,
             tags: Vec::new(),
             relay: None,
+            agent: None,
         };
         let (d, rx) = Discovery::start(&advert, &net::advertised_ips(&opts.listen), &opts.interfaces)
             .context("starting mDNS discovery")?;
@@ -279,6 +280,12 @@ impl Nms {
                         .db()
                         .node_seen(&NodeId(peer), &seen, Some(&advert.tags), unix_now());
                     self.db_error(r);
+                    if let Some(a) = &advert.agent {
+                        let r = self
+                            .db()
+                            .node_agent(&NodeId(peer), &a.version, &a.build, unix_now());
+                        self.db_error(r);
+                    }
                 }
                 self.input(NmsInput::NodeSeen {
                     id: NodeId(peer),
@@ -967,7 +974,54 @@ impl Nms {
                     campaign: None,
                 })
             }
+            Request::PublishAgent { path, version } => self.publish_agent(&path, &version),
         }
+    }
+
+    /// `baton-nms publish-agent`: checks the file is an ELF executable and puts it into the
+    /// watched folder as `baton-node-<version>` (written under a hidden name, then renamed
+    /// into place), where it is taken in like any drop (`campaign.rs` gives the reserved
+    /// name its self-update flag).
+    fn publish_agent(&self, path: &str, version: &str) -> std::result::Result<Response, String> {
+        use baton_protocol::selfupdate::{AGENT_PACKAGE, ELF_HEADER_LEN, elf_target};
+        use std::io::Read;
+        let name = format!("{AGENT_PACKAGE}-{version}");
+        let (package, parsed) = baton_protocol::manifest::parse_package_file_name(&name);
+        if !baton_protocol::manifest::is_plain_file_name(version)
+            || package != AGENT_PACKAGE
+            || parsed != version
+        {
+            return Err(format!(
+                "`{version}` cannot be an agent version: give --version as digits and dots, e.g. 0.2.0"
+            ));
+        }
+        let mut header = Vec::with_capacity(ELF_HEADER_LEN);
+        std::fs::File::open(path)
+            .and_then(|f| f.take(ELF_HEADER_LEN as u64).read_to_end(&mut header))
+            .map_err(|e| format!("cannot read {path}: {e}"))?;
+        let target = elf_target(&header).map_err(|e| format!("{path}: {e}; nothing published"))?;
+        let tmp = self.opts.watch.join(format!(".{name}.publishing"));
+        let dest = self.opts.watch.join(&name);
+        std::fs::copy(path, &tmp)
+            .and_then(|_| std::fs::rename(&tmp, &dest))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                format!(
+                    "cannot put {path} into the watched folder as {}: {e}",
+                    dest.display()
+                )
+            })?;
+        info!(
+            "agent {version} ({target}) published by the operator as {}",
+            dest.display()
+        );
+        Ok(Response::Done {
+            message: format!(
+                "{path} ({target}) put into the watched folder as {name}: it goes out as an agent campaign \
+                 once taken in; follow it with baton-nms campaigns, and the agents with baton-nms nodes"
+            ),
+            campaign: None,
+        })
     }
 
     fn state_of(&self, c: &SavedCampaign) -> String {

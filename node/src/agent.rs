@@ -63,6 +63,10 @@ pub struct NodeOptions {
     pub max_upload: Option<u64>,
     /// Testing only: readings from this file instead of the machine's probe.
     pub test_probe_file: Option<PathBuf>,
+    /// The running agent's own executable, when it runs as one (`baton-node`): it
+    /// advertises its build and can replace itself. `None` (embedded in another program,
+    /// e.g. the testbed): agent packages are refused.
+    pub agent: Option<Arc<crate::upgrade::AgentSelf>>,
 }
 
 /// Bursts the upload cap lets through at once (two 128 KiB chunks).
@@ -127,6 +131,11 @@ struct Agent {
     static_peers: Vec<(libp2p::PeerId, Multiaddr)>,
     /// With `--once`: what decides the end.
     once: Option<crate::once::Watch>,
+    /// An agent package's install step asked to stop and upgrade.
+    upgrade: Option<crate::upgrade::Upgrade>,
+    /// Install steps running (an upgrade waits for them: an install command is not cut
+    /// off by the switch).
+    installing: usize,
 }
 
 fn unix_now() -> u64 {
@@ -215,6 +224,8 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         delayed: VecDeque::new(),
         static_peers: Vec::new(),
         once: opts.once.map(|_| crate::once::Watch::new()),
+        upgrade: None,
+        installing: 0,
     };
     agent.read_probe();
     let (_control, mut ctl_rx) = match baton_shell::control::ControlServer::bind::<
@@ -249,6 +260,10 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         port,
         tags: opts.tags.clone(),
         relay: agent.endpoint.relay_hint(),
+        agent: opts.agent.as_ref().map(|a| baton_shell::discovery::AgentBuild {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            build: a.build_hex(),
+        }),
     };
     let (discovery, mut disco_rx) = if opts.mdns {
         let (d, rx) = Discovery::start(&advert, &net::advertised_ips(&opts.listen), &opts.interfaces)
@@ -288,6 +303,10 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             }
         }
         agent.drive();
+        if agent.upgrade.is_some() && agent.installing == 0 {
+            info!("stopping to switch to the new agent");
+            break None;
+        }
         let relay = agent.endpoint.relay_hint();
         if relay != advert.relay {
             advert.relay = relay;
@@ -304,6 +323,13 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
     };
     if let Some(d) = discovery {
         d.shutdown_async().await;
+    }
+    if let (Some(up), Some(me)) = (agent.upgrade.take(), opts.agent.clone()) {
+        // the swarm and every file closed; the journal is on disk (appends are synced);
+        // with --once, the re-executed agent goes on with the same arguments
+        drop(agent);
+        drop(_control);
+        return Err(crate::upgrade::carry_out(&opts.data_dir, &me, &up));
     }
     match end {
         Some(e) if opts.once.is_some() => e.result(),
@@ -520,7 +546,10 @@ impl Agent {
                 })
             }
             Internal::Opened { ticket, result } => self.input(Input::OfferOpened { ticket, result }),
-            Internal::Installed(campaign, outcome) => self.input(Input::InstallDone { campaign, outcome }),
+            Internal::Installed(campaign, outcome) => {
+                self.installing = self.installing.saturating_sub(1);
+                self.input(Input::InstallDone { campaign, outcome })
+            }
         }
     }
 
@@ -658,6 +687,7 @@ impl Agent {
                     let _ = tx.send(Internal::Hashed(campaign, r));
                 });
             }
+            Action::Install { campaign } if self.is_agent(&campaign) => self.install_agent(campaign),
             Action::Install { campaign } => {
                 let Some(o) = self.files.get(&campaign) else {
                     return;
@@ -666,6 +696,7 @@ impl Agent {
                 let tx = self.internal.clone();
                 let store = self.store.clone();
                 let cmd = self.opts.install.clone();
+                self.installing += 1;
                 tokio::spawn(async move {
                     let outcome = match store.install(&manifest, cmd.as_ref()).await {
                         Ok(()) => InstallOutcome::Installed,
@@ -691,6 +722,70 @@ impl Agent {
                 if let Err(e) = self.journal.append(&entry) {
                     error!("{e:#}; a restart may resume this campaign again");
                 }
+            }
+        }
+    }
+
+    fn is_agent(&self, c: &CampaignId) -> bool {
+        self.files
+            .get(c)
+            .is_some_and(|o| baton_protocol::selfupdate::is_agent_package(&o.manifest))
+    }
+
+    /// The install step of an agent package (see `upgrade.rs`): installed if this process
+    /// runs it, failed with a reason, or stop and try it.
+    fn install_agent(&mut self, campaign: CampaignId) {
+        use crate::upgrade::{Decision, Upgrade, decide};
+        let Some(o) = self.files.get(&campaign) else {
+            return;
+        };
+        let manifest = o.manifest.clone();
+        let decision = match &self.opts.agent {
+            None => Decision::Failed(
+                "this node runs inside another program, not as its own baton-node executable: it cannot replace itself".into(),
+            ),
+            Some(me) => decide(&self.opts.data_dir, me, &o.file, &manifest),
+        };
+        match decision {
+            Decision::Running => {
+                // the NMS acknowledged this agent's rolling code: it reported; it stays
+                if let Some(me) = &self.opts.agent {
+                    if crate::upgrade::test_silent(me) {
+                        warn!(
+                            "testing ({}): this agent does not report its install",
+                            crate::upgrade::TEST_SILENT_BUILD_ENV
+                        );
+                        return;
+                    }
+                    if let Some(p) = &me.probation {
+                        p.confirm();
+                    }
+                }
+                info!(version = %manifest.version, "running the new agent (build {})", hex::encode(manifest.root));
+                let tx = self.internal.clone();
+                let store = self.store.clone();
+                self.installing += 1;
+                tokio::spawn(async move {
+                    // kept in the store like any package; no install command for the agent
+                    let outcome = match store.install(&manifest, None).await {
+                        Ok(()) => InstallOutcome::Installed,
+                        Err(reason) => InstallOutcome::Failed { reason },
+                    };
+                    let _ = tx.send(Internal::Installed(campaign, outcome));
+                });
+            }
+            Decision::Failed(reason) => {
+                self.installing += 1;
+                let _ = self
+                    .internal
+                    .send(Internal::Installed(campaign, InstallOutcome::Failed { reason }));
+            }
+            Decision::Upgrade => {
+                self.upgrade = Some(Upgrade {
+                    package: o.file.clone(),
+                    root: manifest.root,
+                    version: manifest.version.clone(),
+                });
             }
         }
     }

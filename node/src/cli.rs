@@ -372,6 +372,7 @@ pub fn options(cli: Cli) -> Result<NodeOptions> {
             ..NodeConfig::default()
         },
         keep_versions: cli.keep_versions,
+        agent: None,
     })
 }
 
@@ -414,6 +415,45 @@ where
     drop(runtime);
     drop(dirs);
     result
+}
+
+/// The `baton-node` executable's entry point: [`main_from`], as an agent that knows its own
+/// executable (it advertises its build id and can replace itself, `upgrade.rs`). Started
+/// with [`crate::upgrade::TRIAL_ENV`], it is a new agent on trial (`trial.rs`): it starts,
+/// advertises its build id, connects to the NMS, says so and exits.
+pub fn main_agent(args: Vec<std::ffi::OsString>) -> Result<()> {
+    init_tracing();
+    let mut cli = Cli::parse_from(args.clone());
+    match cli.command.take() {
+        Some(Command::Trust { action }) => return trust_command(&cli, action),
+        Some(Command::Status { json }) => return status_command(&cli, json),
+        None => {}
+    }
+    let me = crate::upgrade::AgentSelf::current(args)?;
+    let mut opts = options(cli)?;
+    if let Some(healthy) = std::env::var_os(crate::upgrade::TRIAL_ENV) {
+        println!(
+            "baton-node {} (build {}) on trial",
+            env!("CARGO_PKG_VERSION"),
+            me.build_hex()
+        );
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::trial::run(
+                opts,
+                std::sync::Arc::new(me),
+                std::path::Path::new(&healthy),
+            ));
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), build = %me.build_hex(), exe = %me.exe.display(), "agent");
+    let mut me = me;
+    me.probation = crate::upgrade::Probation::start(&opts.data_dir, &me);
+    opts.agent = Some(std::sync::Arc::new(me));
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(opts))
 }
 
 /// `baton-node status`: asks the running node over its control socket.

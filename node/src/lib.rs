@@ -8,3 +8,5 @@ pub mod once;
 pub mod probe;
 pub mod status;
 pub mod store;
+pub mod trial;
+pub mod upgrade;

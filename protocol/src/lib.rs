@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod monitor;
 pub mod plan;
 pub mod receiver;
+pub mod selfupdate;
 pub mod serve;
 pub mod sim;
 pub mod wire;

@@ -178,6 +178,12 @@ pub enum ManifestError {
     Inconsistent(String),
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// A manifest written by a newer NMS for newer nodes (a mixed fleet during an agent
+    /// update): refused cleanly, the NMS plans around the refusal.
+    #[error(
+        "the manifest has format {0}, newer than the format {MANIFEST_FORMAT} this baton-node reads; upgrade this node's agent (baton-nms publish-agent) to receive it"
+    )]
+    NewerFormat(u8),
 }
 
 /// True for a name that can be used as one path component inside the package store.
@@ -217,9 +223,12 @@ impl Manifest {
 
     /// Structural validation: limits, names, consistency. Needs no keys or clock.
     pub fn validate(&self) -> Result<Layout, ManifestError> {
+        if self.format > MANIFEST_FORMAT {
+            return Err(ManifestError::NewerFormat(self.format));
+        }
         if self.format != MANIFEST_FORMAT {
             return Err(ManifestError::Inconsistent(format!(
-                "format {} is not the supported {MANIFEST_FORMAT}; upgrade baton-node",
+                "format {} is not the supported {MANIFEST_FORMAT}",
                 self.format
             )));
         }
@@ -480,6 +489,38 @@ pub(crate) mod tests {
             m.install_check(Some((2, [9; 32]))),
             Err(Superseded::Conflict { sequence: 2, .. })
         ));
+    }
+
+    #[test]
+    fn a_manifest_of_a_newer_format_is_refused_cleanly_even_with_fields_this_node_does_not_know() {
+        let nms = keypair_from_seed(1);
+        let me = NodeId::of(&keypair_from_seed(2));
+        let m = sample(&nms, vec![me], b"from a newer NMS");
+        // what a newer NMS would sign: a higher format and a field unknown here
+        let mut value = ciborium::Value::serialized(&m).unwrap();
+        let map = value.as_map_mut().unwrap();
+        for (k, v) in map.iter_mut() {
+            if k.as_text() == Some("format") {
+                *v = ciborium::Value::Integer((MANIFEST_FORMAT + 1).into());
+            }
+        }
+        map.push((
+            ciborium::Value::Text("stripes".into()),
+            ciborium::Value::Integer(4.into()),
+        ));
+        let mut body = Vec::new();
+        ciborium::into_writer(&value, &mut body).unwrap();
+        let signature = nms.sign(&signed_message(&body)).unwrap();
+        let signed = SignedManifest { body, signature };
+        let e = signed.open_unchecked().unwrap_err();
+        assert_eq!(e, ManifestError::NewerFormat(MANIFEST_FORMAT + 1));
+        assert!(e.to_string().contains("upgrade this node's agent"), "{e}");
+        // a node answers the offer with a refusal the NMS re-plans around (a bad manifest)
+        let refusal = crate::receiver::Refusal::from(e);
+        assert_eq!(refusal.reason, crate::wire::RefuseReason::BadManifest);
+        // the same manifest at this format opens
+        let signed = SignedManifest::sign(&m, &nms).unwrap();
+        assert_eq!(signed.open_unchecked().unwrap(), m);
     }
 
     pub(crate) fn sample(nms: &Keypair, addressees: Vec<NodeId>, data: &[u8]) -> Manifest {

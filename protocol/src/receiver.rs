@@ -276,6 +276,9 @@ pub struct NodeCampaign {
     /// A node below its children asked this node for chunks (it moved up its path past a
     /// gated or failed relay): its children's receipts do not end the relaying then.
     served_below: bool,
+    /// An agent package ([`crate::selfupdate`]) is authenticated and waits to install
+    /// until the children hold it (or were given up): installing it restarts the node.
+    install_waits: bool,
 }
 
 impl NodeCampaign {
@@ -426,6 +429,7 @@ impl NodeCampaign {
             gated_since: None,
             restricted: false,
             served_below: false,
+            install_waits: false,
             manifest,
         }
     }
@@ -492,21 +496,7 @@ impl NodeCampaign {
     /// that nodes further down asked (they moved up their path past a gated or failed
     /// relay) ends only that way: their receipts go to their own parents, not here.
     pub fn relay_done(&self, now: Duration) -> bool {
-        let children_done = self.children.iter().all(|c| {
-            matches!(
-                c.state,
-                ChildState::Receipted | ChildState::Failed | ChildState::HandedBack
-            )
-        });
-        let idle = self.linger_end().is_none_or(|t| now >= t);
-        matches!(self.phase, Phase::Installed | Phase::Failed)
-            && self.server.held_count() == 0
-            // an offer still unanswered may come back refused: the rest of that part is
-            // then offered to its next node, which only this node can do
-            && !self.children.iter().any(|c| c.state == ChildState::Offered)
-            // a part held while gated is offered or handed back first
-            && !self.children.iter().any(|c| c.state == ChildState::Pending)
-            && ((children_done && !self.served_below) || idle)
+        matches!(self.phase, Phase::Installed | Phase::Failed) && self.children_settled(now)
     }
 
     /// When a silent child stops holding this node: [`RELAY_LINGER`] after the later of
@@ -516,8 +506,58 @@ impl NodeCampaign {
         since.map(|t| t + RELAY_LINGER)
     }
 
+    /// The install step starts: at once for a package, once the children are settled
+    /// ([`Self::children_settled`]) for a new agent, whose install restarts this node.
+    fn start_install(&mut self, now: Duration) {
+        self.phase = Phase::Installing;
+        if crate::selfupdate::is_agent_package(&self.manifest) {
+            self.install_waits = true;
+            self.check_agent_install(now);
+        } else {
+            self.actions.push_back(NodeAction::Install);
+        }
+    }
+
+    /// True once no child still needs this node: every child has its package, was given
+    /// up or handed back, no request is held, no offer unanswered and no part held while
+    /// gated, or (a silent child, or nodes further down that asked here) nobody asked for
+    /// a chunk during [`RELAY_LINGER`] since the package was complete here. The end of
+    /// relaying once installed ([`Self::relay_done`]), and what an agent's install step
+    /// waits for.
+    pub fn children_settled(&self, now: Duration) -> bool {
+        let children_done = self.children.iter().all(|c| {
+            matches!(
+                c.state,
+                ChildState::Receipted | ChildState::Failed | ChildState::HandedBack
+            )
+        });
+        let idle = self.linger_end().is_none_or(|t| now >= t);
+        self.server.held_count() == 0
+            // an offer still unanswered may come back refused: the rest of that part is
+            // then offered to its next node, which only this node can do
+            && !self.children.iter().any(|c| c.state == ChildState::Offered)
+            // a part held while gated is offered or handed back first
+            && !self.children.iter().any(|c| c.state == ChildState::Pending)
+            && ((children_done && !self.served_below) || idle)
+    }
+
+    /// True while an agent package waits for its children before its install step.
+    pub fn install_waits(&self) -> bool {
+        self.install_waits
+    }
+
+    /// Emits the deferred [`NodeAction::Install`] of an agent package once the children
+    /// are settled.
+    fn check_agent_install(&mut self, now: Duration) {
+        if self.install_waits && self.phase == Phase::Installing && self.children_settled(now) {
+            self.install_waits = false;
+            self.actions.push_back(NodeAction::Install);
+        }
+    }
+
     /// Emits [`NodeAction::RelayDone`] once, when [`Self::relay_done`] becomes true.
     fn check_relay_done(&mut self, now: Duration) {
+        self.check_agent_install(now);
         if !self.relay_done_sent && self.relay_done(now) {
             self.relay_done_sent = true;
             self.actions.push_back(NodeAction::RelayDone);
@@ -549,6 +589,16 @@ impl NodeCampaign {
             // still unanswered ends with its answer or failure, an input, not a timer)
             (finished
                 && !self.relay_done_sent
+                && self.server.held_count() == 0
+                && !self
+                    .children
+                    .iter()
+                    .any(|c| matches!(c.state, ChildState::Offered | ChildState::Pending)))
+            .then(|| self.linger_end())
+            .flatten(),
+            // an agent's install waiting for a silent child's linger
+            (self.install_waits
+                && self.phase == Phase::Installing
                 && self.server.held_count() == 0
                 && !self
                     .children
@@ -928,8 +978,7 @@ impl NodeCampaign {
                 }
                 if ok {
                     self.actions.push_back(NodeAction::Note(Note::Authenticated));
-                    self.phase = Phase::Installing;
-                    self.actions.push_back(NodeAction::Install);
+                    self.start_install(now);
                 } else {
                     self.finish(InstallOutcome::Failed {
                         reason: clip_reason(format!("the NMS refused the authentication code: {reason}")),
@@ -957,8 +1006,7 @@ impl NodeCampaign {
             ControlKind::AuthRequest if self.phase == Phase::Authenticating => {
                 if self.auth_attempts >= self.cfg.auth_attempts {
                     if self.manifest.offline_install {
-                        self.phase = Phase::Installing;
-                        self.actions.push_back(NodeAction::Install);
+                        self.start_install(now);
                     } else {
                         self.finish(InstallOutcome::Failed {
                             reason: clip_reason(format!(

@@ -1789,3 +1789,65 @@ fn relay_done_is_reported_once_at_its_time() {
     assert_eq!(done(&drain(&mut c)), 1);
     assert_eq!(c.poll_timeout(), None);
 }
+
+#[test]
+fn an_agent_package_installs_only_once_the_children_hold_it() {
+    use baton_protocol::receiver::RELAY_LINGER;
+    use baton_protocol::selfupdate::AGENT_PACKAGE;
+    let agent_world = || {
+        let mut w = node_world();
+        w.manifest.name = AGENT_PACKAGE.into();
+        w.manifest.file = AGENT_PACKAGE.into();
+        w.manifest.self_update = true;
+        w.signed = SignedManifest::sign(&w.manifest, &keypair_from_seed(100)).unwrap();
+        w
+    };
+    let ok = |w: &World| Control::AuthReply {
+        campaign: w.campaign(),
+        ok: true,
+        reason: String::new(),
+    };
+    let receipt = |w: &World| Control::Receipt {
+        campaign: w.campaign(),
+        root: w.manifest.root,
+    };
+    // both children receipt: the install step starts with the last receipt
+    let w = agent_world();
+    let mut c = node_n(&w);
+    receive_and_hash(&w, &mut c);
+    accept_offers(&w, &mut c, t(3));
+    c.response(t(3), w.nms, ok(&w));
+    assert_eq!(drain(&mut c), vec![NodeAction::Note(Note::Authenticated)]);
+    assert_eq!(c.phase(), Phase::Installing);
+    assert!(c.install_waits());
+    c.request(t(4), id(P), &receipt(&w));
+    assert!(
+        !drain(&mut c).contains(&NodeAction::Install),
+        "Q has not got it yet"
+    );
+    c.request(t(5), id(Q), &receipt(&w));
+    assert!(drain(&mut c).contains(&NodeAction::Install));
+    assert!(!c.install_waits());
+    c.install_done(t(6), InstallOutcome::Installed);
+    assert_eq!(c.phase(), Phase::Installed);
+    // a child that went silent: the install step starts after the linger, woken by the timer
+    let w = agent_world();
+    let mut c = node_n(&w);
+    receive_and_hash(&w, &mut c);
+    accept_offers(&w, &mut c, t(3));
+    c.chunk_request(t(3), RequestId(1), id(P), &w.request(&[A, B, N, P], 0));
+    drain(&mut c);
+    c.response(t(3), w.nms, ok(&w));
+    c.request(t(3), id(Q), &receipt(&w));
+    assert!(!drain(&mut c).contains(&NodeAction::Install));
+    let wake = c.poll_timeout().expect("a timer for the linger");
+    assert!(wake <= t(3) + RELAY_LINGER, "{wake:?}");
+    c.timeout(t(3) + RELAY_LINGER);
+    assert!(drain(&mut c).contains(&NodeAction::Install));
+    // an ordinary package installs at once, children or not
+    let w = node_world();
+    let mut c = node_n(&w);
+    receive_and_hash(&w, &mut c);
+    c.response(t(3), w.nms, ok(&w));
+    assert!(drain(&mut c).contains(&NodeAction::Install));
+}

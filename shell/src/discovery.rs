@@ -62,6 +62,12 @@ pub const TXT_TAGS: &str = "tags";
 /// TXT key of a node's relay state (`open`, `restricted`, `gated`), present when its
 /// owner set a relay policy: the NMS plans nodes that do not relay now at the leaves.
 pub const TXT_RELAY: &str = "relay";
+/// TXT key of the optional agent version (a node's `baton-node` version).
+pub const TXT_AGENT: &str = "agent";
+/// TXT key of the optional agent build id (BLAKE3 of the node's own executable, hex).
+pub const TXT_BUILD: &str = "build";
+/// Longest agent version accepted in an advert.
+pub const MAX_AGENT_VERSION_LEN: usize = 64;
 
 /// Longest accepted peer id, in characters.
 pub const MAX_PEER_ID_LEN: usize = 128;
@@ -133,6 +139,34 @@ pub struct Advert {
     pub tags: Vec<String>,
     /// Whether the node relays now under its owner's policy (`None`: it does not say).
     pub relay: Option<RelayHint>,
+    /// The agent's version and build id (nodes; optional, older agents have none).
+    pub agent: Option<AgentBuild>,
+}
+
+/// Which agent a node runs: its version and build id (BLAKE3 of its own executable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentBuild {
+    /// The `baton-node` version (Cargo's).
+    pub version: String,
+    /// BLAKE3 of the running executable, 64 lower-case hex digits.
+    pub build: String,
+}
+
+impl AgentBuild {
+    /// The version and build if both are well formed (else `None`: an odd value is ignored,
+    /// not a reason to drop the node).
+    pub fn parse(version: &str, build: &str) -> Option<AgentBuild> {
+        let version_ok = !version.is_empty()
+            && version.len() <= MAX_AGENT_VERSION_LEN
+            && version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-' | b'_'));
+        let build_ok = build.len() == 64 && build.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        (version_ok && build_ok).then(|| AgentBuild {
+            version: version.to_owned(),
+            build: build.to_owned(),
+        })
+    }
 }
 
 impl Advert {
@@ -255,6 +289,10 @@ pub fn txt_properties(a: &Advert) -> Vec<(String, String)> {
     if let Some(r) = a.relay {
         props.push((TXT_RELAY.to_owned(), r.as_str().to_owned()));
     }
+    if let Some(agent) = &a.agent {
+        props.push((TXT_AGENT.to_owned(), agent.version.clone()));
+        props.push((TXT_BUILD.to_owned(), agent.build.clone()));
+    }
     props
 }
 
@@ -280,6 +318,10 @@ pub fn parse_advert(props: &HashMap<String, String>) -> Result<Advert, AdvertErr
 
     // an unknown relay word (a newer node) says nothing rather than hiding the node
     let relay = props.get(TXT_RELAY).and_then(|r| r.parse().ok());
+    let agent = match (props.get(TXT_AGENT), props.get(TXT_BUILD)) {
+        (Some(v), Some(b)) => AgentBuild::parse(v, b),
+        _ => None,
+    };
     let advert = Advert {
         peer_id,
         role,
@@ -287,6 +329,7 @@ pub fn parse_advert(props: &HashMap<String, String>) -> Result<Advert, AdvertErr
         port,
         tags,
         relay,
+        agent,
     };
     advert.validate()?;
     Ok(advert)
@@ -737,7 +780,31 @@ mod tests {
             port: 4001,
             tags: vec!["lab".to_owned(), "rack-2".to_owned(), "v1.2_x".to_owned()],
             relay: Some(RelayHint::Gated),
+            agent: None,
         }
+    }
+
+    #[test]
+    fn the_agent_version_and_build_round_trip_and_odd_ones_are_ignored() {
+        let mut a = advert(PEER);
+        let build = "ab".repeat(32);
+        a.agent = Some(AgentBuild {
+            version: "0.1.0".to_owned(),
+            build: build.clone(),
+        });
+        assert_eq!(a.validate(), Ok(()));
+        let back = parse_advert(&map(&a)).unwrap();
+        assert_eq!(back, a);
+        // an older agent advertises neither key; an odd value is dropped, the node stays
+        let mut m = map(&a);
+        m.insert("build".to_owned(), "xyz".to_owned());
+        assert_eq!(parse_advert(&m).unwrap().agent, None);
+        let mut m = map(&a);
+        m.insert("agent".to_owned(), "1 0".to_owned());
+        assert_eq!(parse_advert(&m).unwrap().agent, None);
+        let mut m = map(&a);
+        m.remove("agent");
+        assert_eq!(parse_advert(&m).unwrap().agent, None);
     }
 
     fn map(a: &Advert) -> HashMap<String, String> {

@@ -116,7 +116,20 @@ impl Cluster {
         log: Option<PathBuf>,
         env: &[(&str, &str)],
     ) -> Result<ProcIdx> {
-        let mut cmd: Command = self.net.command(host, &self.exe);
+        let exe = self.exe.clone();
+        self.spawn_exe(host, &exe, label, args, log, env)
+    }
+
+    fn spawn_exe(
+        &mut self,
+        host: usize,
+        exe: &Path,
+        label: String,
+        args: Vec<String>,
+        log: Option<PathBuf>,
+        env: &[(&str, &str)],
+    ) -> Result<ProcIdx> {
+        let mut cmd: Command = self.net.command(host, exe);
         cmd.args(&args).stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
@@ -163,6 +176,67 @@ impl Cluster {
         args.extend(extra.iter().cloned());
         let log = self.dir.join(format!("node-{i}.log"));
         self.spawn(i, format!("baton-node {i}"), args, Some(log), env)
+    }
+
+    /// Starts node `i` from its own `baton-node` executable `exe` (not this binary: an
+    /// agent that can replace itself, `--data-dir` and `--trust` set), logging to
+    /// `node-i.log`.
+    pub fn start_agent(
+        &mut self,
+        i: usize,
+        exe: &Path,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<ProcIdx> {
+        let mut args = vec![
+            "--data-dir".to_string(),
+            self.node_dir(i).display().to_string(),
+            "--trust".into(),
+            self.nms_id.to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        let log = self.dir.join(format!("node-{i}.log"));
+        self.spawn_exe(i, exe, format!("baton-node {i}"), args, Some(log), env)
+    }
+
+    /// Runs an operator command of the cluster's NMS (`baton-nms <args> --data-dir <dir>
+    /// --json`) and returns its JSON answer.
+    pub fn nms_command(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = Command::new(&self.exe)
+            .arg("nms")
+            .args(args)
+            .args(["--data-dir", &self.nms_dir().display().to_string(), "--json"])
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run baton-nms")?;
+        if !out.status.success() {
+            bail!(
+                "baton-nms {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).context("baton-nms did not answer JSON")
+    }
+
+    /// Runs an operator command of the cluster's NMS (`baton-nms <args> --data-dir <dir>`)
+    /// and returns what it prints (a table).
+    pub fn nms_command_text(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.exe)
+            .arg("nms")
+            .args(args)
+            .args(["--data-dir", &self.nms_dir().display().to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run baton-nms")?;
+        if !out.status.success() {
+            bail!(
+                "baton-nms {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Starts node `i` with exactly these arguments after `node --data-dir <dir>`.

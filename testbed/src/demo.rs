@@ -50,6 +50,12 @@ pub struct DemoArgs {
     /// with a probe that reads a busy CPU, so they install but serve no one.
     #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
     pub gated: Vec<usize>,
+    /// Upgrade the fleet's agent instead (issue 11): the nodes run their own copies of
+    /// baton-node (built next to this binary), a new build is published while a package
+    /// campaign relays, then a broken one (/bin/false) that every node trying it rolls
+    /// back; `baton-nms nodes` before and after. Uses --nodes and --size.
+    #[arg(long)]
+    pub self_update: bool,
 }
 
 /// The flags that gate node `i` through a test probe file in its directory (written
@@ -110,6 +116,9 @@ const FILE: &str = "frobnicator-2.4.1.tar.gz";
 pub fn run(args: &DemoArgs) -> Result<()> {
     if args.nodes == 0 || args.nodes > 250 {
         bail!("--nodes must be between 1 and 250");
+    }
+    if args.self_update {
+        return crate::selfupdate::demo(args.nodes, args.size);
     }
     if let Some(g) = args.gated.iter().find(|&&g| g == 0 || g > args.nodes) {
         bail!("--gated {g}: nodes are numbered 1 to {}", args.nodes);

@@ -9,3 +9,4 @@ pub mod cluster;
 pub mod demo;
 pub mod faults;
 pub mod netns;
+pub mod selfupdate;
