@@ -312,7 +312,11 @@ impl Cluster {
         hash: [u8; 32],
     ) -> serde_json::Value {
         let st = self.wait(nms, timeout, &|| false).expect("waiting for the NMS");
-        assert!(st.is_some_and(|s| s.success()), "NMS: {st:?}\n{}", self.log("nms"));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "NMS: {st:?}\n{}",
+            self.log("nms")
+        );
         for i in nodes {
             assert_eq!(
                 self.installed_hash(i, package),
@@ -321,7 +325,10 @@ impl Cluster {
                 self.log(&format!("node-{i}"))
             );
         }
-        self.summaries().into_iter().next().expect("the NMS wrote a campaign summary")
+        self.summaries()
+            .into_iter()
+            .next()
+            .expect("the NMS wrote a campaign summary")
     }
 
     /// Waits until `cond` holds, up to `timeout`.
