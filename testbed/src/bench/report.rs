@@ -37,6 +37,10 @@ pub struct Summary {
     pub served_bytes: Vec<Option<u64>>,
     /// Nodes (from 1) whose relaying was gated (as in the first run that says).
     pub gated_nodes: Vec<usize>,
+    /// Per run with the figures: the bytes each node served and the gated nodes. The
+    /// gated nodes depend on the run's peer ids, so medians per node mix gated and
+    /// ungated nodes when they differ between runs; the report then lists the runs.
+    pub served_runs: Vec<(Vec<Option<u64>>, Vec<usize>)>,
 }
 
 /// Summarises `results[run][i]` per method, in the order of `methods`
@@ -106,6 +110,11 @@ pub fn summarize(results: &[Vec<MethodResult>], methods: &[(String, String)], si
                 .collect(),
             served_bytes,
             gated_nodes,
+            served_runs: ran
+                .iter()
+                .filter(|(_, r)| !r.served_bytes.is_empty())
+                .map(|(_, r)| (r.served_bytes.clone(), r.gated_nodes.clone()))
+                .collect(),
         });
     }
     let t1 = out
@@ -251,15 +260,30 @@ pub fn render_markdown(c: &BenchConfig, summary: &[Summary]) -> String {
         let _ = writeln!(
             md,
             "\nBytes each node served to the others, as the NMS's campaign summary counts them \
-             (the bytes each node verified while fetching from that node; medians over the runs):\n"
+             (the bytes each node verified while fetching from that node; medians over the runs, or \
+             run by run where other nodes were gated):\n"
         );
         for s in served {
-            let _ = writeln!(
-                md,
-                "- `{}`: {}",
-                s.method,
-                served_line(&s.served_bytes, &s.gated_nodes)
-            );
+            let same_gates = s.served_runs.iter().all(|(_, g)| *g == s.gated_nodes);
+            if same_gates {
+                let _ = writeln!(
+                    md,
+                    "- `{}`: {}",
+                    s.method,
+                    served_line(&s.served_bytes, &s.gated_nodes)
+                );
+            } else {
+                // other nodes were gated in other runs: each run on its own
+                for (k, (bytes, gated)) in s.served_runs.iter().enumerate() {
+                    let _ = writeln!(
+                        md,
+                        "- `{}` run {}: {}",
+                        s.method,
+                        k + 1,
+                        served_line(bytes, gated)
+                    );
+                }
+            }
         }
     }
     md

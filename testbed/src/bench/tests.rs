@@ -583,6 +583,16 @@ fn bytes_served_per_node_are_medians_marked_gated_in_the_table_and_the_json() {
     let json = render_json(&sample_config(3), &s, &results);
     assert_eq!(json["summary"][0]["gated_nodes"][0], 2);
     assert_eq!(json["runs"][1][0]["served_bytes"][2], size);
+    // other nodes gated in another run: the runs are listed one by one
+    let mut other = run(size, 0);
+    other.gated_nodes = vec![3];
+    let results = vec![vec![run(size, 0)], vec![other]];
+    let md = render_markdown(&sample_config(3), &summarize(&results, &methods, size));
+    assert!(
+        md.contains("- `baton-gated` run 1: node 1 8 MiB, node 2 0 B (gated), node 3 0 B\n")
+            && md.contains("- `baton-gated` run 2: node 1 8 MiB, node 2 0 B, node 3 0 B (gated)\n"),
+        "{md}"
+    );
     // methods without the figures get no such section
     let (plain, plain_methods) = sample_results();
     let md = render_markdown(&sample_config(3), &summarize(&plain, &plain_methods, 64 << 20));
