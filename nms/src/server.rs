@@ -104,7 +104,8 @@ struct Nms {
     /// The state that survives a restart.
     inbox: Inbox,
     /// Peers named with --peer, whose addresses are given back after a failed dial.
-    static_peers: Vec<(PeerId, Multiaddr)>,
+    /// Addresses given back after a failed dial (`--peer` and discovered ones).
+    addresses: net::AddressBook,
     /// Drops that are kept copies distributed again as the operator's rollback.
     rollbacks: HashSet<DropId>,
 }
@@ -181,13 +182,13 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         summaries: Vec::new(),
         failures: net::FailureLog::default(),
         inbox,
-        static_peers: Vec::new(),
+        addresses: net::AddressBook::default(),
         rollbacks: HashSet::new(),
     };
     for p in &opts.peers {
         match net::peer_of(p) {
             Some(id) => {
-                nms.static_peers.push((id, p.clone()));
+                nms.addresses.add_static(id, p.clone());
                 let r = nms
                     .db()
                     .node_seen(&NodeId(id), &[p.to_string()], None, unix_now());
@@ -270,11 +271,14 @@ impl Nms {
                     return;
                 };
                 let mut seen = Vec::new();
+                let mut known = Vec::new();
                 for ip in &addrs {
                     let a = net::tcp_addr(*ip, advert.port);
                     seen.push(a.to_string());
-                    self.swarm.add_peer_address(peer, a);
+                    self.swarm.add_peer_address(peer, a.clone());
+                    known.push(a);
                 }
+                self.addresses.discovered(peer, known);
                 if advert.role == Role::Node {
                     let r = self
                         .db()
@@ -300,6 +304,7 @@ impl Nms {
             }
             DiscoveryEvent::Lost { peer_id } => {
                 if let Ok(peer) = peer_id.parse::<PeerId>() {
+                    self.addresses.lost(&peer);
                     self.input(NmsInput::NodeLost { id: NodeId(peer) });
                 }
             }
@@ -476,9 +481,9 @@ impl Nms {
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(p), .. } => {
-                // libp2p forgets an address that failed to dial (a restarting node); one
-                // named with --peer is the only address known without mDNS: give it back
-                for (_, a) in self.static_peers.iter().filter(|(id, _)| *id == p) {
+                // libp2p forgets an address that failed to dial (a restarting node), and
+                // discovery does not report an unchanged advert again: given back
+                for a in self.addresses.of(&p) {
                     self.swarm.add_peer_address(p, a.clone());
                 }
             }

@@ -128,7 +128,8 @@ struct Agent {
     /// Chunk answers waiting for the upload cap, in the order they may go.
     delayed: VecDeque<(Instant, ResponseChannel<ChunkResponse>, ChunkResponse)>,
     /// Peers named with --peer, whose addresses are given back after a failed dial.
-    static_peers: Vec<(libp2p::PeerId, Multiaddr)>,
+    /// Addresses given back after a failed dial (`--peer` and discovered ones).
+    addresses: net::AddressBook,
     /// With `--once`: what decides the end.
     once: Option<crate::once::Watch>,
     /// An agent package's install step asked to stop and upgrade.
@@ -222,7 +223,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         probe_error: None,
         upload: opts.max_upload.map(|r| UploadCap::new(r, UPLOAD_BURST)),
         delayed: VecDeque::new(),
-        static_peers: Vec::new(),
+        addresses: net::AddressBook::default(),
         once: opts.once.map(|_| crate::once::Watch::new()),
         upgrade: None,
         installing: 0,
@@ -243,7 +244,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
     probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for p in &opts.peers {
         if let Some(id) = net::peer_of(p) {
-            agent.static_peers.push((id, p.clone()));
+            agent.addresses.add_static(id, p.clone());
             agent.swarm.add_peer_address(id, p.clone());
             agent.input(Input::PeerAddressKnown(NodeId(id)));
         }
@@ -459,9 +460,14 @@ impl Agent {
                     return;
                 }
                 let dialable = !addrs.is_empty();
-                for ip in addrs {
-                    self.swarm.add_peer_address(peer, net::tcp_addr(ip, advert.port));
+                let addrs: Vec<Multiaddr> = addrs
+                    .into_iter()
+                    .map(|ip| net::tcp_addr(ip, advert.port))
+                    .collect();
+                for a in &addrs {
+                    self.swarm.add_peer_address(peer, a.clone());
                 }
+                self.addresses.discovered(peer, addrs);
                 if dialable && !self.endpoint.knows_address(&NodeId(peer)) {
                     info!(role = %advert.role, "discovered {peer}");
                     self.input(Input::PeerAddressKnown(NodeId(peer)));
@@ -470,7 +476,12 @@ impl Agent {
                     self.input(Input::PeerHeardAsNms(NodeId(peer)));
                 }
             }
-            DiscoveryEvent::Lost { peer_id } => info!("{peer_id} left"),
+            DiscoveryEvent::Lost { peer_id } => {
+                if let Ok(p) = peer_id.parse::<PeerId>() {
+                    self.addresses.lost(&p);
+                }
+                info!("{peer_id} left")
+            }
         }
     }
 
@@ -491,9 +502,9 @@ impl Agent {
             }
             SwarmEvent::NewListenAddr { address, .. } => info!("listening on {address}"),
             SwarmEvent::OutgoingConnectionError { peer_id: Some(p), .. } => {
-                // libp2p forgets an address that failed to dial (a restarting NMS); one named
-                // with --peer is the only address known without mDNS, so it is given back
-                for (_, a) in self.static_peers.iter().filter(|(id, _)| *id == p) {
+                // libp2p forgets an address that failed to dial (a restarting NMS), and
+                // discovery does not report an unchanged advert again: given back
+                for a in self.addresses.of(&p) {
                     self.swarm.add_peer_address(p, a.clone());
                 }
             }

@@ -517,6 +517,44 @@ pub fn advertised_ips(listen: &Multiaddr) -> Vec<std::net::IpAddr> {
         .collect()
 }
 
+/// The addresses a daemon gives back to its swarm after a dial to a peer failed: libp2p
+/// forgets an address that failed (a restarting peer refuses connections for a moment),
+/// and discovery reports an advert it already reported only when it changes. Holds the
+/// peers named with `--peer` and the latest addresses discovery gave for each peer (as
+/// many as discovery tracks: it bounds its instances).
+#[derive(Debug, Default)]
+pub struct AddressBook {
+    static_peers: Vec<(libp2p::PeerId, Multiaddr)>,
+    discovered: HashMap<libp2p::PeerId, Vec<Multiaddr>>,
+}
+
+impl AddressBook {
+    /// A peer named on the command line, with its address.
+    pub fn add_static(&mut self, peer: libp2p::PeerId, addr: Multiaddr) {
+        self.static_peers.push((peer, addr));
+    }
+
+    /// Discovery found `peer` at `addrs` (replacing what it said before).
+    pub fn discovered(&mut self, peer: libp2p::PeerId, addrs: Vec<Multiaddr>) {
+        self.discovered.insert(peer, addrs);
+    }
+
+    /// Discovery lost `peer`.
+    pub fn lost(&mut self, peer: &libp2p::PeerId) {
+        self.discovered.remove(peer);
+    }
+
+    /// Every address known for `peer`, to give back after a failed dial.
+    pub fn of<'a>(&'a self, peer: &'a libp2p::PeerId) -> impl Iterator<Item = &'a Multiaddr> + 'a {
+        let named = self
+            .static_peers
+            .iter()
+            .filter(move |(p, _)| p == peer)
+            .map(|(_, a)| a);
+        named.chain(self.discovered.get(peer).into_iter().flatten())
+    }
+}
+
 /// `/ip4/<ip>/tcp/<port>` (or ip6).
 pub fn tcp_addr(ip: std::net::IpAddr, port: u16) -> Multiaddr {
     let mut a = Multiaddr::from(ip);
@@ -719,6 +757,24 @@ impl FailureLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_address_book_gives_back_named_and_discovered_addresses_until_lost() {
+        let (a, b) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+        let addr = |p: u16| tcp_addr("198.18.0.2".parse().unwrap(), p);
+        let mut book = AddressBook::default();
+        book.add_static(a, addr(1));
+        book.discovered(a, vec![addr(2)]);
+        book.discovered(b, vec![addr(3)]);
+        assert_eq!(book.of(&a).cloned().collect::<Vec<_>>(), vec![addr(1), addr(2)]);
+        // a new advert replaces the addresses; a lost peer keeps only what --peer named
+        book.discovered(b, vec![addr(4)]);
+        assert_eq!(book.of(&b).cloned().collect::<Vec<_>>(), vec![addr(4)]);
+        book.lost(&a);
+        book.lost(&b);
+        assert_eq!(book.of(&a).cloned().collect::<Vec<_>>(), vec![addr(1)]);
+        assert_eq!(book.of(&b).count(), 0);
+    }
     use futures::io::Cursor;
 
     fn framed(body: &[u8], announced: usize) -> Vec<u8> {
