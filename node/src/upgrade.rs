@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use baton_protocol::chunk::Hash;
 use baton_protocol::manifest::Manifest;
-use baton_protocol::selfupdate::{ELF_HEADER_LEN, check_agent_binary};
+use baton_protocol::selfupdate::{ELF_HEADER_LEN, agent_install_decision, probation_at_start};
 use tracing::{error, info, warn};
 
 /// Set in the environment of a trial run: the file the new agent writes its build id to
@@ -50,8 +50,8 @@ pub const CONFIRM_SECS_ENV: &str = "BATON_AGENT_CONFIRM_SECS";
 /// How long a new agent has after the switch to report its install (its probation).
 pub const DEFAULT_CONFIRM_DEADLINE: Duration = Duration::from_secs(120);
 /// Starts of a new agent on probation after which it is rolled back (a crash loop under a
-/// supervisor such as systemd's `Restart=`).
-pub const MAX_PROBATION_STARTS: u32 = 3;
+/// supervisor such as systemd's `Restart=`); the rule is the core's.
+pub use baton_protocol::selfupdate::MAX_PROBATION_STARTS;
 /// Testing only: an agent whose build id (hex) is this never reports an agent install
 /// (a new agent that hangs after the switch).
 pub const TEST_SILENT_BUILD_ENV: &str = "BATON_TEST_AGENT_SILENT_BUILD";
@@ -127,16 +127,9 @@ pub fn trial_deadline() -> Duration {
         .unwrap_or(DEFAULT_TRIAL_DEADLINE)
 }
 
-/// What the install step of an agent package does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// This process runs that package already: install it in the store, report installed.
-    Running,
-    /// Report failed with this reason.
-    Failed(String),
-    /// Stop and try it ([`carry_out`]).
-    Upgrade,
-}
+/// What the install step of an agent package does (decided in the core, from what
+/// [`decide`] reads).
+pub use baton_protocol::selfupdate::AgentDecision as Decision;
 
 fn failure_file(data_dir: &Path, root: &Hash) -> PathBuf {
     data_dir
@@ -147,21 +140,20 @@ fn failure_file(data_dir: &Path, root: &Hash) -> PathBuf {
 /// Decides the install step of the agent package `manifest`, received at `package`.
 pub fn decide(data_dir: &Path, me: &AgentSelf, package: &Path, manifest: &Manifest) -> Decision {
     if me.build == manifest.root {
-        return Decision::Running;
+        return Decision::Running; // nothing to read
     }
-    if let Ok(reason) = fs::read_to_string(failure_file(data_dir, &manifest.root)) {
-        return Decision::Failed(reason.trim().to_string());
-    }
+    let failed_before = fs::read_to_string(failure_file(data_dir, &manifest.root)).ok();
     let mut header = Vec::with_capacity(ELF_HEADER_LEN);
-    if let Err(e) =
-        fs::File::open(package).and_then(|f| f.take(ELF_HEADER_LEN as u64).read_to_end(&mut header))
-    {
-        return Decision::Failed(format!("cannot read the new agent {}: {e}", package.display()));
-    }
-    match check_agent_binary(&header, &me.header) {
-        Ok(_) => Decision::Upgrade,
-        Err(e) => Decision::Failed(e.to_string()),
-    }
+    let read = fs::File::open(package)
+        .and_then(|f| f.take(ELF_HEADER_LEN as u64).read_to_end(&mut header))
+        .map_err(|e| format!("cannot read the new agent {}: {e}", package.display()));
+    agent_install_decision(
+        &me.build,
+        &me.header,
+        &manifest.root,
+        read.map(|_| header.as_slice()),
+        failed_before.as_deref(),
+    )
 }
 
 /// An upgrade to carry out once the node stopped.
@@ -348,16 +340,9 @@ pub struct Probation {
     confirmed: std::sync::Mutex<bool>,
 }
 
-/// What `<data>/agent/pending` says about this agent at start.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Pending {
-    /// No switch pending, or it was for another build (the previous agent runs again).
-    None,
-    /// This agent is on probation; this is its `n`th start.
-    OnProbation(u32),
-    /// This agent started too often without reporting.
-    CrashLoop(u32),
-}
+/// What `<data>/agent/pending` says about this agent at start (the core's rule,
+/// [`probation_at_start`]).
+pub use baton_protocol::selfupdate::Probation as Pending;
 
 /// Reads and updates the pending switch for an agent of build `build` starting now.
 pub fn check_pending(data_dir: &Path, build: &Hash) -> Pending {
@@ -365,22 +350,23 @@ pub fn check_pending(data_dir: &Path, build: &Hash) -> Pending {
     let Ok(root) = fs::read_to_string(dir.join(PENDING)) else {
         return Pending::None;
     };
-    if root.trim() != hex::encode(build) {
-        let _ = fs::remove_file(dir.join(PENDING));
-        let _ = fs::remove_file(dir.join(STARTS));
-        return Pending::None;
-    }
+    let pending: Option<Hash> = hex::decode(root.trim()).ok().and_then(|b| b.try_into().ok());
     let starts = fs::read_to_string(dir.join(STARTS))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(0)
-        + 1;
-    let _ = fs::write(dir.join(STARTS), starts.to_string());
-    if starts > MAX_PROBATION_STARTS {
-        Pending::CrashLoop(starts)
-    } else {
-        Pending::OnProbation(starts)
+        .unwrap_or(0);
+    let p = probation_at_start(build, pending.as_ref(), starts);
+    match p {
+        Pending::None => {
+            // the previous agent runs again (or the record is unreadable): nothing pending
+            let _ = fs::remove_file(dir.join(PENDING));
+            let _ = fs::remove_file(dir.join(STARTS));
+        }
+        Pending::OnProbation(n) | Pending::CrashLoop(n) => {
+            let _ = fs::write(dir.join(STARTS), n.to_string());
+        }
     }
+    p
 }
 
 /// The probation deadline ([`CONFIRM_SECS_ENV`] or [`DEFAULT_CONFIRM_DEADLINE`]).

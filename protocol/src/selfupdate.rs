@@ -10,6 +10,7 @@
 
 use thiserror::Error;
 
+use crate::chunk::Hash;
 use crate::manifest::Manifest;
 
 /// The reserved package name of the node agent's own executable.
@@ -115,9 +116,123 @@ pub fn check_agent_binary(package: &[u8], own: &[u8]) -> Result<ElfTarget, Agent
     Ok(theirs)
 }
 
+/// What the install step of an agent package does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentDecision {
+    /// This process runs that package already: install it in the store, report installed.
+    Running,
+    /// Report failed with this reason.
+    Failed(String),
+    /// Stop and try it (the trial, then the switch).
+    Upgrade,
+}
+
+/// Decides the install step of an agent package whose root hash is `package_root`, from
+/// what the shell read: the running agent's build id (`own_build`, the BLAKE3 of its
+/// executable) and first bytes, the package's first bytes (or why they could not be
+/// read), and the reason an earlier try of this build failed here, if it did (a build
+/// that failed is not tried again by itself).
+pub fn agent_install_decision(
+    own_build: &Hash,
+    own_header: &[u8],
+    package_root: &Hash,
+    package_header: Result<&[u8], String>,
+    failed_before: Option<&str>,
+) -> AgentDecision {
+    if own_build == package_root {
+        return AgentDecision::Running;
+    }
+    if let Some(reason) = failed_before {
+        return AgentDecision::Failed(reason.trim().to_string());
+    }
+    match package_header.map(|h| check_agent_binary(h, own_header)) {
+        Ok(Ok(_)) => AgentDecision::Upgrade,
+        Ok(Err(e)) => AgentDecision::Failed(e.to_string()),
+        Err(e) => AgentDecision::Failed(e),
+    }
+}
+
+/// A new agent may start this often after the switch without reporting its install.
+pub const MAX_PROBATION_STARTS: u32 = 3;
+
+/// Where an agent stands at start, given the switch recorded as pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probation {
+    /// No switch pending, or it was to another build (the previous agent runs again): the
+    /// record is cleared.
+    None,
+    /// This agent is on probation; this is its `n`th start (to be recorded).
+    OnProbation(u32),
+    /// This agent started `n` times without reporting (a crash loop): roll back.
+    CrashLoop(u32),
+}
+
+/// The probation rule at an agent's start: `pending` is the build the last switch went
+/// to (if one is recorded), `starts` how many times it started since.
+pub fn probation_at_start(own_build: &Hash, pending: Option<&Hash>, starts: u32) -> Probation {
+    match pending {
+        Some(b) if b == own_build => {
+            let n = starts.saturating_add(1);
+            if n > MAX_PROBATION_STARTS {
+                Probation::CrashLoop(n)
+            } else {
+                Probation::OnProbation(n)
+            }
+        }
+        _ => Probation::None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_install_decision_of_an_agent_package() {
+        let own = [7u8; 32];
+        let other = [8u8; 32];
+        let elf = |machine: u8| {
+            let mut h = vec![
+                0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, machine, 0,
+            ];
+            h.truncate(ELF_HEADER_LEN);
+            h
+        };
+        let x86 = elf(0x3e);
+        let arm = elf(0xb7);
+        let decide = |root: &Hash, pkg: Result<&[u8], String>, failed: Option<&str>| {
+            agent_install_decision(&own, &x86, root, pkg, failed)
+        };
+        assert_eq!(decide(&own, Ok(&arm), Some("x")), AgentDecision::Running);
+        assert_eq!(decide(&other, Ok(&x86), None), AgentDecision::Upgrade);
+        assert_eq!(
+            decide(&other, Ok(&x86), Some("exited at start\n")),
+            AgentDecision::Failed("exited at start".into())
+        );
+        assert!(
+            matches!(decide(&other, Ok(&arm), None), AgentDecision::Failed(r) if r.contains("AArch64") || r.contains("machine"))
+        );
+        assert_eq!(
+            decide(&other, Err("cannot read".into()), None),
+            AgentDecision::Failed("cannot read".into())
+        );
+    }
+
+    #[test]
+    fn probation_counts_starts_of_the_pending_build_only() {
+        let (own, other) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(probation_at_start(&own, None, 5), Probation::None);
+        assert_eq!(probation_at_start(&own, Some(&other), 0), Probation::None);
+        assert_eq!(probation_at_start(&own, Some(&own), 0), Probation::OnProbation(1));
+        assert_eq!(
+            probation_at_start(&own, Some(&own), MAX_PROBATION_STARTS - 1),
+            Probation::OnProbation(MAX_PROBATION_STARTS)
+        );
+        assert_eq!(
+            probation_at_start(&own, Some(&own), MAX_PROBATION_STARTS),
+            Probation::CrashLoop(MAX_PROBATION_STARTS + 1)
+        );
+    }
 
     fn header(class: u8, data: u8, kind: u16, machine: u16) -> Vec<u8> {
         let mut h = b"\x7fELF".to_vec();
