@@ -147,7 +147,7 @@ fn unix_now() -> u64 {
 }
 
 /// Runs the node until Ctrl-C / SIGTERM (or, with `--once`, until its campaign is done:
-/// then an error unless it installed, see [`crate::once::End::result`]).
+/// then an error unless it installed, see [`crate::once::result`]).
 pub async fn run(opts: NodeOptions) -> Result<()> {
     // taken first, so that a signal during start-up also ends the loop below (and a
     // one-shot agent's temporary state is removed) rather than killing the process
@@ -333,7 +333,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         return Err(crate::upgrade::carry_out(&opts.data_dir, &me, &up));
     }
     match end {
-        Some(e) if opts.once.is_some() => e.result(),
+        Some(e) if opts.once.is_some() => crate::once::result(e),
         _ => Ok(()),
     }
 }

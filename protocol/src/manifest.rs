@@ -39,6 +39,11 @@ pub enum RelayWhen {
     IdleAndAc,
 }
 
+/// A campaign id in lower-case hex, as logs and file names show it.
+pub fn campaign_hex(c: &CampaignId) -> String {
+    c.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The campaign's default relay policy; a node owner's local setting wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayPolicy {

@@ -6,4 +6,5 @@
 
 pub mod nms;
 pub mod node;
+pub mod once;
 pub mod timer;

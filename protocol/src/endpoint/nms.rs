@@ -33,7 +33,7 @@ use crate::endpoint::timer::Timers;
 use crate::gate::RelayHint;
 use crate::id::NodeId;
 use crate::keys::{CampaignSecret, ChunkKey, TAG_LEN};
-use crate::manifest::{CampaignId, Manifest, SignedManifest};
+use crate::manifest::{CampaignId, Manifest, SignedManifest, campaign_hex as hex};
 pub use crate::monitor::CANCELLED;
 use crate::monitor::{CampaignMonitor, MonitorAction, MonitorConfig, MonitorNote, NodeStatus};
 use crate::serve::{RequestId, ServeAction};
@@ -1769,8 +1769,4 @@ impl NmsEndpoint {
             );
         }
     }
-}
-
-fn hex(c: &CampaignId) -> String {
-    c.iter().map(|b| format!("{b:02x}")).collect()
 }
