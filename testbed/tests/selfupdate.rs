@@ -74,6 +74,18 @@ fn fleet_env(
     (c, procs, old_build)
 }
 
+/// Drops a 2 MiB package `file` (bytes from `seed`) and checks that every node installs
+/// it within 30 s; `what` says what failed otherwise.
+fn fleet_installs(c: &Cluster, file: &str, seed: u64, what: &str) {
+    let hash = c.drop_package(file, 2 << 20, seed).unwrap();
+    assert!(
+        c.wait_until(Duration::from_secs(30), |c| (1..=NODES)
+            .all(|i| c.installed_hash(i, "frob") == Some(hash))),
+        "{what}:\n{}",
+        logs(c)
+    );
+}
+
 fn logs(c: &Cluster) -> String {
     let mut s = format!("--- nms\n{}", c.log("nms"));
     for i in 1..=NODES {
@@ -145,12 +157,11 @@ fn a_running_fleet_switches_to_a_new_agent_build_while_relaying_goes_on() {
         );
     }
     // the fleet works on the new agent
-    let frob2 = c.drop_package("frob-2.0.tar.gz", 2 << 20, 4).unwrap();
-    assert!(
-        c.wait_until(Duration::from_secs(30), |c| (1..=NODES)
-            .all(|i| c.installed_hash(i, "frob") == Some(frob2))),
-        "the new agents did not install the next package:\n{}",
-        logs(&c)
+    fleet_installs(
+        &c,
+        "frob-2.0.tar.gz",
+        4,
+        "the new agents did not install the next package",
     );
     c.teardown();
 }
@@ -222,13 +233,7 @@ fn a_broken_agent_is_rolled_back_by_every_node_that_tried_it_and_the_campaign_ha
         a.build == old_build && a.previous.is_none()
     });
     assert!(ok, "{seen:?}");
-    let frob = c.drop_package("frob-1.0.tar.gz", 2 << 20, 5).unwrap();
-    assert!(
-        c.wait_until(Duration::from_secs(30), |c| (1..=NODES)
-            .all(|i| c.installed_hash(i, "frob") == Some(frob))),
-        "the fleet no longer installs packages:\n{}",
-        logs(&c)
-    );
+    fleet_installs(&c, "frob-1.0.tar.gz", 5, "the fleet no longer installs packages");
     c.teardown();
 }
 
