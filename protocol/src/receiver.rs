@@ -532,13 +532,19 @@ impl NodeCampaign {
             )
         });
         let idle = self.linger_end().is_none_or(|t| now >= t);
+        self.only_linger_left() && ((children_done && !self.served_below) || idle)
+    }
+
+    /// No request held, no offer unanswered (it may come back refused: the rest of that
+    /// part is then offered to its next node, which only this node can do), and no part
+    /// held while gated (offered or handed back first): what is left before the children
+    /// are settled is their receipts or the linger.
+    fn only_linger_left(&self) -> bool {
         self.server.held_count() == 0
-            // an offer still unanswered may come back refused: the rest of that part is
-            // then offered to its next node, which only this node can do
-            && !self.children.iter().any(|c| c.state == ChildState::Offered)
-            // a part held while gated is offered or handed back first
-            && !self.children.iter().any(|c| c.state == ChildState::Pending)
-            && ((children_done && !self.served_below) || idle)
+            && !self
+                .children
+                .iter()
+                .any(|c| matches!(c.state, ChildState::Offered | ChildState::Pending))
     }
 
     /// True while an agent package waits for its children before its install step.
@@ -585,25 +591,12 @@ impl NodeCampaign {
             self.auth_due,
             (!finished).then_some(self.next_progress),
             self.retry_at.filter(|_| self.phase == Phase::Receiving),
-            // the end of relaying, when only a silent child's linger is left (an offer
-            // still unanswered ends with its answer or failure, an input, not a timer)
-            (finished
-                && !self.relay_done_sent
-                && self.server.held_count() == 0
-                && !self
-                    .children
-                    .iter()
-                    .any(|c| matches!(c.state, ChildState::Offered | ChildState::Pending)))
-            .then(|| self.linger_end())
-            .flatten(),
-            // an agent's install waiting for a silent child's linger
-            (self.install_waits
-                && self.phase == Phase::Installing
-                && self.server.held_count() == 0
-                && !self
-                    .children
-                    .iter()
-                    .any(|c| matches!(c.state, ChildState::Offered | ChildState::Pending)))
+            // the end of relaying, or an agent's install, when only a silent child's
+            // linger is left (an offer still unanswered ends with its answer or failure,
+            // an input, not a timer; a held part with the hand-back's timer below)
+            (((finished && !self.relay_done_sent)
+                || (self.install_waits && self.phase == Phase::Installing))
+                && self.only_linger_left())
             .then(|| self.linger_end())
             .flatten(),
             self.hand_back_at(),
