@@ -110,6 +110,19 @@ struct Nms {
     rollbacks: HashSet<DropId>,
 }
 
+/// How long a `--once` NMS keeps its swarm running after its campaign ended, so that the
+/// answers still queued reach their nodes.
+const ONCE_FLUSH: Duration = Duration::from_secs(1);
+
+/// Drives the swarm for [`ONCE_FLUSH`] (answers go out as it is polled).
+async fn flush_answers(nms: &mut Nms) {
+    let until = tokio::time::Instant::now() + ONCE_FLUSH;
+    while let Ok(ev) = tokio::time::timeout_at(until, nms.swarm.select_next_some()).await {
+        nms.on_swarm(ev);
+        nms.drive();
+    }
+}
+
 /// Runs the NMS until Ctrl-C (or, with `--once`, until its first campaign ends). Returns
 /// the summaries of the campaigns that ended (with `--once` only: a long-running NMS keeps
 /// none in memory; they are in `campaigns/<id>/summary.json`).
@@ -223,6 +236,9 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
     loop {
         nms.drive();
         if opts.once && !nms.summaries.is_empty() {
+            // the answer to the report that ended the campaign is queued, not sent: let the
+            // swarm send it, or that node retries its report for minutes to an NMS gone
+            flush_answers(&mut nms).await;
             break;
         }
         let deadline = nms.next_deadline();
