@@ -641,6 +641,7 @@ impl Nms {
                 ref status,
                 verified,
                 source,
+                ..
             } => {
                 let r = self
                     .db()

@@ -310,11 +310,27 @@ impl Track {
         }
     }
 
-    /// A new report: the bytes verified since the last one are credited to the source it
+    /// A new report: when it gives the bytes from each source (`fetched`), those are the
+    /// figures; the bytes verified beyond what was credited are credited to the source it
     /// names (or, when it names none, the last one named).
-    fn update(&mut self, status: NodeStatus, verified: u64, source: Option<NodeId>, size: u64) {
+    fn update(
+        &mut self,
+        status: NodeStatus,
+        verified: u64,
+        source: Option<NodeId>,
+        fetched: &[(NodeId, u64)],
+        size: u64,
+    ) {
         if self.status.is_final() {
             return;
+        }
+        if !fetched.is_empty() {
+            self.from = fetched
+                .iter()
+                .take(MAX_SOURCES)
+                .map(|(n, b)| (Some(*n), (*b).min(size)))
+                .collect();
+            self.verified = self.from.iter().map(|e| e.1).sum::<u64>().min(size);
         }
         let verified = if status == NodeStatus::Installed {
             size
@@ -713,7 +729,7 @@ impl View {
         let size = c.size;
         if let Some(t) = c.nodes.get_mut(node) {
             let v = t.verified;
-            t.update(status, v, None, size);
+            t.update(status, v, None, &[], size);
             c.changed = true;
         }
     }
@@ -737,12 +753,13 @@ impl View {
                 status,
                 verified,
                 source,
+                fetched,
                 ..
             } => {
                 let c = &mut self.campaigns[idx.expect("checked")];
                 let size = c.size;
                 if let Some(t) = c.nodes.get_mut(node) {
-                    t.update(status.clone(), *verified, *source, size);
+                    t.update(status.clone(), *verified, *source, fetched, size);
                     c.changed = true;
                 }
                 None
@@ -751,7 +768,7 @@ impl View {
                 let c = &mut self.campaigns[idx.expect("checked")];
                 let size = c.size;
                 if let Some(t) = c.nodes.get_mut(node) {
-                    t.update(NodeStatus::Installed, size, None, size);
+                    t.update(NodeStatus::Installed, size, None, &[], size);
                 }
                 None
             }
@@ -760,7 +777,7 @@ impl View {
                 let size = c.size;
                 if let Some(t) = c.nodes.get_mut(node) {
                     let v = t.verified;
-                    t.update(NodeStatus::Failed(reason.clone()), v, None, size);
+                    t.update(NodeStatus::Failed(reason.clone()), v, None, &[], size);
                 }
                 None
             }
@@ -1148,10 +1165,16 @@ pub fn json_event(ev: &NmsEvent, drop: Option<&str>, summary: Option<&Summary>, 
             status,
             verified,
             source,
+            fetched,
         } => {
             let mut v = json!({"event": "node-progress", "campaign": hexc(campaign), "node": node.to_string(),
                 "status": status_name(status), "verified": verified,
                 "source": source.map(|s| s.to_string())});
+            if !fetched.is_empty() {
+                let from: serde_json::Map<String, serde_json::Value> =
+                    fetched.iter().map(|(n, b)| (n.to_string(), json!(b))).collect();
+                v["fetched"] = serde_json::Value::Object(from);
+            }
             if let NodeStatus::Failed(r) = status {
                 v["reason"] = json!(r);
             }

@@ -82,6 +82,8 @@ pub struct NodeView {
     pub status: NodeStatus,
     pub verified: u64,
     pub source: Option<NodeId>,
+    /// Bytes it verified from each source, as it last reported (empty: it did not say).
+    pub fetched: Vec<(NodeId, u64)>,
     pub parent: Option<NodeId>,
     /// When the node last reported.
     pub last_heard: Option<Duration>,
@@ -355,6 +357,7 @@ impl CampaignMonitor {
                         last_heard: None,
                         finished_at: None,
                         relay: None,
+                        fetched: Vec::new(),
                     },
                 )
             })
@@ -657,6 +660,7 @@ impl CampaignMonitor {
                 source,
                 parent,
                 relay,
+                fetched,
                 ..
             } => {
                 let verified = (*verified).min(self.manifest.size);
@@ -664,6 +668,14 @@ impl CampaignMonitor {
                 if let Some(v) = self.nodes.get_mut(&from) {
                     v.verified = verified;
                     v.source = *source;
+                    if !fetched.is_empty() {
+                        // bounded: a node has at most its path's sources and the NMS
+                        v.fetched = fetched
+                            .iter()
+                            .take(crate::limits::MAX_PATH + 1)
+                            .copied()
+                            .collect();
+                    }
                     v.parent = *parent;
                     if relay.is_some() {
                         let gated = |h: Option<RelayHint>| h == Some(RelayHint::Gated);

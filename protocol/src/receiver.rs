@@ -24,6 +24,43 @@ use crate::wire::{
 /// How long a finished node keeps serving when a child went silent without a receipt.
 pub const RELAY_LINGER: Duration = Duration::from_secs(30);
 
+/// Chunk requests a leaf-only node keeps out to each source besides its current one.
+pub const HELPER_WINDOW: usize = 1;
+
+/// How many chunks ahead of the first missing one a request is looked for (bounds the
+/// work per request; what lies further is asked for as the first missing one moves on).
+const SCAN: u32 = 1024;
+
+/// Whose share chunk `i` is, for a leaf-only node with `k >= 1` helpers among `g >= 2`
+/// leaf-only nodes under one parent: `None` for the current source (the parent), `Some(j)`
+/// for helper `j`. In each cycle of `gk` chunks, each helper has `g - 1` (first) and the
+/// parent `k`: the parent's uplink carries one copy in all, as any relay's in a chain,
+/// and each helper's its child's copy plus `(g - 1)/k` (with `k = 5` and `g = 2`, 6/5
+/// copies, against 2 for the parent alone). A parent with no more than one copy to send
+/// keeps up with its leaves, so they end right after it.
+pub fn share_of(i: u32, k: u32, g: u32) -> Option<u32> {
+    debug_assert!(k >= 1 && g >= 2);
+    let r = i % (g * k);
+    (r < k * (g - 1)).then(|| r / (g - 1))
+}
+
+/// How many leaf-only nodes share `me`'s parent, if `me` is leaf-only in a chain below
+/// the first tier (0 otherwise): what [`share_of`] splits by. Taken from the plan, which
+/// every node computes alike.
+fn leaf_siblings(manifest: &Manifest, me: &NodeId, parent: Option<NodeId>) -> u32 {
+    let leaf = manifest.leaf_only();
+    let Some(parent) = parent else { return 0 };
+    if manifest.plan.fanout != 1 || !leaf.contains(me) {
+        return 0;
+    }
+    let tree = crate::plan::Tree::plan(&manifest.addressees, 1, &|n| leaf.contains(n));
+    let g = leaf
+        .iter()
+        .filter(|n| tree.parent.get(*n) == Some(&Some(parent)))
+        .count();
+    u32::try_from(g).unwrap_or(u32::MAX)
+}
+
 /// The delay before retry number `n` (1 for the first retry after a failure): `base`
 /// doubled per consecutive failure, capped at `cap`, with "equal jitter": a value in
 /// `[d/2, d]` drawn from `salt` (deterministic: BLAKE3 of the salt, no RNG in the core).
@@ -239,9 +276,19 @@ pub struct NodeCampaign {
     parent: Option<NodeId>,
     sources: Vec<NodeId>,
     source: usize,
+    /// For a leaf-only node (see [`Manifest::leaf_only`]) in a chain whose parent feeds
+    /// `helpers >= 2` such nodes, that number: it also asks the relays above its parent
+    /// (not the NMS) for a share each, [`HELPER_WINDOW`] request at a time, so that its
+    /// parent's uplink does not carry every leaf alone. 0: it asks its current source only.
+    helpers: u32,
+    /// Sources no longer asked as helpers (one failed or was gated; the current source
+    /// still moves down the list as before).
+    dropped: HashSet<NodeId>,
     faults: u32,
     total_faults: u32,
     fetched: u32,
+    /// Bytes verified from each source (said in progress reports).
+    fetched_from: Vec<(NodeId, u64)>,
     /// Chunks verified and stored (confirmed by the shell): the ones served to others.
     have: ChunkSet,
     /// Chunks verified whose write the shell has not confirmed yet.
@@ -401,11 +448,14 @@ impl NodeCampaign {
             key,
             part: offer.part,
             parent,
+            helpers: leaf_siblings(&manifest, &me, parent),
             sources,
             source: 0,
+            dropped: HashSet::new(),
             faults: 0,
             total_faults: 0,
             fetched: 0,
+            fetched_from: Vec::new(),
             have,
             storing: BTreeSet::new(),
             cursor: 0,
@@ -746,6 +796,12 @@ impl NodeCampaign {
                     self.fault(now, from, i, "chunk does not match the manifest's hash");
                 } else if !self.have.contains(i) && self.storing.insert(i) {
                     self.fetched += 1;
+                    let bytes = resp.data.len() as u64;
+                    if let Some((_, b)) = self.fetched_from.iter_mut().find(|(s, _)| *s == from) {
+                        *b += bytes;
+                    } else if self.fetched_from.len() <= crate::limits::MAX_PATH {
+                        self.fetched_from.push((from, bytes));
+                    }
                     if from == self.current_source() {
                         // a good chunk: full speed again
                         self.faults = 0;
@@ -761,15 +817,20 @@ impl NodeCampaign {
             }
             ChunkStatus::NotYet => {
                 // after a hold the source paced the request itself: ask again at once; an
-                // immediate NotYet (e.g. the source cannot read the chunk back) waits
-                if from == self.current_source()
-                    && sent.is_some_and(|at| now.saturating_sub(at) < self.cfg.retry_base)
-                {
-                    self.retry_later(now);
+                // immediate NotYet (e.g. the source cannot read the chunk back) waits, or
+                // ends a helper's part
+                if sent.is_some_and(|at| now.saturating_sub(at) < self.cfg.retry_base) {
+                    if from == self.current_source() {
+                        self.retry_later(now);
+                    } else if self.helpers >= 2 {
+                        self.drop_helper(from);
+                    }
                 }
             }
             ChunkStatus::Gated => {
-                if !self.switch_source() && from == self.current_source() {
+                if from != self.current_source() {
+                    self.drop_helper(from);
+                } else if !self.switch_source() {
                     self.retry_later(now); // nowhere else to go
                 }
             }
@@ -1098,6 +1159,7 @@ impl NodeCampaign {
             source: Some(self.current_source()),
             parent: self.parent,
             relay: Some(self.relay_hint()),
+            fetched: self.fetched_from.clone(),
         };
         self.send(self.manifest.nms, msg);
     }
@@ -1118,28 +1180,48 @@ impl NodeCampaign {
         if self.phase != Phase::Receiving {
             return;
         }
-        match self.retry_at {
-            Some(t) if now < t => return, // backing off
-            Some(_) => self.retry_at = None,
-            None => {}
+        let backing_off = match self.retry_at {
+            Some(t) if now < t => true,
+            Some(_) => {
+                self.retry_at = None;
+                false
+            }
+            None => false,
+        };
+        // helpers first: the current source takes what is left of their shares
+        for h in self.helper_sources() {
+            self.ask(now, h, HELPER_WINDOW);
         }
-        // while the source is failing, one probe at a time; a good chunk reopens the window
-        let window = if self.retry_fails > 0 { 1 } else { self.cfg.window };
-        let source = self.current_source();
-        while self.in_flight.len() < window {
-            let mut i = match self.have.first_missing_from(self.cursor) {
-                Some(i) => i,
-                None => break,
-            };
-            self.cursor = i;
-            while i < self.layout.count()
-                && (self.have.contains(i) || self.storing.contains(&i) || self.in_flight.contains_key(&i))
-            {
-                i += 1;
-            }
-            if i >= self.layout.count() {
+        if !backing_off {
+            // while the source is failing, one probe at a time; a good chunk reopens the window
+            let window = if self.retry_fails > 0 { 1 } else { self.cfg.window };
+            self.ask(now, self.current_source(), window);
+        }
+    }
+
+    /// The sources asked besides the current one: for a leaf-only node, those after it on
+    /// the list that did not fail as helpers.
+    fn helper_sources(&self) -> Vec<NodeId> {
+        if self.helpers < 2 {
+            return Vec::new();
+        }
+        // never the NMS, which sends each byte about once: its uplink feeds the first tier
+        self.sources[self.source + 1..]
+            .iter()
+            .filter(|s| **s != self.manifest.nms && !self.dropped.contains(s))
+            .copied()
+            .collect()
+    }
+
+    /// Requests the next wanted chunks from `source` until it has `window` out.
+    fn ask(&mut self, now: Duration, source: NodeId, window: usize) {
+        let helpers = self.helper_sources();
+        let k = helpers.len() as u32;
+        let share = helpers.iter().position(|h| *h == source).map(|j| j as u32);
+        while self.in_flight.values().filter(|(s, _)| *s == source).count() < window {
+            let Some(i) = self.next_wanted(share, k) else {
                 break;
-            }
+            };
             self.in_flight.insert(i, (source, now));
             self.actions.push_back(NodeAction::RequestChunk {
                 to: source,
@@ -1150,6 +1232,36 @@ impl NodeCampaign {
                 },
             });
         }
+    }
+
+    /// Whether chunk `i` is wanted: neither verified, nor being stored, nor asked for.
+    fn wanted(&self, i: u32) -> bool {
+        !(self.have.contains(i) || self.storing.contains(&i) || self.in_flight.contains_key(&i))
+    }
+
+    /// The lowest wanted chunk of a share: the current source's (`None`) or helper `j`'s,
+    /// with `k` helpers (see [`share_of`]). The current source also takes any other wanted
+    /// chunk once its share is asked for, so a slow helper never holds the package back.
+    fn next_wanted(&mut self, share: Option<u32>, k: u32) -> Option<u32> {
+        let count = self.layout.count();
+        self.cursor = self.have.first_missing_from(self.cursor)?;
+        let g = self.helpers;
+        let mut window = (self.cursor..count).take(SCAN as usize);
+        if k == 0 {
+            return window.find(|&i| self.wanted(i));
+        }
+        let own = window.find(|&i| share_of(i, k, g) == share && self.wanted(i));
+        if own.is_some() || share.is_some() {
+            return own;
+        }
+        (self.cursor..count).take(SCAN as usize).find(|&i| self.wanted(i))
+    }
+
+    /// A helper failed (or is gated): it is not asked as one again in this campaign; what
+    /// it had out goes back to the others.
+    fn drop_helper(&mut self, source: NodeId) {
+        self.dropped.insert(source);
+        self.in_flight.retain(|_, (s, _)| *s != source);
     }
 
     fn fault(&mut self, now: Duration, source: NodeId, index: u32, reason: &str) {
@@ -1165,6 +1277,8 @@ impl NodeCampaign {
             if !(self.faults >= self.cfg.max_faults && self.switch_source()) {
                 self.retry_later(now);
             }
+        } else if self.helpers >= 2 {
+            self.drop_helper(source);
         }
     }
 

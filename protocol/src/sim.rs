@@ -328,6 +328,9 @@ pub struct SimReport {
     pub violations: Vec<String>,
     /// Per addressee: chunks it served to others (all campaigns).
     pub served: Vec<u64>,
+    /// Per addressee: (campaign, source) of every source that sent it a chunk, sources
+    /// numbered as entities (0 = the NMS, `i + 1` = addressee `i`).
+    pub fed_by: Vec<BTreeSet<(usize, usize)>>,
     /// Hand-backs of gated relays the NMS took.
     pub handed_back: usize,
     /// Whether the last drop the NMS planned put every gated addressee at a leaf.
@@ -478,6 +481,8 @@ struct Entity {
     exact: bool,
     /// Chunks it served (all campaigns).
     served: u64,
+    /// (campaign, entity) of every source that sent it a good chunk.
+    fed_by: BTreeSet<(usize, usize)>,
 }
 
 /// A request an entity holds until its endpoint answers it.
@@ -650,6 +655,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             faults_seen: 0,
             exact: false,
             served: 0,
+            fed_by: BTreeSet::new(),
         });
     }
     let index = ents.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
@@ -1255,6 +1261,9 @@ impl Sim {
                 }
                 self.done_request(to, k, from);
                 let resp = ChunkResponse::decode(&bytes).expect("valid chunk response");
+                if resp.status == ChunkStatus::Ok {
+                    self.ents[to].fed_by.insert((k, from));
+                }
                 self.feed(to, Input::ChunkResponse { id: OutId(id), resp });
                 self.after(to);
             }
@@ -2045,6 +2054,7 @@ impl Sim {
                 .collect(),
             violations: self.violations.clone(),
             served: self.ents[1..].iter().map(|e| e.served).collect(),
+            fed_by: self.ents[1..].iter().map(|e| e.fed_by.clone()).collect(),
             handed_back: self.handed_back,
             leaves_gated_in_last_plan: self.leaves_gated,
             trace: self.trace.clone(),

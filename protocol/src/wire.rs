@@ -153,6 +153,11 @@ pub enum Control {
         /// send it); the NMS plans nodes that do not at the leaves.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         relay: Option<RelayHint>,
+        /// Bytes verified so far from each source that sent any, at most
+        /// [`crate::limits::MAX_PATH`] + 1 entries (absent on the wire when empty, as older
+        /// nodes send it). A leaf-only node fetches from several at once.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fetched: Vec<(NodeId, u64)>,
     },
     InstallReport {
         #[serde(with = "serde_bytes")]

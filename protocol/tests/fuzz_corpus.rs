@@ -396,6 +396,7 @@ fn controls() -> Seeds {
                 source: Some(fake_id(1)),
                 parent: None,
                 relay: None,
+                fetched: Vec::new(),
             },
         ),
         (
@@ -454,6 +455,7 @@ fn controls() -> Seeds {
                 source: None,
                 parent: Some(id),
                 relay: None,
+                fetched: Vec::new(),
             },
         ));
     }

@@ -112,3 +112,41 @@ fn a_later_campaign_plans_the_gated_nodes_at_the_leaves() {
         assert_eq!(r.served[g], 0, "gated node {g} served chunks");
     }
 }
+
+/// In a chain, the gated nodes of a later campaign hang off the last relay, deep in the
+/// path: each takes chunks from its parent and from the relays above it, never from the
+/// NMS, so the last relay's uplink does not carry both alone.
+#[test]
+fn gated_leaves_in_a_chain_fetch_from_several_relays() {
+    let rel = relays(8, 1);
+    let gated: Vec<usize> = vec![rel[1], rel[4]];
+    let r = run(&SimConfig {
+        nodes: 8,
+        fanout: 1,
+        faults: Faults {
+            campaigns: vec![Duration::ZERO, Duration::from_secs(30)],
+            ..Faults::default()
+        },
+        ..config(gated.iter().map(|&i| (i, None)).collect(), 5)
+    });
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert_eq!(
+        r.outcomes[1],
+        (8, 0, 8),
+        "the second campaign installs everywhere"
+    );
+    assert_eq!(r.leaves_gated_in_last_plan, Some(true));
+    for &g in &gated {
+        assert_eq!(r.served[g], 0, "gated node {g} served chunks");
+        let from: Vec<usize> = r.fed_by[g]
+            .iter()
+            .filter(|(k, _)| *k == 1)
+            .map(|(_, s)| *s)
+            .collect();
+        assert!(
+            !from.contains(&0),
+            "gated leaf {g} fetched from the NMS: {from:?}"
+        );
+        assert!(from.len() >= 3, "gated leaf {g} fetched from {from:?} only");
+    }
+}

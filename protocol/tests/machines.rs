@@ -162,7 +162,12 @@ fn cfg() -> NodeConfig {
 
 /// `N` accepts the offer from `B` (after `check_offer`), at time 0.
 fn node_n(w: &World) -> NodeCampaign {
-    let offer = w.offer(&[A, B, N], &[N, P, Q]);
+    accept_n(w, &[N, P, Q])
+}
+
+/// `N` accepts the offer of part `part` from `B`, on the path `[A, B, N]`, at time 0.
+fn accept_n(w: &World, part: &[u64]) -> NodeCampaign {
+    let offer = w.offer(&[A, B, N], part);
     let m = check_offer(&offer, &id(B), &w.ctx(N)).expect("a good offer");
     let count = m.layout().unwrap().count();
     NodeCampaign::accept(
@@ -284,6 +289,7 @@ fn accept_offers_children_reports_and_fills_the_window() {
                     source: Some(id(B)),
                     parent: Some(id(B)),
                     relay: Some(RelayHint::Open),
+                    fetched: Vec::new(),
                 }
             ),
             ask(&w, B, 0),
@@ -465,6 +471,7 @@ fn store_and_forward_offers_children_only_once_the_file_is_hashed() {
                     source: Some(id(B)),
                     parent: Some(id(B)),
                     relay: Some(RelayHint::Open),
+                    fetched: vec![(id(B), SIZE as u64)],
                 }
             ),
             send(
@@ -1532,9 +1539,11 @@ fn the_campaign_is_done_when_every_addressee_is_final() {
         source: Some(w.nms),
         parent: None,
         relay: None,
+        fetched: vec![(w.nms, 10)],
     };
     assert_eq!(m.request(t(1), id(B), &progress), Control::Ack);
     assert_eq!(m.nodes()[&id(B)].status, NodeStatus::Receiving);
+    assert_eq!(m.nodes()[&id(B)].fetched, vec![(w.nms, 10)]);
     assert_eq!(
         m.request(t(2), id(A), &report(InstallOutcome::Installed)),
         Control::Ack
@@ -1850,4 +1859,122 @@ fn an_agent_package_installs_only_once_the_children_hold_it() {
     receive_and_hash(&w, &mut c);
     c.response(t(3), w.nms, ok(&w));
     assert!(drain(&mut c).contains(&NodeAction::Install));
+}
+
+/// In the chain `[A, B, N, P]` whose last two are leaf-only (both below `B`), `N` has
+/// just accepted `B`'s offer.
+fn leaf_n() -> (World, NodeCampaign) {
+    let mut w = world(&[A, B, N, P], Transfer::CutThrough, false);
+    w.manifest.plan.fanout = 1;
+    w.manifest.plan.leaves = 2;
+    w.signed = SignedManifest::sign(&w.manifest, &keypair_from_seed(100)).unwrap();
+    let c = accept_n(&w, &[N]);
+    (w, c)
+}
+
+fn requests(actions: &[NodeAction]) -> Vec<NodeAction> {
+    actions
+        .iter()
+        .filter(|a| matches!(a, NodeAction::RequestChunk { .. }))
+        .cloned()
+        .collect()
+}
+
+/// A leaf-only node relays for no one: beside its parent, which feeds 2 such nodes, it
+/// asks the relay above (never the NMS, which sends each byte once) for a share, here
+/// chunk 0 of each cycle of 2 (`share_of`). A helper that is gated is asked no more,
+/// without moving the node off its parent, and its chunk goes back to the parent; the
+/// progress report says what came from whom.
+#[test]
+fn a_leaf_only_node_fetches_from_its_parent_and_the_relays_above_it() {
+    let (w, mut c) = leaf_n();
+    let first = drain(&mut c);
+    assert_eq!(requests(&first), [ask(&w, A, 0), ask(&w, B, 1), ask(&w, B, 2)]);
+    // A answers chunk 0 with a good chunk: it stays a helper, and has nothing more to ask
+    c.chunk_response(t(1), id(A), w.sealed(&[A, B, N], 0));
+    c.chunk_stored(t(1), 0);
+    assert_eq!(requests(&drain(&mut c)), []);
+    c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], 1));
+    c.chunk_stored(t(1), 1);
+    c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], 2));
+    c.chunk_stored(t(1), 2);
+    assert_eq!(c.phase(), Phase::Verifying);
+    drain(&mut c);
+    c.file_hashed(t(2), w.manifest.root);
+    let after = drain(&mut c);
+    let progress = after.iter().find_map(|a| match a {
+        NodeAction::Send {
+            msg: Control::Progress { fetched, .. },
+            ..
+        } => Some(fetched.clone()),
+        _ => None,
+    });
+    let l = w.manifest.layout().unwrap();
+    assert_eq!(
+        progress,
+        Some(vec![
+            (id(A), u64::from(l.len(0))),
+            (id(B), u64::from(l.len(1)) + u64::from(l.len(2))),
+        ]),
+        "{after:?}"
+    );
+
+    // a gated helper: dropped, its chunk asked from the parent, which stays the source
+    let (w, mut c) = leaf_n();
+    drain(&mut c);
+    c.chunk_response(t(1), id(B), w.sealed(&[A, B, N], 1));
+    c.chunk_stored(t(1), 1);
+    drain(&mut c);
+    let gated = ChunkResponse {
+        campaign: w.campaign(),
+        index: 0,
+        status: ChunkStatus::Gated,
+        data: Vec::new(),
+    };
+    c.chunk_response(t(1), id(A), gated);
+    assert_eq!(requests(&drain(&mut c)), [ask(&w, B, 0)]);
+    assert_eq!(c.current_source(), id(B));
+    // a later failure of the parent moves the node up its path as before (A is still
+    // the next source: dropped as a helper, not as a source)
+    c.chunk_failed(t(2), id(B), 2, "connection reset");
+    c.chunk_failed(t(2), id(B), 0, "connection reset");
+    assert_eq!(c.current_source(), id(A));
+}
+
+/// The shares of a leaf-only node's sources: in each cycle of `gk` chunks the parent has
+/// `k` and each of the `k` helpers `g - 1` (so the parent's uplink, `g` leaves times `k`,
+/// carries one copy, a whole cycle).
+#[test]
+fn the_shares_of_a_leaf_only_node_even_out_the_uplinks() {
+    use baton_protocol::receiver::share_of;
+    for k in 1..=8u32 {
+        for g in 2..=5u32 {
+            let cycle = g * k;
+            let mut parent = 0;
+            let mut helper = vec![0u32; k as usize];
+            for i in 0..3 * cycle {
+                match share_of(i, k, g) {
+                    None => parent += 1,
+                    Some(j) => helper[j as usize] += 1,
+                }
+            }
+            assert_eq!(parent, 3 * k, "k {k} g {g}");
+            assert!(
+                helper.iter().all(|&h| h == 3 * (g - 1)),
+                "k {k} g {g}: {helper:?}"
+            );
+        }
+    }
+}
+
+/// A single leaf-only node below its parent needs no helper: the parent's uplink
+/// carries it as it would a relay (one copy).
+#[test]
+fn a_lone_leaf_only_node_fetches_from_its_parent_only() {
+    let mut w = world(&[A, B, N], Transfer::CutThrough, false);
+    w.manifest.plan.fanout = 1;
+    w.manifest.plan.leaves = 1;
+    w.signed = SignedManifest::sign(&w.manifest, &keypair_from_seed(100)).unwrap();
+    let mut c = accept_n(&w, &[N]);
+    assert_eq!(requests(&drain(&mut c)), [ask(&w, B, 0), ask(&w, B, 1)]);
 }

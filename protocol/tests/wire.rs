@@ -198,6 +198,7 @@ fn control() -> impl Strategy<Value = Control> {
                     source,
                     parent,
                     relay,
+                    fetched: Vec::new(),
                 }
             ),
         (
@@ -769,6 +770,7 @@ fn control_encodings_are_pinned() {
                 source: Some(fake_id(1)),
                 parent: None,
                 relay: None,
+                fetched: Vec::new(),
             },
             "a16850726f6772657373a56863616d706169676e50a0a1a2a3a4a5a6a7a8a9aaabacadaeaf6570686173656972\
              6563656976696e6768766572696669656419100066736f757263654a0008010000000000000066706172656e74f6",
@@ -864,6 +866,7 @@ fn decoders_accept_fields_in_any_order_and_ignore_unknown_ones() {
             source: None,
             parent: None,
             relay: None,
+            fetched: Vec::new(),
         })
     );
     // an unknown variant or a missing required field is refused

@@ -2853,6 +2853,7 @@ async fn replays(ctx: Arc<Ctx>, end: Instant) {
                 source: None,
                 parent: None,
                 relay: None,
+                fetched: Vec::new(),
             },
             Control::InstallReport {
                 campaign: m.campaign,

@@ -3,9 +3,11 @@
 //! within 2 s, and every node still installs the exact bytes. Two nodes whose owners keep
 //! relaying closed from the start, chosen among the relays of the plan an NMS without
 //! their adverts would make: the NMS plans around them, every node installs, the gated
-//! ones serve nothing (by the NMS's per-node figures), and the campaign's time is compared
-//! with T1 measured on the same links (a miss of 1.2 × T1 is reported, not failed: timings
-//! on a loaded machine are not the code's fault).
+//! ones serve nothing (by the NMS's per-node figures) and fetch from several relays, and
+//! the campaign's time is compared with T1 measured on the same links (a miss of 1.2 × T1
+//! is reported, not failed: timings on a loaded machine are not the code's fault; and
+//! with 2 of 8 nodes serving nothing no plan ends before 8/7 T1, so the chain's own
+//! overhead decides).
 //!
 //! Needs root (network namespaces). Without it the test prints why and returns; with
 //! `BATON_REQUIRE_NETNS=1` a missing privilege fails it instead.
@@ -265,7 +267,24 @@ fn two_relays_gated_from_the_start_are_planned_around_serve_nothing_and_everyone
             0,
             "gated node {g} served bytes by the NMS's figures: {s}"
         );
+        // leaf-only, deep in the chain: it fetched from its parent and the relays above
+        let id = c.node_ids[g - 1].to_string();
+        let node = s["per_node"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["node"].as_str() == Some(id.as_str()))
+            .unwrap_or_else(|| panic!("gated node {g} is not in the summary: {s}"));
+        let sources = node["sources"].as_array().cloned().unwrap_or_default();
+        assert!(
+            sources.len() >= 3 && sources.iter().all(|x| x["nms"] == false),
+            "gated node {g} fetched from {sources:?}: not from its parent and the relays above it"
+        );
     }
+    // with equal links, 8 copies over the 7 uplinks that relay (the NMS's and 6 nodes')
+    // take at least 8/7 T1 whatever the plan
+    let bound = NODES as f64 / (NODES - gated.len() + 1) as f64;
+    eprintln!("no plan in which the gated nodes serve nothing ends before {bound:.2} x T1");
     let wall = s["wall_secs"].as_f64().expect("the summary's wall_secs");
     let ratio = wall / t1;
     eprintln!(

@@ -213,6 +213,7 @@ fn progress(m: &Manifest, n: NodeId, status: NodeStatus, verified: u64, source: 
         status,
         verified,
         source,
+        fetched: Vec::new(),
     }
 }
 
@@ -499,6 +500,55 @@ fn the_summary_says_where_each_nodes_bytes_came_from() {
         "{line_b}"
     );
     assert!(text.contains("reason: no space left on device"), "{text}");
+}
+
+/// A node that reports its bytes per source (a leaf-only node fetching from several
+/// relays at once) is credited as it says, not by the single source it names; the bytes
+/// it verified after its last report go to the source it named last.
+#[test]
+fn the_bytes_a_node_reports_per_source_are_what_each_source_served() {
+    let (mut v, _, _) = view(Mode::Plain, 24, 80);
+    let m = manifest(1, 3, 1000);
+    let (a, b, c) = (node(0), node(1), node(2));
+    v.event(&started(&m), None);
+    let from = |verified: u64, fetched: Vec<(NodeId, u64)>| NmsEvent::NodeProgress {
+        campaign: m.campaign,
+        node: c,
+        status: NodeStatus::Receiving,
+        verified,
+        source: Some(b),
+        fetched,
+    };
+    v.event(&from(300, vec![(b, 200), (a, 100)]), None);
+    v.event(&from(900, vec![(b, 500), (a, 400)]), None);
+    v.event(
+        &NmsEvent::NodeInstalled {
+            campaign: m.campaign,
+            node: c,
+        },
+        None,
+    );
+    let s = v
+        .event(
+            &done(
+                &m,
+                &[
+                    (a, NodeStatus::Installed),
+                    (b, NodeStatus::Installed),
+                    (c, NodeStatus::Installed),
+                ],
+            ),
+            None,
+        )
+        .unwrap();
+    let src = |from: NodeId, bytes: u64| SourceBytes {
+        from: Some(from.to_string()),
+        nms: false,
+        bytes,
+    };
+    assert_eq!(s.per_node[2].sources, vec![src(b, 600), src(a, 400)]);
+    let served: Vec<u64> = s.per_node.iter().map(|n| n.served).collect();
+    assert_eq!(served, vec![400, 600, 0]);
 }
 
 #[test]

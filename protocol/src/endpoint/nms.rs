@@ -394,6 +394,8 @@ pub enum NmsEvent {
         verified: u64,
         /// The peer it last reported fetching from (the NMS or a relay), if it said.
         source: Option<NodeId>,
+        /// Bytes it verified from each source, as it last reported (empty: it did not say).
+        fetched: Vec<(NodeId, u64)>,
     },
     /// A node installed the package.
     NodeInstalled {
@@ -1531,6 +1533,7 @@ impl NmsEndpoint {
                 status: v.status.clone(),
                 verified: v.verified,
                 source: v.source,
+                fetched: v.fetched.clone(),
             });
         }
     }

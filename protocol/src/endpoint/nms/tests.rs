@@ -486,6 +486,7 @@ fn requests_responses_and_failures_reach_the_right_campaign() {
                     source: Some(id(B)),
                     parent: None,
                     relay: None,
+                    fetched: Vec::new(),
                 },
             },
         )
@@ -505,6 +506,7 @@ fn requests_responses_and_failures_reach_the_right_campaign() {
             status: NodeStatus::Receiving,
             verified: 4096,
             source: Some(id(B)),
+            fetched: Vec::new(),
         }]
     );
     assert_eq!(e.campaign(&[2; 16]).unwrap().nodes()[&id(A)].verified, 0);
@@ -892,6 +894,7 @@ fn cancel_halts_stops_offers_and_chunks_and_ends_the_campaign() {
                 source: None,
                 parent: None,
                 relay: None,
+                fetched: Vec::new(),
             },
         },
     );
@@ -1106,6 +1109,7 @@ mod oversight {
             source: parent,
             parent,
             relay: None,
+            fetched: Vec::new(),
         }
     }
 
@@ -2005,6 +2009,7 @@ fn says_gated(n: u64) -> NmsInput {
             source: None,
             parent: None,
             relay: Some(RelayHint::Gated),
+            fetched: Vec::new(),
         },
     }
 }
