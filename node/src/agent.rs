@@ -146,13 +146,18 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the node until Ctrl-C / SIGTERM (or, with `--once`, until its campaign is done:
-/// then an error unless it installed, see [`crate::once::result`]).
+/// Runs the node until Ctrl-C / SIGTERM / SIGHUP (the terminal or SSH session it ran in
+/// closed) or, with `--once`, until its campaign is done: then an error unless it
+/// installed, see [`crate::once::result`].
 pub async fn run(opts: NodeOptions) -> Result<()> {
     // taken first, so that a signal during start-up also ends the loop below (and a
     // one-shot agent's temporary state is removed) rather than killing the process
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    let (mut int, mut term, mut hup) = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::hangup())?,
+    );
     let _lock = baton_shell::identity::lock_data_dir(&opts.data_dir, "baton-node")?;
     let keypair = baton_shell::identity::load_or_create(&opts.data_dir)?;
     let me = NodeId::of(&keypair);
@@ -301,6 +306,10 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             _ = term.recv() => {
                 info!("terminated; stopping");
                 break Some(crate::once::End::Interrupted { signal: "SIGTERM" });
+            }
+            _ = hup.recv() => {
+                info!("hung up (the terminal or session closed); stopping");
+                break Some(crate::once::End::Interrupted { signal: "SIGHUP" });
             }
         }
         agent.drive();

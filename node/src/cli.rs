@@ -67,7 +67,7 @@ pub struct Cli {
     /// One-shot agent, for a machine without a Baton daemon: receive, install and relay
     /// one campaign, then exit (status 0 only if it installed). Its identity key, journal
     /// and partial downloads live in a temporary directory inside the data directory,
-    /// removed at exit (also on failure, Ctrl-C or SIGTERM): only `packages/` remains.
+    /// removed at exit (also on failure, Ctrl-C, SIGTERM or SIGHUP): only `packages/` remains.
     #[arg(long)]
     once: bool,
     /// With --once: give up, with a non-zero status, if no campaign is over by then:

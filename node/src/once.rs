@@ -3,7 +3,7 @@
 //!
 //! Here: [`OnceDirs`], where the agent keeps its state. By default a temporary directory
 //! `<data>/.once-<pid>-<nanos>` (identity key, journal, partial downloads, control socket)
-//! removed when the agent ends, also on failure, Ctrl-C or SIGTERM; installed versions go
+//! removed when the agent ends, also on failure, Ctrl-C, SIGTERM or SIGHUP; installed versions go
 //! to `<data>/packages` as a daemon's would, so that only they remain. With
 //! `--keep-identity` the state is the data directory itself, as a daemon's, and stays.
 //! When the agent ends and how is decided in the core ([`Watch`], [`End`]); [`result`]

@@ -527,6 +527,18 @@ fn a_one_shot_agent_that_times_out_says_why_and_removes_its_state() {
 
 #[test]
 fn a_one_shot_agent_stopped_by_sigterm_removes_its_state_and_fails() {
+    stopped_by("TERM");
+}
+
+/// The terminal or SSH session the agent ran in closed.
+#[test]
+fn a_one_shot_agent_stopped_by_sighup_removes_its_state_and_fails() {
+    stopped_by("HUP");
+}
+
+/// A one-shot agent gets `SIG<signal>` before any campaign: it says so, exits 2 and
+/// leaves only `packages/`.
+fn stopped_by(signal: &str) {
     let d = tempfile::tempdir().unwrap();
     let (data, log) = (d.path().join("data"), d.path().join("log"));
     let mut a = lone_agent(&data, &log, &[]);
@@ -544,7 +556,7 @@ fn a_one_shot_agent_stopped_by_sigterm_removes_its_state_and_fails() {
     let pid = a.0.id().to_string();
     assert!(
         Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{signal}"), &pid])
             .status()
             .unwrap()
             .success()
@@ -553,7 +565,7 @@ fn a_one_shot_agent_stopped_by_sigterm_removes_its_state_and_fails() {
     let text = fs::read_to_string(&log).unwrap();
     assert_eq!(st.and_then(|s| s.code()), Some(2), "{text}");
     assert!(
-        text.contains("stopped by SIGTERM before a campaign finished"),
+        text.contains(&format!("stopped by SIG{signal} before a campaign finished")),
         "{text}"
     );
     assert_eq!(dir_names(&data), vec!["packages".to_string()], "{text}");
