@@ -782,6 +782,17 @@ impl Db {
 
     /// A node was seen at these addresses, advertising these tags (`None`: not known, as
     /// for a `--peer`; the tags already recorded stay).
+    /// `node`'s advert went away at `at`: it was seen until then.
+    pub fn node_gone(&self, node: &NodeId, at: u64) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE inventory SET last_seen = max(last_seen, ?2) WHERE node = ?1",
+                params![node.to_string(), i(at)],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
     pub fn node_seen(
         &self,
         node: &NodeId,
@@ -1127,6 +1138,14 @@ mod tests {
         assert_eq!(of(&a).trust, None);
         assert_eq!(of(&a).tags, vec!["lab".to_string()]);
         assert_eq!(of(&b).trust.as_deref(), Some("trusts NMS 12D3Kxx"));
+        // its advert went away at 40: seen until then (an earlier time changes nothing)
+        db.node_gone(&a, 40).unwrap();
+        db.node_gone(&a, 30).unwrap();
+        let last = |n: &NodeId| {
+            let inv = db.inventory().unwrap();
+            inv.iter().find(|x| x.node == n.to_string()).unwrap().last_seen
+        };
+        assert_eq!(last(&a), 40);
     }
 
     #[test]

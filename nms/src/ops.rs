@@ -91,7 +91,11 @@ pub struct InventoryRow {
     /// Its refusal, when it trusts another NMS.
     pub other_nms: Option<String>,
     pub first_seen: u64,
+    /// When it was last seen: its advert last changed, or went away, or a report of it.
     pub last_seen: u64,
+    /// Its advert is on the LAN now (the NMS found it and has not lost it since).
+    #[serde(default)]
+    pub present: bool,
     pub installed: Vec<InstalledRow>,
     /// The agent it advertises: version, build id (BLAKE3 of its executable) and the build
     /// it ran before. `None` for an agent too old to say.
@@ -106,11 +110,13 @@ pub struct InstalledRow {
     pub version: String,
 }
 
-/// The inventory as the operator gets it.
-pub fn node_rows(inventory: Vec<InventoryNode>) -> Vec<InventoryRow> {
+/// The inventory as the operator gets it; `present` says whether a node's advert is on
+/// the LAN now.
+pub fn node_rows(inventory: Vec<InventoryNode>, present: impl Fn(&str) -> bool) -> Vec<InventoryRow> {
     inventory
         .into_iter()
         .map(|n| InventoryRow {
+            present: present(&n.node),
             node: n.node,
             addresses: n.addresses,
             tags: n.tags,
@@ -138,7 +144,11 @@ fn node_table(nodes: &[InventoryRow], now: u64) -> String {
         .map(|n| {
             vec![
                 n.node.clone(),
-                ago(n.last_seen, now),
+                if n.present {
+                    "now".into()
+                } else {
+                    ago(n.last_seen, now)
+                },
                 or_dash(n.addresses.join(" ")),
                 or_dash(n.tags.join(",")),
                 match &n.other_nms {
@@ -719,7 +729,8 @@ mod tests {
                 agent: None,
             },
         ];
-        let rows = node_rows(inv);
+        let rows = node_rows(inv, |n| n == "12D3KooB");
+        assert!(!rows[0].present && rows[1].present);
         assert!(rows[0].trusts_this_nms && rows[0].other_nms.is_none());
         assert!(!rows[1].trusts_this_nms);
         assert_eq!(
@@ -746,7 +757,8 @@ mod tests {
             "{out}"
         );
         assert!(
-            lines[2].contains("10m ago")
+            lines[2].contains("  now  ")
+                && !lines[2].contains("ago")
                 && lines[2].contains("another NMS: trusts NMS 12D3KooX  -")
                 && lines[2].ends_with("  -"),
             "{out}"

@@ -103,9 +103,11 @@ struct Nms {
     failures: net::FailureLog,
     /// The state that survives a restart.
     inbox: Inbox,
-    /// Peers named with --peer, whose addresses are given back after a failed dial.
     /// Addresses given back after a failed dial (`--peer` and discovered ones).
     addresses: net::AddressBook,
+    /// Nodes whose advert is on the LAN now (found and not lost since): `nodes` says
+    /// "now" for them rather than when their advert last changed.
+    advertising: HashSet<NodeId>,
     /// Drops that are kept copies distributed again as the operator's rollback.
     rollbacks: HashSet<DropId>,
 }
@@ -196,6 +198,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         failures: net::FailureLog::default(),
         inbox,
         addresses: net::AddressBook::default(),
+        advertising: HashSet::new(),
         rollbacks: HashSet::new(),
     };
     for p in &opts.peers {
@@ -296,6 +299,7 @@ impl Nms {
                 }
                 self.addresses.discovered(peer, known);
                 if advert.role == Role::Node {
+                    self.advertising.insert(NodeId(peer));
                     let r = self
                         .db()
                         .node_seen(&NodeId(peer), &seen, Some(&advert.tags), unix_now());
@@ -321,6 +325,11 @@ impl Nms {
             DiscoveryEvent::Lost { peer_id } => {
                 if let Ok(peer) = peer_id.parse::<PeerId>() {
                     self.addresses.lost(&peer);
+                    if self.advertising.remove(&NodeId(peer)) {
+                        // seen until now: "last seen" is when its advert went away
+                        let r = self.db().node_gone(&NodeId(peer), unix_now());
+                        self.db_error(r);
+                    }
                     self.input(NmsInput::NodeLost { id: NodeId(peer) });
                 }
             }
@@ -907,7 +916,9 @@ impl Nms {
                 }))
             }
             Request::Nodes => Ok(Response::Nodes {
-                nodes: crate::ops::node_rows(self.db().inventory().map_err(|e| e.to_string())?),
+                nodes: crate::ops::node_rows(self.db().inventory().map_err(|e| e.to_string())?, |n| {
+                    self.advertising.iter().any(|a| a.to_string() == n)
+                }),
             }),
             Request::Campaigns => Ok(Response::Campaigns {
                 campaigns: all
