@@ -32,7 +32,7 @@ pub struct Cli {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Address and TCP port to listen on: IP:PORT, e.g. 0.0.0.0:4101 (every IPv4
-    /// address) or [::]:4101 (IPv6); a bare IP gets port 4101. Nodes connect to this port:
+    /// address) or [::]:4101 (every IPv6 and IPv4 address); a bare IP gets port 4101. Nodes connect to this port:
     /// let it through the firewall. Port 0 picks any free port.
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:4101", value_parser = listen_arg)]
     listen: SocketAddr,

@@ -150,7 +150,7 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         &format!("baton-nms/{}", env!("CARGO_PKG_VERSION")),
         net::Limits::nms(),
     )?;
-    let port = net::wait_for_port(&mut swarm).await?;
+    let port = net::wait_for_port(&mut swarm, &opts.listen).await?;
     info!(peer_id = %me, port, watch = %opts.watch.display(), "baton-nms started");
     let at = net::socket_of(&opts.listen).map_or_else(
         || format!("TCP port {port}"),

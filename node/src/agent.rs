@@ -184,7 +184,7 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
         &format!("baton-node/{}", env!("CARGO_PKG_VERSION")),
         net::Limits::node(),
     )?;
-    let port = net::wait_for_port(&mut swarm).await?;
+    let port = net::wait_for_port(&mut swarm, &opts.listen).await?;
     info!(peer_id = %me, port, data = %opts.data_dir.display(), window = opts.protocol.window, "baton-node started");
     println!("baton-node {me} listening on port {port}");
     let (itx, mut irx) = mpsc::unbounded_channel();

@@ -30,7 +30,7 @@ pub struct Cli {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address and TCP port to listen on: IP:PORT, e.g. 0.0.0.0:4100 (every IPv4
-    /// address) or [::]:4100 (IPv6); a bare IP gets port 4100. Default 0.0.0.0:4100: the
+    /// address) or [::]:4100 (every IPv6 and IPv4 address); a bare IP gets port 4100. Default 0.0.0.0:4100: the
     /// NMS and other nodes connect to this port, so let it through the firewall. Port 0
     /// picks any free port.
     #[arg(long, value_name = "IP:PORT", value_parser = listen_arg)]

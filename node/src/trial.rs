@@ -39,13 +39,14 @@ pub async fn run(opts: NodeOptions, me: Arc<AgentSelf>, healthy: &Path) -> Resul
     let keypair = baton_shell::identity::load_or_create(&opts.data_dir)?;
     let mut trusted: Vec<NodeId> = opts.trust.clone();
     trusted.extend(read_pinned(&opts.data_dir)?);
+    let listen = any_port(&opts.listen);
     let mut swarm = net::build_swarm(
         keypair,
-        any_port(&opts.listen),
+        listen.clone(),
         &format!("baton-node/{}", env!("CARGO_PKG_VERSION")),
         net::Limits::node(),
     )?;
-    let port = net::wait_for_port(&mut swarm).await?;
+    let port = net::wait_for_port(&mut swarm, &listen).await?;
     info!(port, build = %me.build_hex(), "new agent on trial: looking for the NMS");
     let mut heard_nms: Vec<PeerId> = Vec::new();
     let is_nms = |p: &PeerId, heard: &[PeerId]| {

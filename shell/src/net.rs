@@ -487,7 +487,7 @@ pub fn parse_listen(s: &str, default_port: u16) -> Result<std::net::SocketAddr, 
         Err(_) => format!("{default_port}"),
     };
     Err(format!(
-        "`{s}` is not a listen address: give an IP address and a TCP port, e.g. 0.0.0.0:{port} (every IPv4 address) or [::]:{port} (IPv6)"
+        "`{s}` is not a listen address: give an IP address and a TCP port, e.g. 0.0.0.0:{port} (every IPv4 address) or [::]:{port} (every IPv6 and IPv4 address)"
     ))
 }
 
@@ -570,18 +570,24 @@ pub fn peer_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
     })
 }
 
-/// Drives the swarm until its listener is up; returns the TCP port it listens on.
-pub async fn wait_for_port(swarm: &mut Swarm<Behaviour>) -> anyhow::Result<u16> {
+/// Drives the swarm until its listener on `listen` (the address given to
+/// [`build_swarm`]) is up; returns the TCP port it listens on. libp2p opens IPv6 sockets
+/// IPv6-only, so a listener on `[::]` gets a second one on `0.0.0.0` at the same port:
+/// `[::]` means every address, IPv4 too, as elsewhere, and the IPv4 addresses mDNS
+/// advertises can be reached. If that port is taken on IPv4, a warning says it listens on
+/// IPv6 only.
+pub async fn wait_for_port(swarm: &mut Swarm<Behaviour>, listen: &Multiaddr) -> anyhow::Result<u16> {
     let deadline = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(deadline);
-    loop {
+    let port = loop {
         tokio::select! {
             ev = swarm.select_next_some() => match ev {
                 libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } => {
-                    for p in address.iter() {
-                        if let libp2p::multiaddr::Protocol::Tcp(port) = p {
-                            return Ok(port);
-                        }
+                    if let Some(port) = address.iter().find_map(|p| match p {
+                        libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+                        _ => None,
+                    }) {
+                        break port;
                     }
                 }
                 libp2p::swarm::SwarmEvent::ListenerError { error, .. } => {
@@ -594,7 +600,39 @@ pub async fn wait_for_port(swarm: &mut Swarm<Behaviour>) -> anyhow::Result<u16> 
             },
             _ = &mut deadline => anyhow::bail!("the listener did not come up within 10 s; check the --listen address"),
         }
+    };
+    let any_v6 = listen
+        .iter()
+        .next()
+        .is_some_and(|p| p == libp2p::multiaddr::Protocol::Ip6(std::net::Ipv6Addr::UNSPECIFIED));
+    if any_v6 {
+        let v4 = tcp_addr(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
+        let why = match swarm.listen_on(v4.clone()) {
+            Err(e) => Some(e.to_string()),
+            Ok(id) => loop {
+                tokio::select! {
+                    ev = swarm.select_next_some() => match ev {
+                        libp2p::swarm::SwarmEvent::NewListenAddr { listener_id, .. } if listener_id == id => break None,
+                        libp2p::swarm::SwarmEvent::ListenerError { listener_id, error } if listener_id == id => {
+                            break Some(error.to_string())
+                        }
+                        libp2p::swarm::SwarmEvent::ListenerClosed { listener_id, reason, .. } if listener_id == id => {
+                            break Some(reason.err().map_or("closed".into(), |e| e.to_string()))
+                        }
+                        _ => {}
+                    },
+                    _ = &mut deadline => break Some("no answer within 10 s".into()),
+                }
+            },
+        };
+        if let Some(why) = why {
+            tracing::warn!(
+                port,
+                "listening on IPv6 only: cannot also listen on {v4} ({why}); nodes on IPv4 cannot reach this one"
+            );
+        }
     }
+    Ok(port)
 }
 
 /// What a request-response event means to a daemon, once the transport's bookkeeping is
