@@ -52,8 +52,8 @@ pub const DEFAULT_CONFIRM_DEADLINE: Duration = Duration::from_secs(120);
 /// Starts of a new agent on probation after which it is rolled back (a crash loop under a
 /// supervisor such as systemd's `Restart=`); the rule is the core's.
 pub use baton_protocol::selfupdate::MAX_PROBATION_STARTS;
-/// Testing only: an agent whose build id (hex) is this never reports an agent install
-/// (a new agent that hangs after the switch).
+/// Testing only, in debug builds: an agent whose build id (hex) is this never reports an
+/// agent install (a new agent that hangs after the switch).
 pub const TEST_SILENT_BUILD_ENV: &str = "BATON_TEST_AGENT_SILENT_BUILD";
 /// `<data>/agent/pending`: the build id of a new agent switched to and not yet confirmed.
 const PENDING: &str = "pending";
@@ -459,8 +459,9 @@ impl Probation {
 }
 
 /// Testing only ([`TEST_SILENT_BUILD_ENV`]): this agent never reports an agent install.
+/// Debug builds only: a release agent ignores the variable.
 pub fn test_silent(me: &AgentSelf) -> bool {
-    std::env::var(TEST_SILENT_BUILD_ENV).is_ok_and(|b| b == me.build_hex())
+    cfg!(debug_assertions) && std::env::var(TEST_SILENT_BUILD_ENV).is_ok_and(|b| b == me.build_hex())
 }
 
 #[cfg(test)]
