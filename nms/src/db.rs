@@ -780,8 +780,6 @@ impl Db {
             .collect()
     }
 
-    /// A node was seen at these addresses, advertising these tags (`None`: not known, as
-    /// for a `--peer`; the tags already recorded stay).
     /// `node`'s advert went away at `at`: it was seen until then.
     pub fn node_gone(&self, node: &NodeId, at: u64) -> Result<(), DbError> {
         self.conn
@@ -793,6 +791,8 @@ impl Db {
         Ok(())
     }
 
+    /// A node was seen at these addresses, advertising these tags (`None`: not known, as
+    /// for a `--peer`; the tags already recorded stay).
     pub fn node_seen(
         &self,
         node: &NodeId,

@@ -915,11 +915,14 @@ impl Nms {
                     running,
                 }))
             }
-            Request::Nodes => Ok(Response::Nodes {
-                nodes: crate::ops::node_rows(self.db().inventory().map_err(|e| e.to_string())?, |n| {
-                    self.advertising.iter().any(|a| a.to_string() == n)
-                }),
-            }),
+            Request::Nodes => {
+                let present: HashSet<String> = self.advertising.iter().map(|a| a.to_string()).collect();
+                Ok(Response::Nodes {
+                    nodes: crate::ops::node_rows(self.db().inventory().map_err(|e| e.to_string())?, |n| {
+                        present.contains(n)
+                    }),
+                })
+            }
             Request::Campaigns => Ok(Response::Campaigns {
                 campaigns: all
                     .iter()
