@@ -528,19 +528,8 @@ fn the_bytes_a_node_reports_per_source_are_what_each_source_served() {
         },
         None,
     );
-    let s = v
-        .event(
-            &done(
-                &m,
-                &[
-                    (a, NodeStatus::Installed),
-                    (b, NodeStatus::Installed),
-                    (c, NodeStatus::Installed),
-                ],
-            ),
-            None,
-        )
-        .unwrap();
+    let all = [a, b, c].map(|n| (n, NodeStatus::Installed));
+    let s = v.event(&done(&m, &all), None).unwrap();
     let src = |from: NodeId, bytes: u64| SourceBytes {
         from: Some(from.to_string()),
         nms: false,
