@@ -105,9 +105,6 @@ struct Nms {
     inbox: Inbox,
     /// Addresses given back after a failed dial (`--peer` and discovered ones).
     addresses: net::AddressBook,
-    /// Nodes whose advert is on the LAN now (found and not lost since): `nodes` says
-    /// "now" for them rather than when their advert last changed.
-    advertising: HashSet<NodeId>,
     /// Drops that are kept copies distributed again as the operator's rollback.
     rollbacks: HashSet<DropId>,
 }
@@ -198,7 +195,6 @@ pub async fn run(opts: NmsOptions) -> Result<Vec<Summary>> {
         failures: net::FailureLog::default(),
         inbox,
         addresses: net::AddressBook::default(),
-        advertising: HashSet::new(),
         rollbacks: HashSet::new(),
     };
     for p in &opts.peers {
@@ -299,7 +295,6 @@ impl Nms {
                 }
                 self.addresses.discovered(peer, known);
                 if advert.role == Role::Node {
-                    self.advertising.insert(NodeId(peer));
                     let r = self
                         .db()
                         .node_seen(&NodeId(peer), &seen, Some(&advert.tags), unix_now());
@@ -325,7 +320,7 @@ impl Nms {
             DiscoveryEvent::Lost { peer_id } => {
                 if let Ok(peer) = peer_id.parse::<PeerId>() {
                     self.addresses.lost(&peer);
-                    if self.advertising.remove(&NodeId(peer)) {
+                    if self.endpoint.present_nodes().any(|n| n == NodeId(peer)) {
                         // seen until now: "last seen" is when its advert went away
                         let r = self.db().node_gone(&NodeId(peer), unix_now());
                         self.db_error(r);
@@ -916,7 +911,8 @@ impl Nms {
                 }))
             }
             Request::Nodes => {
-                let present: HashSet<String> = self.advertising.iter().map(|a| a.to_string()).collect();
+                // "now" for the nodes present, not when their advert last changed
+                let present: HashSet<String> = self.endpoint.present_nodes().map(|a| a.to_string()).collect();
                 Ok(Response::Nodes {
                     nodes: crate::ops::node_rows(self.db().inventory().map_err(|e| e.to_string())?, |n| {
                         present.contains(n)

@@ -855,6 +855,15 @@ impl NmsEndpoint {
         self.timers.next()
     }
 
+    /// The nodes present now (found, or given with `--peer`, and not lost since), of any
+    /// version or trust; sorted.
+    pub fn present_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.fleet
+            .iter()
+            .filter(|(_, p)| p.present && p.role == PeerRole::Node)
+            .map(|(id, _)| *id)
+    }
+
     /// The nodes that would be addressees now: present, of role node, of this protocol
     /// version, with every configured tag, and not known to trust another NMS; sorted.
     pub fn eligible(&self) -> Vec<NodeId> {

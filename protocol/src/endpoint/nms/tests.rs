@@ -302,6 +302,10 @@ fn tags_version_and_role_filter_the_addressees() {
     // a node that leaves is no longer eligible
     e.handle(s(5), NmsInput::NodeLost { id: id(C) });
     assert_eq!(e.eligible(), vec![id(A)]);
+    // present: every node still there, whatever its tags or version; not the other NMS
+    let mut present = vec![id(A), id(B), id(D)];
+    present.sort();
+    assert_eq!(e.present_nodes().collect::<Vec<_>>(), present);
 }
 
 #[test]
