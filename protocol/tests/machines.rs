@@ -162,23 +162,16 @@ fn cfg() -> NodeConfig {
 
 /// `N` accepts the offer from `B` (after `check_offer`), at time 0.
 fn node_n(w: &World) -> NodeCampaign {
-    accept_n(w, &[N, P, Q])
+    accept_n(w, &[N, P, Q], RelayHint::Open)
 }
 
-/// `N` accepts the offer of part `part` from `B`, on the path `[A, B, N]`, at time 0.
-fn accept_n(w: &World, part: &[u64]) -> NodeCampaign {
+/// `N` accepts the offer of part `part` from `B`, on the path `[A, B, N]`, at time 0,
+/// its relaying in state `relay`.
+fn accept_n(w: &World, part: &[u64], relay: RelayHint) -> NodeCampaign {
     let offer = w.offer(&[A, B, N], part);
     let m = check_offer(&offer, &id(B), &w.ctx(N)).expect("a good offer");
     let count = m.layout().unwrap().count();
-    NodeCampaign::accept(
-        t(0),
-        id(N),
-        offer,
-        m,
-        cfg(),
-        ChunkSet::new(count),
-        RelayHint::Open,
-    )
+    NodeCampaign::accept(t(0), id(N), offer, m, cfg(), ChunkSet::new(count), relay)
 }
 
 fn drain(c: &mut NodeCampaign) -> Vec<NodeAction> {
@@ -967,18 +960,7 @@ fn offers_sent(actions: &[NodeAction]) -> Vec<NodeId> {
 }
 
 fn gated_n(w: &World) -> NodeCampaign {
-    let offer = w.offer(&[A, B, N], &[N, P, Q]);
-    let m = check_offer(&offer, &id(B), &w.ctx(N)).expect("a good offer");
-    let count = m.layout().unwrap().count();
-    NodeCampaign::accept(
-        t(0),
-        id(N),
-        offer,
-        m,
-        cfg(),
-        ChunkSet::new(count),
-        RelayHint::Gated,
-    )
+    accept_n(w, &[N, P, Q], RelayHint::Gated)
 }
 
 #[test]
@@ -1861,14 +1843,20 @@ fn an_agent_package_installs_only_once_the_children_hold_it() {
     assert!(drain(&mut c).contains(&NodeAction::Install));
 }
 
+/// A chain (fanout 1, cut-through) of `addressees` whose last `leaves` are leaf-only.
+fn chain_world(addressees: &[u64], leaves: u32) -> World {
+    let mut w = world(addressees, Transfer::CutThrough, false);
+    w.manifest.plan.fanout = 1;
+    w.manifest.plan.leaves = leaves;
+    w.signed = SignedManifest::sign(&w.manifest, &keypair_from_seed(100)).unwrap();
+    w
+}
+
 /// In the chain `[A, B, N, P]` whose last two are leaf-only (both below `B`), `N` has
 /// just accepted `B`'s offer.
 fn leaf_n() -> (World, NodeCampaign) {
-    let mut w = world(&[A, B, N, P], Transfer::CutThrough, false);
-    w.manifest.plan.fanout = 1;
-    w.manifest.plan.leaves = 2;
-    w.signed = SignedManifest::sign(&w.manifest, &keypair_from_seed(100)).unwrap();
-    let c = accept_n(&w, &[N]);
+    let w = chain_world(&[A, B, N, P], 2);
+    let c = accept_n(&w, &[N], RelayHint::Open);
     (w, c)
 }
 
@@ -1971,10 +1959,7 @@ fn the_shares_of_a_leaf_only_node_even_out_the_uplinks() {
 /// carries it as it would a relay (one copy).
 #[test]
 fn a_lone_leaf_only_node_fetches_from_its_parent_only() {
-    let mut w = world(&[A, B, N], Transfer::CutThrough, false);
-    w.manifest.plan.fanout = 1;
-    w.manifest.plan.leaves = 1;
-    w.signed = SignedManifest::sign(&w.manifest, &keypair_from_seed(100)).unwrap();
-    let mut c = accept_n(&w, &[N]);
+    let w = chain_world(&[A, B, N], 1);
+    let mut c = accept_n(&w, &[N], RelayHint::Open);
     assert_eq!(requests(&drain(&mut c)), [ask(&w, B, 0), ask(&w, B, 1)]);
 }

@@ -472,19 +472,7 @@ pub fn run_suite(opts: &SuiteOptions, exe: PathBuf, stop: &dyn Fn() -> bool) -> 
         std::thread::sleep(Duration::from_millis(50));
     }
     // phase 2: the fleet's own campaign, under attack
-    let nms_args: Vec<String> = [
-        "--once",
-        "--json",
-        "--min-nodes",
-        &tofu.to_string(),
-        "--settle",
-        "1",
-        "--discovery-timeout",
-        "60",
-    ]
-    .map(String::from)
-    .to_vec();
-    let nms = c.start_nms(&nms_args, true, &[])?;
+    let nms = c.start_nms(&crate::cluster::nms_args(tofu, true), true, &[])?;
     // the package is dropped once the rogue's stalled and slow streams are up
     let pressure_deadline = Instant::now() + Duration::from_secs_f64(opts.scale.duration_secs);
     while !cfg.pressure_file.exists() && Instant::now() < pressure_deadline {

@@ -16,6 +16,19 @@ use baton_protocol::NodeId;
 
 use crate::netns::{Net, NetSpec};
 
+/// The NMS arguments most runs use: JSON events, a campaign once `min_nodes` nodes are
+/// known (1 s after the last discovery, or after 60 s), and with `once` an exit after it.
+pub fn nms_args(min_nodes: usize, once: bool) -> Vec<String> {
+    let mut args: Vec<String> = ["--json", "--min-nodes", &min_nodes.to_string()]
+        .map(String::from)
+        .to_vec();
+    args.extend(["--settle", "1", "--discovery-timeout", "60"].map(String::from));
+    if once {
+        args.insert(0, "--once".into());
+    }
+    args
+}
+
 /// A process the cluster started.
 #[derive(Debug)]
 pub struct Proc {
@@ -202,30 +215,24 @@ impl Cluster {
     /// Runs an operator command of the cluster's NMS (`baton-nms <args> --data-dir <dir>
     /// --json`) and returns its JSON answer.
     pub fn nms_command(&self, args: &[&str]) -> Result<serde_json::Value> {
-        let out = Command::new(&self.exe)
-            .arg("nms")
-            .args(args)
-            .args(["--data-dir", &self.nms_dir().display().to_string(), "--json"])
-            .stdin(Stdio::null())
-            .output()
-            .context("cannot run baton-nms")?;
-        if !out.status.success() {
-            bail!(
-                "baton-nms {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        serde_json::from_slice(&out.stdout).context("baton-nms did not answer JSON")
+        let out = self.nms_output(args, &["--json"])?;
+        serde_json::from_slice(&out).context("baton-nms did not answer JSON")
     }
 
     /// Runs an operator command of the cluster's NMS (`baton-nms <args> --data-dir <dir>`)
     /// and returns what it prints (a table).
     pub fn nms_command_text(&self, args: &[&str]) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.nms_output(args, &[])?).into_owned())
+    }
+
+    /// What `baton-nms <args> --data-dir <dir> <more>` printed; an error with its stderr
+    /// if it failed.
+    fn nms_output(&self, args: &[&str], more: &[&str]) -> Result<Vec<u8>> {
         let out = Command::new(&self.exe)
             .arg("nms")
             .args(args)
             .args(["--data-dir", &self.nms_dir().display().to_string()])
+            .args(more)
             .stdin(Stdio::null())
             .output()
             .context("cannot run baton-nms")?;
@@ -236,7 +243,7 @@ impl Cluster {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(out.stdout)
     }
 
     /// Starts node `i` with exactly these arguments after `node --data-dir <dir>`.

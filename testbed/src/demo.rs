@@ -95,6 +95,16 @@ pub fn plain_plan_relays(ids: &[NodeId], fanout: u8, k: usize) -> Vec<usize> {
     nodes
 }
 
+/// `node`'s entry in a campaign summary's `per_node`.
+pub fn summary_node<'a>(summary: &'a serde_json::Value, node: &NodeId) -> Option<&'a serde_json::Value> {
+    let id = node.to_string();
+    summary["per_node"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["node"].as_str() == Some(id.as_str()))
+}
+
 /// Bytes the nodes report having fetched from `node` (a campaign summary's per-node
 /// sources).
 pub fn served_bytes(summary: &serde_json::Value, node: &NodeId) -> u64 {

@@ -27,18 +27,7 @@ fn cluster(nodes: usize, rate: Option<&str>) -> Option<Cluster> {
 }
 
 fn nms_args(nodes: usize) -> Vec<String> {
-    [
-        "--once",
-        "--json",
-        "--min-nodes",
-        &nodes.to_string(),
-        "--settle",
-        "1",
-        "--discovery-timeout",
-        "60",
-    ]
-    .map(String::from)
-    .to_vec()
+    baton_testbed::cluster::nms_args(nodes, true)
 }
 
 fn never() -> bool {

@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 use baton_protocol::NodeId;
 use baton_protocol::manifest::Manifest;
 use baton_testbed::bench::{BenchCtx, Method, T1};
-use baton_testbed::cluster::Cluster;
-use baton_testbed::cluster::write_pseudo_random;
-use baton_testbed::demo::{gated_node_args, plain_plan_relays, served_bytes};
+use baton_testbed::cluster::{Cluster, nms_args, write_pseudo_random};
+use baton_testbed::demo::{gated_node_args, plain_plan_relays, served_bytes, summary_node};
 use baton_testbed::netns::{self, NetSpec};
 
 const PKG: &str = "frob";
@@ -50,19 +49,7 @@ fn a_relay_gated_mid_transfer_hands_its_child_to_another_source_within_2_s() {
         std::fs::write(c.node_dir(i).join("probe"), "idle\n").unwrap();
         c.start_node(i, &args).unwrap();
     }
-    let nms_args: Vec<String> = [
-        "--once",
-        "--json",
-        "--min-nodes",
-        "4",
-        "--settle",
-        "1",
-        "--discovery-timeout",
-        "60",
-    ]
-    .map(String::from)
-    .to_vec();
-    let nms = c.start_nms(&nms_args, true, &[]).unwrap();
+    let nms = c.start_nms(&nms_args(4, true), true, &[]).unwrap();
     let hash = c.drop_package("frob-1.0.tar.gz", SIZE, 7).unwrap();
     let child_log = format!("node-{child}");
     assert!(
@@ -268,12 +255,7 @@ fn two_relays_gated_from_the_start_are_planned_around_serve_nothing_and_everyone
             "gated node {g} served bytes by the NMS's figures: {s}"
         );
         // leaf-only, deep in the chain: it fetched from its parent and the relays above
-        let id = c.node_ids[g - 1].to_string();
-        let node = s["per_node"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|n| n["node"].as_str() == Some(id.as_str()))
+        let node = summary_node(s, &c.node_ids[g - 1])
             .unwrap_or_else(|| panic!("gated node {g} is not in the summary: {s}"));
         let sources = node["sources"].as_array().cloned().unwrap_or_default();
         assert!(

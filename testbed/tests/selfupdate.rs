@@ -10,7 +10,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_testbed::cluster::Cluster;
+use baton_testbed::cluster::{Cluster, nms_args};
+use baton_testbed::demo::summary_node;
 use baton_testbed::netns::{self, NetSpec};
 use baton_testbed::selfupdate::{
     agent_copy, build_id, built_agent, node_exe, start_agents, summary_of, wait_for_agents,
@@ -46,17 +47,7 @@ fn fleet_env(
     let env = env(&new_build);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let procs = start_agents(&mut c, &old, &env).expect("nodes");
-    let mut args: Vec<String> = [
-        "--json",
-        "--min-nodes",
-        "3",
-        "--settle",
-        "1",
-        "--discovery-timeout",
-        "60",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args = nms_args(NODES, false);
     if let Some(h) = halt_after {
         args.extend(["--halt-after".to_string(), h.to_string()]);
     }
@@ -83,6 +74,31 @@ fn fleet_installs(c: &Cluster, file: &str, seed: u64, what: &str) {
             .all(|i| c.installed_hash(i, "frob") == Some(hash))),
         "{what}:\n{}",
         logs(c)
+    );
+}
+
+/// The agent campaign's summary, once it ended within `within`.
+fn agent_summary(c: &Cluster, within: Duration) -> serde_json::Value {
+    assert!(
+        c.wait_until(within, |c| summary_of(c, "baton-node").is_some()),
+        "the agent campaign did not end:\n{}",
+        logs(c)
+    );
+    let s = summary_of(c, "baton-node").unwrap();
+    eprintln!("summary: {s}");
+    s
+}
+
+/// Node `i` (cluster process `p`) still runs, as the process it was (`pid`), on the
+/// agent it ran before (`old_build`).
+fn runs_previous_agent(c: &mut Cluster, i: usize, p: usize, pid: Option<u32>, old_build: &str) {
+    let running = c.running(p);
+    assert!(running, "node {i} is not running:\n{}", logs(c));
+    assert_eq!(c.pid(p), pid, "node {i} was restarted by someone else");
+    assert_eq!(
+        build_id(&node_exe(c, i)).unwrap(),
+        old_build,
+        "node {i} runs its previous agent"
     );
 }
 
@@ -127,12 +143,7 @@ fn a_running_fleet_switches_to_a_new_agent_build_while_relaying_goes_on() {
         "the package campaign did not complete on every node:\n{}",
         logs(&c)
     );
-    assert!(
-        c.wait_until(Duration::from_secs(30), |c| summary_of(c, "baton-node").is_some()),
-        "the agent campaign did not end:\n{}",
-        logs(&c)
-    );
-    let s = summary_of(&c, "baton-node").unwrap();
+    let s = agent_summary(&c, Duration::from_secs(30));
     assert_eq!(s["installed"], NODES, "{s}");
     let resumed = (1..=NODES)
         .filter(|i| {
@@ -178,37 +189,20 @@ fn a_broken_agent_is_rolled_back_by_every_node_that_tried_it_and_the_campaign_ha
     std::fs::copy("/bin/false", &broken).unwrap();
     c.nms_command(&["publish-agent", broken.to_str().unwrap(), "--version", "0.1.2"])
         .unwrap();
-    assert!(
-        c.wait_until(Duration::from_secs(60), |c| summary_of(c, "baton-node").is_some()),
-        "the agent campaign did not end:\n{}",
-        logs(&c)
-    );
-    let s = summary_of(&c, "baton-node").unwrap();
-    eprintln!("summary: {s}");
+    let s = agent_summary(&c, Duration::from_secs(60));
     assert_eq!(s["installed"], 0, "{s}");
     assert!(s["halted"].is_string(), "the campaign was not halted: {s}");
     let failed = s["failed"].as_array().unwrap();
     assert!(!failed.is_empty(), "{s}");
     let mut tried = 0;
     for (i, p) in (1..=NODES).zip(&procs) {
-        assert!(c.running(*p), "node {i} is not running:\n{}", logs(&c));
-        assert_eq!(c.pid(*p), pids[i - 1], "node {i} was restarted by someone else");
-        assert_eq!(
-            build_id(&node_exe(&c, i)).unwrap(),
-            old_build,
-            "node {i} runs its previous agent"
-        );
+        runs_previous_agent(&mut c, i, *p, pids[i - 1], &old_build);
         let kept = std::fs::read_dir(c.node_dir(i).join("agent"))
             .into_iter()
             .flatten()
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with("failed-"));
-        let id = c.node_ids[i - 1].to_string();
-        let status = s["per_node"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["node"] == id)
+        let status = summary_node(&s, &c.node_ids[i - 1])
             .map(|n| (n["status"].clone(), n["reason"].clone()))
             .unwrap();
         if kept {
@@ -254,29 +248,11 @@ fn a_new_agent_that_does_not_report_after_the_switch_is_rolled_back() {
     let (new, _) = new_agent(&c);
     c.nms_command(&["publish-agent", new.to_str().unwrap(), "--version", "0.1.3"])
         .unwrap();
-    assert!(
-        c.wait_until(Duration::from_secs(60), |c| summary_of(c, "baton-node").is_some()),
-        "the agent campaign did not end:\n{}",
-        logs(&c)
-    );
-    let s = summary_of(&c, "baton-node").unwrap();
-    eprintln!("summary: {s}");
+    let s = agent_summary(&c, Duration::from_secs(60));
     assert_eq!(s["installed"], 0, "{s}");
     for (i, p) in (1..=NODES).zip(&procs) {
-        assert!(c.running(*p), "node {i} is not running:\n{}", logs(&c));
-        assert_eq!(c.pid(*p), pids[i - 1], "node {i} was restarted by someone else");
-        assert_eq!(
-            build_id(&node_exe(&c, i)).unwrap(),
-            old_build,
-            "node {i} runs its previous agent"
-        );
-        let id = c.node_ids[i - 1].to_string();
-        let node = s["per_node"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["node"] == id)
-            .unwrap();
+        runs_previous_agent(&mut c, i, *p, pids[i - 1], &old_build);
+        let node = summary_node(&s, &c.node_ids[i - 1]).unwrap();
         assert_eq!(node["status"], "failed", "node {i}: {node}");
         assert!(
             node["reason"]
