@@ -1027,18 +1027,7 @@ fn a_relay_asked_by_a_grandchild_lingers_after_its_children_s_receipts() {
     use baton_protocol::receiver::RELAY_LINGER;
     const R: u64 = 6;
     let w = world(&[A, B, N, P, Q, R], Transfer::CutThrough, false);
-    let offer = w.offer(&[A, B, N], &[N, P, Q, R]);
-    let m = check_offer(&offer, &id(B), &w.ctx(N)).expect("a good offer");
-    let count = m.layout().unwrap().count();
-    let mut c = NodeCampaign::accept(
-        t(0),
-        id(N),
-        offer,
-        m,
-        cfg(),
-        ChunkSet::new(count),
-        RelayHint::Open,
-    );
+    let mut c = accept_n(&w, &[N, P, Q, R], RelayHint::Open);
     install_here(&w, &mut c);
     c.chunk_request(t(5), RequestId(1), id(Q), &w.request(&[A, B, N, P, Q], 0));
     drain(&mut c);
